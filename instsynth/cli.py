@@ -1,0 +1,142 @@
+"""One command line: ``instsynth <command>``.
+
+Every command takes ``--config FILE`` and repeated ``--set key=value``; its other flags are
+aliases for config keys, so YAML, flags and the ``ray_jobs/`` entrypoints drive the same typed
+config.  Known errors print one line naming the file or key; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from instsynth import storage
+from instsynth.config import Config, ConfigError, load_config
+
+# command -> [(flag, config key, type, help)]
+ALIASES: dict[str, list[tuple[str, str, type, str]]] = {
+    "sample": [("--images", "sample.images", int, "number of scenes"),
+               ("--size", "sample.size", str, "WIDTHxHEIGHT (default 2048x1024)"),
+               ("--seed", "sample.seed", int, "random seed")],
+    "plan": [("--split", "plan.split", str, "split to plan (default train)"),
+             ("--top-k", "plan.top_k", int, "instances per image (Eq. 1, default 3)"),
+             ("--min-pixels", "plan.min_pixels", int, "smallest eligible instance"),
+             ("--variants", "plan.variants", int, "variants per instance"),
+             ("--seed", "plan.seed", int, "run seed")],
+    "synth": [("--generator", "generator.name", str, "generator name (identity, recolor, sdxl-inpaint, ...)"),
+              ("--seed", "plan.seed", int, "run seed"),
+              ("--address", "run.address", str, "Ray address to join (default: start a local Ray)"),
+              ("--data-root", "run.data_root", str, "dataset root (overrides the plan's)"),
+              ("--executor", "run.executor", str, "ray (default) or local"),
+              ("--limit", "run.limit", int, "run at most this many pending work items"),
+              ("--rows-per-unit", "run.rows_per_unit", int, "work items per committed unit")],
+}
+ALIASES["originals"] = [("--split", "plan.split", str, "split (default train)")]
+ALIASES["status"] = []
+
+
+def _add_common(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set plan.top_k=5 (repeatable)")
+    for flag, key, tp, help_ in ALIASES.get(command, []):
+        p.add_argument(flag, dest="alias:" + key, type=tp, default=None, help=f"{help_} [= {key}]")
+
+
+def _config(args) -> Config:
+    values = {k[len("alias:"):]: v for k, v in vars(args).items() if k.startswith("alias:") and v is not None}
+    return load_config(args.config, args.set, values)
+
+
+def _progress(label: str, total: int | None = None):
+    def report(done, total_=None):
+        t = total_ or total
+        end = "\n" if t and done >= t else ""
+        msg = f"\r{label}: {done}" + (f"/{t}" if t else "")
+        print(msg, end=end, file=sys.stderr, flush=True)
+    return report
+
+
+def cmd_sample(args) -> int:
+    from instsynth.config import parse_size
+    from instsynth.sample import write_sample
+
+    cfg = _config(args)
+    s = cfg.sample
+    stems = write_sample(args.out, s.images, parse_size(s.size, "sample.size"), s.seed, s.val_fraction,
+                         progress=_progress("sample images"))
+    print(f"wrote {len(stems)} synthetic scenes in Cityscapes layout to {args.out}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from instsynth.plan import failures_path, format_summary, make_plan, write_plan
+
+    cfg = _config(args)
+    table, fails, summary = make_plan(args.root, cfg, progress=_progress("planned images"))
+    print("", file=sys.stderr)
+    write_plan(args.out, table, fails)
+    print(format_summary(summary))
+    print(f"wrote {args.out} ({table.num_rows} rows) and {failures_path(args.out)} ({fails.num_rows} rows)")
+    for f in fails.to_pylist():
+        print(f"  failure: {f['image_id']}: {f['reason']}")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from instsynth.synth import run_synth
+
+    cfg = _config(args)
+    summary = run_synth(args.source, args.out, cfg, overwrite=args.overwrite, dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
+    return 0 if summary["ok"] else 1
+
+
+COMMANDS = {
+    "sample": ("write the synthetic sample in Cityscapes layout", cmd_sample),
+    "plan": ("Phase 1 selection -> work plan (Parquet)", cmd_plan),
+    "synth": ("run (or resume) the synthesis job", cmd_synth),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="instsynth", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == "sample":
+            p.add_argument("--out", required=True, help="dataset root to write")
+        elif name == "plan":
+            p.add_argument("root", help="Cityscapes root")
+            p.add_argument("--out", required=True, help="plan .parquet to write")
+        elif name == "synth":
+            p.add_argument("source", help="Cityscapes root, or an existing plan .parquet")
+            p.add_argument("--out", required=True, help="output dir (local path or s3:// gs:// URI)")
+            p.add_argument("--dry-run", action="store_true", help="print work size and GPU-hours; write nothing")
+            p.add_argument("--overwrite", action="store_true", help="discard an existing output dir")
+        _add_common(p, name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from instsynth.cityscapes import DataError
+    from instsynth.generators import GeneratorError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][1](args)
+    except (ConfigError, DataError, storage.StorageError, GeneratorError) as e:
+        print(f"instsynth {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001
+        from instsynth.synth import SynthError
+
+        if isinstance(e, SynthError):
+            print(f"instsynth {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

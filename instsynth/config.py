@@ -1,0 +1,331 @@
+"""Typed configuration: one dataclass tree, loaded from YAML, overridden with dotted ``key=value``.
+
+Why one tree: the CLI flags, the YAML files in ``configs/`` and the ``ray_jobs/`` entrypoints all
+drive the same object, so a run is fully described by its resolved config (written into every
+output dir and compared on resume).  Unknown keys fail early and list the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+THING_CLASSES = ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the key."""
+
+
+@dataclass
+class SampleConfig:
+    """The embedded synthetic sample in Cityscapes layout (`instsynth sample`)."""
+
+    images: int = 12
+    size: str = "2048x1024"
+    seed: int = 0
+    val_fraction: float = 0.25
+
+
+@dataclass
+class PlanConfig:
+    """Phase 1 selection and the work plan (paper Eq. 1)."""
+
+    split: str = "train"
+    top_k: int = 3
+    min_pixels: int = 1024
+    margin: float = 0.1
+    variants: int = 1
+    seed: int = 0
+    classes: list[str] = field(default_factory=lambda: list(THING_CLASSES))
+    class_variants: dict[str, int] = field(default_factory=dict)
+    workers: int = 4
+
+
+@dataclass
+class ComposeConfig:
+    """Phase 3: paste-back and focused 2:1 cropping (paper Eq. 2-3)."""
+
+    lam_mean: float = 3.0
+    lam_sd: float = 1.0
+    lam_min: float = 1.0
+    sliver_pixels: int = 64
+    sliver_redraws: int = 10
+    feather: int = 0
+    resize: str | None = None
+
+
+def _default_templates() -> dict[str, str]:
+    t = {c: "A photo of a {colour} " + c for c in ["car", "truck", "bus", "train", "motorcycle", "bicycle"]}
+    t["person"] = "A photo of a {gender}"
+    t["rider"] = "A photo of a {sex} rider"
+    return t
+
+
+def _default_vocab() -> dict[str, list[str]]:
+    return {
+        "colour": ["red", "blue", "green", "yellow", "white", "black", "silver", "orange", "purple", "brown"],
+        "gender": ["man", "woman"],
+        "sex": ["male", "female"],
+    }
+
+
+@dataclass
+class PromptConfig:
+    """Category-driven prompts: a template per class; each ``{slot}`` draws from ``vocab[slot]``."""
+
+    templates: dict[str, str] = field(default_factory=_default_templates)
+    vocab: dict[str, list[str]] = field(default_factory=_default_vocab)
+    negative: str = ""
+
+
+@dataclass
+class GeneratorConfig:
+    """Which generator runs Phase 2 and how its actor pool is sized."""
+
+    name: str = "identity"
+    batch_size: int = 4
+    num_gpus: float = 0.0
+    num_cpus: float = 0.5
+    min_actors: int = 1
+    max_actors: int = 1
+    resources: dict[str, float] = field(default_factory=dict)
+    cost_s_per_item: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    """How a run executes.  Keys listed in EXECUTION_ONLY may change between resumed runs."""
+
+    executor: str = "ray"
+    address: str | None = None
+    rows_per_unit: int = 8
+    num_cpus: float = 1.0
+    progress: bool = True
+    log_level: str = "WARNING"
+    max_failure_fraction: float = 0.5
+    pause_after_units: int | None = None
+    limit: int | None = None
+    data_root: str | None = None
+
+
+@dataclass
+class Config:
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    compose: ComposeConfig = field(default_factory=ComposeConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# Keys that only say *how* a run executes, not *what* it produces: resuming with other values is fine.
+EXECUTION_ONLY = {
+    "run.address",
+    "run.rows_per_unit",
+    "run.num_cpus",
+    "run.progress",
+    "run.log_level",
+    "run.pause_after_units",
+    "run.max_failure_fraction",
+    "run.executor",
+    "run.data_root",
+    "generator.min_actors",
+    "generator.max_actors",
+    "generator.num_cpus",
+    "generator.num_gpus",
+    "generator.resources",
+    "generator.cost_s_per_item",
+    "plan.workers",
+    "sample",
+}
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _check_value(value: Any, tp: Any, key: str) -> Any:
+    """Coerce/validate ``value`` against a (simple) type annotation; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_value(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if tp is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_check_value(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        k_tp, v_tp = typing.get_args(tp) or (Any, Any)
+        return {_check_value(k, k_tp, key): _check_value(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _merge(obj: Any, data: dict, prefix: str, source: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{prefix or '<top>'}' must be a mapping, got {data!r}")
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            where = f"under '{prefix[:-1]}'" if prefix else "at the top level"
+            raise ConfigError(f"{source}: unknown key '{key}'; valid keys {where}: {', '.join(names)}")
+        tp = hints[k]
+        if _is_dataclass_type(tp):
+            _merge(getattr(obj, k), v, key + ".", source)
+        else:
+            setattr(obj, k, _check_value(v, tp, key))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"a.b=1"`` -> ``("a.b", 1)``; the value is parsed as YAML (so 1, 1.5, true, [a, b] work)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _nest(key: str, value: Any) -> dict:
+    out: dict = {}
+    cur = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None,
+                values: dict[str, Any] | None = None) -> Config:
+    """Defaults <- YAML file <- ``values`` (dotted keys, e.g. from CLI flags) <- ``overrides`` (``--set``)."""
+    from instsynth import storage
+
+    cfg = Config()
+    if path:
+        try:
+            data = yaml.safe_load(storage.read_bytes(path).decode()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+        _merge(cfg, data, "", path)
+    for key, value in (values or {}).items():
+        _merge(cfg, _nest(key, value), "", "flag")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _merge(cfg, _nest(key, value), "", f"--set {text}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks with short messages naming the key."""
+    unknown = [c for c in cfg.plan.classes if c not in THING_CLASSES]
+    if unknown:
+        raise ConfigError(f"plan.classes: {unknown} are not evaluated thing classes; valid: {THING_CLASSES}")
+    for c in cfg.plan.class_variants:
+        if c not in THING_CLASSES:
+            raise ConfigError(f"plan.class_variants: unknown class {c!r}; valid: {THING_CLASSES}")
+    if cfg.plan.top_k < 1:
+        raise ConfigError(f"plan.top_k must be >= 1, got {cfg.plan.top_k}")
+    if cfg.plan.variants < 1:
+        raise ConfigError(f"plan.variants must be >= 1, got {cfg.plan.variants}")
+    if cfg.run.rows_per_unit < 1:
+        raise ConfigError(f"run.rows_per_unit must be >= 1, got {cfg.run.rows_per_unit}")
+    if cfg.run.executor not in ("ray", "local"):
+        raise ConfigError(f"run.executor must be 'ray' or 'local', got {cfg.run.executor!r}")
+    if cfg.generator.batch_size < 1:
+        raise ConfigError(f"generator.batch_size must be >= 1, got {cfg.generator.batch_size}")
+    if cfg.compose.resize is not None:
+        parse_size(cfg.compose.resize, "compose.resize")
+    parse_size(cfg.sample.size, "sample.size")
+    for c in cfg.plan.classes:
+        if c not in cfg.prompts.templates:
+            raise ConfigError(f"prompts.templates: no template for class {c!r}")
+
+
+def parse_size(text: str, key: str) -> tuple[int, int]:
+    """``"2048x1024"`` -> ``(2048, 1024)`` (width, height)."""
+    try:
+        w, h = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"{key}: expected WIDTHxHEIGHT, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise ConfigError(f"{key}: sizes must be positive, got {text!r}")
+    return w, h
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and key in _SECTIONS:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+_SECTIONS = {f.name for f in dataclasses.fields(Config)}
+
+
+def result_differences(a: dict, b: dict) -> list[str]:
+    """Keys whose values differ between two resolved configs, ignoring execution-only keys."""
+    fa, fb = flatten(a), flatten(b)
+    diffs = []
+    for k in sorted(set(fa) | set(fb)):
+        if k in EXECUTION_ONLY or k.split(".")[0] in EXECUTION_ONLY:
+            continue
+        if fa.get(k) != fb.get(k):
+            diffs.append(k)
+    return diffs

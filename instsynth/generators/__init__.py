@@ -1,0 +1,45 @@
+"""Phase 2 generators behind one small protocol, looked up by name.
+
+A generator is a callable built once per worker (it may hold a model) from its config:
+
+    gen = build_generator(GeneratorConfig(name="recolor"))
+    results = gen(batch)   # batch: list of plan-row dicts + "crop" (HxWx3 uint8) + "mask" (HxW bool)
+                           #        + "gen_seed"; results: one dict per item:
+                           #        {"image": HxWx3 uint8, "stats": {...}} or {"error": reason}
+
+It carries ``name``, ``model_id`` and ``model_revision`` for provenance.  The ``negative_prompt`` of
+a row wins over a generator's configured default.  Diffusion generators import torch/diffusers
+lazily, so the registry itself is cheap to import.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from instsynth.config import GeneratorConfig
+
+# name -> "module:Class"; classes take (**params) and expose from_config(GeneratorConfig)
+REGISTRY = {
+    "identity": "instsynth.generators.simple:Identity",
+    "recolor": "instsynth.generators.simple:Recolor",
+}
+
+
+class GeneratorError(ValueError):
+    """A generator cannot be built (unknown name, bad parameter, missing weights)."""
+
+
+def generator_class(name: str):
+    if name not in REGISTRY:
+        raise GeneratorError(f"generator.name: unknown generator {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    mod, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(mod), cls)
+
+
+def build_generator(cfg: GeneratorConfig):
+    """Instantiate the configured generator (loads its model, if any, once)."""
+    cls = generator_class(cfg.name)
+    try:
+        return cls(**cfg.params)
+    except TypeError as e:
+        raise GeneratorError(f"generator.params for {cfg.name!r}: {e}") from None

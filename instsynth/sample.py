@@ -1,0 +1,213 @@
+"""A synthetic sample dataset in the exact Cityscapes on-disk layout (the embedded default).
+
+Why: Cityscapes cannot be downloaded here and its licence forbids shipping it, yet every reader
+must be exercised on the real layout.  Each scene is drawn as polygons first (``_polygons.json``);
+its instanceIds/labelIds/color PNGs are then made by cityscapesscripts' own converters from that
+JSON, exactly as the official tools derive them, and the RGB image is textured from those maps.
+
+The scenes are procedural street views - sky, buildings, vegetation, road, sidewalks, and
+instances of all eight evaluated classes with occlusions, border-touching and tiny instances,
+group regions, caravans/trailers, and one image with no instance at all.  They are synthetic:
+no real Cityscapes pixel is in them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+from cityscapesscripts.helpers.annotation import Annotation
+from cityscapesscripts.helpers.labels import name2label
+from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
+from cityscapesscripts.preparation.json2labelImg import createLabelImage
+
+from instsynth import storage
+from instsynth.cityscapes import THING_CLASSES, encode_ids, encode_png, gt_paths
+
+TRAIN_CITIES = ["aachen", "bochum", "bremen"]
+VAL_CITIES = ["frankfurt", "lindau"]
+
+# (width, height) of each class relative to the scene height at scale 1 (nearest row)
+SHAPES = {
+    "car": (0.55, 0.26), "truck": (0.7, 0.42), "bus": (0.95, 0.45), "train": (1.6, 0.42),
+    "person": (0.12, 0.42), "rider": (0.13, 0.3), "bicycle": (0.22, 0.16), "motorcycle": (0.26, 0.2),
+    "caravan": (0.6, 0.34), "trailer": (0.5, 0.22),
+}
+
+
+def _outline(cls: str, x: float, yb: float, w: float, h: float) -> list[tuple[float, float]]:
+    """A class-specific polygon standing on (x..x+w, yb)."""
+    top = yb - h
+    if cls == "car":
+        pts = [(0, 1), (0, .55), (.12, .45), (.25, .05), (.75, .05), (.88, .45), (1, .55), (1, 1)]
+    elif cls in ("person", "rider"):
+        pts = [(.3, 1), (.25, .55), (0, .5), (.15, .2), (.35, .18), (.3, .05), (.5, 0), (.7, .05), (.65, .18),
+               (.85, .2), (1, .5), (.75, .55), (.7, 1)]
+    elif cls in ("bicycle", "motorcycle"):
+        pts = [(0, .7), (.1, .4), (.35, .35), (.45, 0), (.6, 0), (.7, .35), (.9, .4), (1, .7), (.85, 1), (.65, .8),
+               (.35, .8), (.15, 1)]
+    elif cls == "bus":
+        pts = [(0, 1), (0, .08), (.04, 0), (.96, 0), (1, .08), (1, 1)]
+    elif cls == "truck":
+        pts = [(0, 1), (0, .3), (.1, .3), (.15, .5), (.28, .5), (.28, 0), (1, 0), (1, 1)]
+    else:  # train, caravan, trailer: long boxes
+        pts = [(0, 1), (0, .1), (.02, 0), (.98, 0), (1, .1), (1, 1)]
+    return [(x + px * w, top + py * h) for px, py in pts]
+
+
+def _clip(poly, width, height):
+    return [[int(round(min(max(px, 0), width - 1))), int(round(min(max(py, 0), height - 1)))] for px, py in poly]
+
+
+def scene_objects(rng: np.random.Generator, width: int, height: int, index: int, empty: bool) -> list[dict]:
+    """Polygons of one scene, in drawing order (later objects occlude earlier ones)."""
+    hz = int(height * rng.uniform(0.38, 0.46))
+    W, H = width, height
+    objs = [{"label": "sky", "polygon": [[0, 0], [W - 1, 0], [W - 1, hz], [0, hz]]}]
+    x = 0
+    while x < W:  # skyline
+        bw = int(W * rng.uniform(0.08, 0.2))
+        top = int(hz * rng.uniform(0.1, 0.7))
+        objs.append({"label": "building", "polygon": [[x, top], [min(x + bw, W - 1), top],
+                                                      [min(x + bw, W - 1), hz], [x, hz]]})
+        x += bw
+    for _ in range(int(rng.integers(1, 4))):
+        cx, r = rng.uniform(0, W), rng.uniform(0.05, 0.12) * H
+        poly = [(cx + r * 1.6 * np.cos(a), hz - r * 0.6 + r * np.sin(a)) for a in np.linspace(0, 2 * np.pi, 12)]
+        objs.append({"label": "vegetation", "polygon": _clip(poly, W, H)})
+    vx = W * rng.uniform(0.4, 0.6)
+    objs.append({"label": "sidewalk", "polygon": [[0, hz], [W - 1, hz], [W - 1, H - 1], [0, H - 1]]})
+    objs.append({"label": "road", "polygon": _clip([(vx - W * 0.04, hz), (vx + W * 0.04, hz),
+                                                     (W * 1.1, H - 1), (-W * 0.1, H - 1)], W, H)})
+    if empty:
+        return objs
+    things = []
+    forced = [THING_CLASSES[index % len(THING_CLASSES)], THING_CLASSES[(index * 3 + 1) % len(THING_CLASSES)]]
+    pool = ["car"] * 5 + ["person"] * 3 + ["rider", "bicycle", "motorcycle", "truck", "bus", "caravan", "trailer"]
+    classes = forced + [pool[i] for i in rng.integers(len(pool), size=int(rng.integers(4, 9)))]
+    for n, cls in enumerate(classes):
+        s = rng.uniform(0.25, 1.0) if n < 2 else rng.uniform(0.06, 1.0)
+        yb = hz + s * (H - hz)
+        rw, rh = SHAPES[cls]
+        w, h = rw * H * s, rh * H * s
+        xpos = rng.uniform(-0.1 * w, W - 0.9 * w)
+        things.append((yb, cls, xpos, w, h))
+    # one instance cut by the image border, one tiny far-away one, one group region
+    things.append((hz + 0.7 * (H - hz), "car", -0.3 * SHAPES["car"][0] * H * 0.7, SHAPES["car"][0] * H * 0.7,
+                   SHAPES["car"][1] * H * 0.7))
+    things.append((hz + 0.05 * (H - hz), "person", rng.uniform(0, W - 10), 0.12 * H * 0.05, 0.42 * H * 0.05))
+    group = ["cargroup", "persongroup", "bicyclegroup"][index % 3]
+    gx = rng.uniform(0, W * 0.8)
+    things.append((hz + 0.12 * (H - hz), group, gx, 0.18 * W * 0.5, 0.06 * H))
+    things.sort(key=lambda t: t[0])  # far first: nearer objects occlude them
+    for yb, cls, xpos, w, h in things:
+        base = cls[:-5] if cls.endswith("group") else cls
+        if base == "rider":  # a rider sits on a two-wheeler
+            wheel = "bicycle" if rng.random() < 0.5 else "motorcycle"
+            objs.append({"label": wheel, "polygon": _clip(_outline(wheel, xpos - 0.3 * w, yb, 1.6 * w, 0.55 * h), W, H)})
+            objs.append({"label": "rider", "polygon": _clip(_outline("rider", xpos, yb - 0.3 * h, w, h), W, H)})
+        else:
+            shape = "car" if base not in SHAPES else base
+            objs.append({"label": cls, "polygon": _clip(_outline(shape, xpos, yb, w, h), W, H)})
+    return objs
+
+
+def _noise(rng, height, width, cells):
+    small = rng.standard_normal((cells, max(2, cells * width // max(height, 1)))).astype(np.float32)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+STUFF_COLOURS = {
+    "sky": (135, 170, 215), "building": (150, 130, 115), "vegetation": (70, 120, 50), "road": (95, 95, 100),
+    "sidewalk": (160, 150, 140), "unlabeled": (0, 0, 0),
+}
+VEHICLE_PAINT = [(200, 30, 30), (30, 60, 170), (220, 220, 220), (25, 25, 25), (120, 120, 125), (30, 120, 60),
+                 (230, 180, 30)]
+
+
+def render(instance_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Textured RGB image for an instanceIds map: per-region colour x low-frequency shading + grain."""
+    H, W = instance_ids.shape
+    uniq = np.unique(instance_ids)
+    lut = np.zeros((int(uniq.max()) + 1, 3), np.float32)
+    for v in uniq:
+        cid = v // 1000 if v >= 1000 else v
+        name = _name_of_id(int(cid))
+        if name in STUFF_COLOURS:
+            col = STUFF_COLOURS[name]
+        elif name in ("person", "rider"):
+            col = (rng.integers(40, 220), rng.integers(40, 200), rng.integers(40, 200))
+        elif name in ("car", "truck", "bus", "train", "caravan", "trailer", "motorcycle", "bicycle"):
+            col = VEHICLE_PAINT[int(rng.integers(len(VEHICLE_PAINT)))]
+        else:
+            col = (110, 110, 110)
+        lut[v] = col
+    img = lut[instance_ids]
+    shade = 1.0 + 0.12 * _noise(rng, H, W, 6) + 0.06 * _noise(rng, H, W, 40)
+    yy = np.linspace(1.05, 0.9, H, dtype=np.float32)[:, None]
+    img *= (shade * yy)[..., None]
+    # facade windows: a regular darker grid on buildings
+    bid = name2label["building"].id
+    grid = ((np.arange(W)[None, :] // max(4, W // 128)) % 3 == 0) | ((np.arange(H)[:, None] // max(4, H // 64)) % 3 == 0)
+    img[(instance_ids == bid) & ~grid] *= 0.6
+    img += rng.normal(0, 5.0, img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _name_of_id(cid: int) -> str:
+    from cityscapesscripts.helpers.labels import id2label
+
+    lb = id2label.get(cid)
+    return lb.name if lb else "unlabeled"
+
+
+def maps_from_polygons(polygons: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(instanceIds uint16, labelIds uint8, color RGB) made by cityscapesscripts from polygon JSON."""
+    ann = Annotation()
+    ann.fromJsonText(json.dumps(polygons))
+    inst = np.asarray(createInstanceImage(ann, "ids"), dtype=np.int64).astype(np.uint16)
+    lab = np.asarray(createLabelImage(ann, "ids"), dtype=np.uint8)
+    color = np.asarray(createLabelImage(ann, "color").convert("RGB"), dtype=np.uint8)
+    return inst, lab, color
+
+
+def write_sample(out: str, images: int = 12, size: tuple[int, int] = (2048, 1024), seed: int = 0,
+                 val_fraction: float = 0.25, progress=None) -> list[str]:
+    """Write ``images`` scenes under ``out`` in Cityscapes layout; returns the image stems written."""
+    width, height = size
+    n_val = max(1, int(round(images * val_fraction))) if images > 1 else 0
+    n_train = images - n_val
+    stems = []
+    for i in range(images):
+        split = "train" if i < n_train else "val"
+        cities = TRAIN_CITIES if split == "train" else VAL_CITIES
+        j = i if split == "train" else i - n_train
+        city = cities[j % len(cities)]
+        stem = f"{city}_{j // len(cities):06d}_000019"
+        rng = np.random.default_rng([seed, i])
+        empty = split == "train" and i == n_train - 1 and n_train > 1
+        polygons = {"imgHeight": height, "imgWidth": width,
+                    "objects": scene_objects(rng, width, height, i, empty)}
+        inst, lab, color = maps_from_polygons(polygons)
+        rgb = render(inst.astype(np.int32), rng)
+        p = gt_paths(split, city, stem)
+        storage.write_bytes(storage.join(out, p["polygons"]), json.dumps(polygons, indent=1).encode())
+        storage.write_bytes(storage.join(out, p["instance_ids"]), encode_ids(inst))
+        storage.write_bytes(storage.join(out, p["label_ids"]), encode_png(lab))
+        storage.write_bytes(storage.join(out, p["color"]), encode_png(color))
+        storage.write_bytes(storage.join(out, p["image"]), encode_png(rgb))
+        stems.append(f"{split}/{city}/{stem}")
+        if progress:
+            progress(i + 1, images)
+    storage.write_bytes(storage.join(out, "README.md"), SAMPLE_README.encode())
+    return stems
+
+
+SAMPLE_README = """# InstSynth synthetic sample (Cityscapes layout)
+
+Procedurally drawn street scenes written by `instsynth sample`. They are **synthetic**: no pixel of
+the real Cityscapes dataset is in them. The layout, file names and label encodings are those of
+Cityscapes (gtFine instanceIds/labelIds/color/polygons, leftImg8bit), and the label PNGs were made by
+cityscapesscripts' own `createInstanceImage`/`createLabelImage` from the polygon JSON.
+"""

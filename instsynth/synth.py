@@ -1,0 +1,227 @@
+"""The main job's driver: plan -> units -> stages -> committed shards, resumable.
+
+Why a driver separate from the pipeline: everything that decides *what* to run (plan, config
+check, which units are left, failure budget, run record) is the same whether the stages run in a
+plain loop (``run.executor: local``) or on Ray Data (``pipeline``); only the executor differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+
+import yaml
+
+from instsynth import __version__, shards, storage
+from instsynth.cityscapes import DataError
+from instsynth.config import Config, ConfigError, result_differences, to_dict, to_yaml
+from instsynth.plan import failures_path, make_plan, read_plan, write_plan
+
+SUMMARY_KEY = b"instsynth.summary"
+
+
+class SynthError(RuntimeError):
+    pass
+
+
+def _under(child: str, parent: str) -> bool:
+    if storage.is_uri(child) != storage.is_uri(parent):
+        return False
+    c = child if storage.is_uri(child) else os.path.realpath(child)
+    p = parent if storage.is_uri(parent) else os.path.realpath(parent)
+    return c.rstrip("/") == p.rstrip("/") or c.startswith(p.rstrip("/") + "/")
+
+
+def is_plan_file(source: str) -> bool:
+    return str(source).endswith(".parquet") and not storage.is_dir(source)
+
+
+def check_config(out: str, cfg: Config, overwrite: bool) -> None:
+    """Refuse to mix configs in one output dir (execution-only keys aside)."""
+    path = storage.join(out, "config.yaml")
+    if not storage.exists(path):
+        return
+    old = yaml.safe_load(storage.read_bytes(path).decode()) or {}
+    diffs = result_differences(old, to_dict(cfg))
+    if diffs and not overwrite:
+        raise ConfigError(
+            f"{out} was made with a different config (differing keys: {', '.join(diffs)}); "
+            "use a new --out, or --overwrite to discard it")
+
+
+def prepare_out(source: str, out: str, cfg: Config, overwrite: bool, log=print):
+    """Resolve the plan into ``out`` (making it from a root if needed); returns (plan table, root, summary)."""
+    if overwrite and storage.exists(out):
+        for sub in ("data", "_commits", "_failures", "_runs", "stats", "plan.parquet", "plan.failures.parquet",
+                    "config.yaml", "README.md"):
+            storage.remove(storage.join(out, sub))
+    check_config(out, cfg, overwrite)
+    plan_file = shards.plan_path(out)
+    if is_plan_file(source):
+        table, root = read_plan(source)
+        root = cfg.run.data_root or root
+        if not root:
+            raise DataError(f"{source}: plan has no root in its metadata; pass --data-root")
+        if not storage.exists(plan_file):
+            fails = failures_path(source)
+            write_plan(plan_file, table,
+                       storage.read_parquet(fails) if storage.exists(fails) else _empty_failures())
+    else:
+        root = source
+        if not storage.is_dir(storage.join(root, "leftImg8bit")):
+            raise DataError(f"{root}: not a Cityscapes root (no leftImg8bit/) and not a plan .parquet file")
+        if storage.exists(plan_file):
+            table, _ = read_plan(plan_file)
+        else:
+            table, fails, summary = make_plan(root, cfg)
+            meta = dict(table.schema.metadata or {})
+            meta[SUMMARY_KEY] = json.dumps(summary).encode()
+            table = table.replace_schema_metadata(meta)
+            write_plan(plan_file, table, fails)
+            log(f"planned {summary['work_items']} work items from {summary['images']} images "
+                f"({summary['images_without_instances']} without instances, {summary['failures']} unreadable)")
+    if cfg.run.data_root:
+        root = cfg.run.data_root
+    if _under(out, root):
+        raise SynthError(f"--out {out} lies inside the input tree {root}; synth never writes there")
+    storage.write_bytes(storage.join(out, "config.yaml"), to_yaml(cfg).encode())
+    meta = table.schema.metadata or {}
+    summary = json.loads(meta[SUMMARY_KEY]) if SUMMARY_KEY in meta else None
+    return table, root, summary
+
+
+def _empty_failures():
+    from instsynth.plan import FAILURE_SCHEMA
+
+    return FAILURE_SCHEMA.empty_table()
+
+
+def pending_units(plan_rows: list[dict], done: set[str], rows_per_unit: int, limit: int | None = None):
+    """[(unit name, rows)] over the plan rows not yet committed, in plan order."""
+    todo = [(i, r) for i, r in enumerate(plan_rows) if r["work_id"] not in done]
+    if limit is not None:
+        todo = todo[:limit]
+    units = []
+    for s in range(0, len(todo), rows_per_unit):
+        chunk = todo[s:s + rows_per_unit]
+        units.append((shards.unit_name(chunk[0][0]), [r for _, r in chunk]))
+    return units
+
+
+def run_synth(source: str, out: str, cfg: Config, overwrite: bool = False, dry_run: bool = False,
+              log=print) -> dict:
+    """Run (or resume) the synthesis job; returns the summary dict (``ok`` False past the failure budget)."""
+    if dry_run:
+        return dry_run_report(source, out, cfg, log)
+    table, root, plan_summary = prepare_out(source, out, cfg, overwrite, log)
+    plan_rows = table.to_pylist()
+    done = shards.committed_work_ids(out)
+    units = pending_units(plan_rows, done, cfg.run.rows_per_unit, cfg.run.limit)
+    log(f"{len(plan_rows)} work items, {len(done)} already committed, {len(units)} units to run "
+        f"({cfg.generator.name}, executor {cfg.run.executor})")
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    started = time.time()
+    if cfg.run.executor == "local":
+        record = run_local(units, root, out, cfg, log)
+    else:
+        from instsynth.pipeline import run_ray
+
+        record = run_ray(units, root, out, cfg, log)
+    ended = time.time()
+    new_rows = sum(r["rows"] for r in record.get("units", []))
+    record.update({"run": run_id, "start": started, "end": ended, "generator": cfg.generator.name,
+                   "units_run": len(units), "rows_committed": new_rows,
+                   "rows_per_s": new_rows / max(ended - started, 1e-9), "version": __version__,
+                   "argv": sys.argv})
+    storage.write_bytes(storage.join(out, "_runs", f"{run_id}.json"), json.dumps(record, indent=1).encode())
+    summary = summarize(out, plan_rows, plan_summary, cfg)
+    from instsynth.card import write_card
+
+    write_card(out, cfg, summary)
+    log(format_run_summary(summary))
+    return summary
+
+
+def run_local(units, root, out, cfg, log) -> dict:
+    """The plain single-process loop over the same stage functions (debugging, baseline)."""
+    from instsynth.generators import build_generator
+    from instsynth.stages import Unit, compose, generate, prepare
+
+    gen = build_generator(cfg.generator)
+    results = []
+    for n, (name, rows) in enumerate(units, 1):
+        u = prepare(Unit(name, rows), root, cfg.compose)
+        u = compose(generate(u, gen, cfg.generator.batch_size), cfg.compose)
+        marker = shards.commit_unit(out, u.name, u.out, u.failures)
+        results.append({"unit": name, "rows": marker["rows"], "failures": marker["failures"]})
+        if cfg.run.progress:
+            log(f"  unit {n}/{len(units)} committed ({marker['rows']} rows, {marker['failures']} failures)")
+    host = socket.gethostname()
+    return {"executor": "local", "hosts": {"prepare": [host], "generate": [host], "compose": [host],
+                                           "commit": [host]}, "units": results}
+
+
+def summarize(out: str, plan_rows: list[dict], plan_summary: dict | None, cfg: Config) -> dict:
+    markers = shards.committed_units(out)
+    committed = sum(m["rows"] for m in markers.values())
+    failures = shards.read_failures(out).to_pylist()
+    plan_fail = storage.read_parquet(storage.join(out, "plan.failures.parquet")).num_rows \
+        if storage.exists(storage.join(out, "plan.failures.parquet")) else 0
+    images = plan_summary["images"] if plan_summary else len({r["image_id"] for r in plan_rows}) + plan_fail
+    bad_images = len({f["image_id"] for f in failures}) + plan_fail
+    frac = bad_images / images if images else 0.0
+    done = sum(m["rows"] + m["failures"] for m in markers.values())
+    return {
+        "out": out, "planned": len(plan_rows), "committed_rows": committed, "failed_items": len(failures),
+        "pending_items": len(plan_rows) - done, "units": len(markers), "source_images": images,
+        "images_without_instances": plan_summary.get("images_without_instances", 0) if plan_summary else None,
+        "images_with_failures": bad_images, "failure_fraction": frac,
+        "ok": frac <= cfg.run.max_failure_fraction,
+        "failures_by_stage": _count(f["stage"] for f in failures),
+    }
+
+
+def _count(it):
+    out: dict = {}
+    for k in it:
+        out[k] = out.get(k, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def format_run_summary(s: dict) -> str:
+    lines = [f"committed {s['committed_rows']} rows in {s['units']} units; {s['failed_items']} failed items; "
+             f"{s['pending_items']} pending (of {s['planned']} planned)",
+             f"source images: {s['source_images']}, with failures: {s['images_with_failures']} "
+             f"({100 * s['failure_fraction']:.1f}%)"]
+    if s["failures_by_stage"]:
+        lines.append("failures by stage: " + ", ".join(f"{k}={v}" for k, v in s["failures_by_stage"].items()))
+    if not s["ok"]:
+        lines.append("FAILED: failure fraction above run.max_failure_fraction")
+    return "\n".join(lines)
+
+
+def dry_run_report(source: str, out: str, cfg: Config, log=print) -> dict:
+    """Work size and estimated GPU-hours, from the generator's per-item cost; writes nothing."""
+    if is_plan_file(source):
+        table, _ = read_plan(source)
+        rows, images = table.num_rows, len(set(table.column("image_id").to_pylist()))
+    else:
+        table, _, summary = make_plan(source, cfg)
+        rows, images = table.num_rows, summary["images"]
+    done = len(shards.committed_work_ids(out)) if storage.exists(out) else 0
+    todo = max(rows - done, 0)
+    cost = cfg.generator.cost_s_per_item
+    if cost is None:
+        from instsynth.generators import generator_class
+
+        cost = getattr(generator_class(cfg.generator.name), "cost_s_per_item", None)
+    gpu_h = todo * cost / 3600 if cost is not None else None
+    report = {"images": images, "work_items": rows, "already_committed": done, "to_run": todo,
+              "cost_s_per_item": cost, "gpu_hours": gpu_h, "generator": cfg.generator.name}
+    est = f"{gpu_h:.2f} GPU-hours at {cost:.3g} s/item" if gpu_h is not None else "no per-item cost known"
+    log(f"dry run: {images} images, {rows} work items, {done} committed, {todo} to run; {est}")
+    return report

@@ -1,0 +1,40 @@
+import pytest
+
+from instsynth.config import ConfigError, load_config, result_differences, to_dict
+
+
+def test_defaults_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("plan:\n  top_k: 5\n")
+    cfg = load_config(str(p), ["plan.min_pixels=10", "compose.lam_mean=2.5", "run.address=null"],
+                      {"plan.variants": 2})
+    assert cfg.plan.top_k == 5 and cfg.plan.min_pixels == 10 and cfg.compose.lam_mean == 2.5
+    assert cfg.plan.variants == 2 and cfg.run.address is None
+
+
+def test_unknown_key_lists_valid_ones(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("plan:\n  topk: 5\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(p))
+    assert "unknown key 'plan.topk'" in str(e.value) and "top_k" in str(e.value) and str(p) in str(e.value)
+    with pytest.raises(ConfigError, match="valid keys at the top level: sample, plan"):
+        load_config(None, ["nope.x=1"])
+
+
+def test_type_errors_name_the_key():
+    with pytest.raises(ConfigError, match="plan.top_k: expected an integer"):
+        load_config(None, ["plan.top_k=many"])
+    with pytest.raises(ConfigError, match="plan.classes"):
+        load_config(None, ["plan.classes=[caravan]"])
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+    with pytest.raises(Exception, match="nope.yaml: cannot read"):
+        load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_result_differences_ignore_execution_keys():
+    a = to_dict(load_config())
+    b = to_dict(load_config(None, ["run.rows_per_unit=99", "generator.max_actors=4", "plan.top_k=4"]))
+    assert result_differences(a, b) == ["plan.top_k"]
