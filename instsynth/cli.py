@@ -49,11 +49,15 @@ def _config(args) -> Config:
 
 
 def _progress(label: str, total: int | None = None):
+    tty = sys.stderr.isatty()
+
     def report(done, total_=None):
         t = total_ or total
-        end = "\n" if t and done >= t else ""
-        msg = f"\r{label}: {done}" + (f"/{t}" if t else "")
-        print(msg, end=end, file=sys.stderr, flush=True)
+        last = bool(t) and done >= t
+        if tty:
+            print(f"\r{label}: {done}" + (f"/{t}" if t else ""), end="\n" if last else "", file=sys.stderr, flush=True)
+        elif last or done % 100 == 0:
+            print(f"{label}: {done}" + (f"/{t}" if t else ""), file=sys.stderr, flush=True)
     return report
 
 
@@ -74,7 +78,6 @@ def cmd_plan(args) -> int:
 
     cfg = _config(args)
     table, fails, summary = make_plan(args.root, cfg, progress=_progress("planned images"))
-    print("", file=sys.stderr)
     write_plan(args.out, table, fails)
     print(format_summary(summary))
     print(f"wrote {args.out} ({table.num_rows} rows) and {failures_path(args.out)} ({fails.num_rows} rows)")
@@ -93,10 +96,63 @@ def cmd_synth(args) -> int:
     return 0 if summary["ok"] else 1
 
 
+def cmd_originals(args) -> int:
+    from instsynth.originals import write_originals
+
+    write_originals(args.root, args.out, _config(args))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from instsynth.report import format_status, status
+
+    _config(args)
+    st = status(args.out_dir, verify=args.verify)
+    print(format_status(st))
+    return 1 if st["bad_rows"] else 0
+
+
+def cmd_stats(args) -> int:
+    from instsynth.report import write_stats
+
+    _config(args)
+    out = args.out or storage.join(args.dirs[0], "stats")
+    text, _ = write_stats(args.dirs, out)
+    print(text)
+    print(f"wrote {storage.join(out, 'class_counts.png')} (bar chart), class_counts.txt, class_counts.json")
+    return 0
+
+
+def cmd_preview(args) -> int:
+    from instsynth.report import preview
+
+    _config(args)
+    out = args.out or storage.join(args.out_dir, "stats", "preview.png")
+    storage.write_bytes(out, preview(args.out_dir, n=args.n))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from instsynth.export import export_cityscapes, export_coco
+
+    _config(args)
+    if args.format == "cityscapes":
+        export_cityscapes(args.dirs, args.out, split=args.split)
+    else:
+        export_coco(args.dirs, args.out)
+    return 0
+
+
 COMMANDS = {
     "sample": ("write the synthetic sample in Cityscapes layout", cmd_sample),
     "plan": ("Phase 1 selection -> work plan (Parquet)", cmd_plan),
     "synth": ("run (or resume) the synthesis job", cmd_synth),
+    "originals": ("write the original training images as rows (generator 'original')", cmd_originals),
+    "status": ("committed vs planned units and failures of an output dir", cmd_status),
+    "stats": ("per-class instance counts (table + bar chart PNG)", cmd_stats),
+    "preview": ("a grid PNG of samples with prompt and instance outline", cmd_preview),
+    "export": ("export output dirs as Cityscapes layout or COCO JSON", cmd_export),
 }
 
 
@@ -115,6 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", required=True, help="output dir (local path or s3:// gs:// URI)")
             p.add_argument("--dry-run", action="store_true", help="print work size and GPU-hours; write nothing")
             p.add_argument("--overwrite", action="store_true", help="discard an existing output dir")
+        elif name == "originals":
+            p.add_argument("root", help="Cityscapes root")
+            p.add_argument("--out", required=True, help="output dir")
+        elif name == "status":
+            p.add_argument("out_dir", metavar="OUT", help="output dir")
+            p.add_argument("--verify", action="store_true", help="decode every PNG of every committed row")
+        elif name == "stats":
+            p.add_argument("dirs", nargs="+", metavar="DIR", help="output dirs (originals and generators)")
+            p.add_argument("--out", help="where to write the tables and chart (default: DIR/stats)")
+        elif name == "preview":
+            p.add_argument("out_dir", metavar="OUT", help="output dir")
+            p.add_argument("--out", help="PNG to write (default: OUT/stats/preview.png)")
+            p.add_argument("--n", type=int, default=16, help="number of samples")
+        elif name == "export":
+            p.add_argument("dirs", nargs="+", metavar="DIR", help="output dirs to export")
+            p.add_argument("--format", choices=["cityscapes", "coco"], required=True)
+            p.add_argument("--out", required=True, help="export root")
+            p.add_argument("--split", default="train", help="split name in the Cityscapes layout")
         _add_common(p, name)
     return parser
 

@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# The demo: synthetic sample -> plan -> synth (Phase 1 -> generator -> Phase 3) -> where things are.
+# The demo: synthetic sample -> originals -> synth (recolor, on a local Ray) -> stats -> preview.
 set -euo pipefail
 OUT=${1:-demo-out}
+CFG=configs/demo.yaml
 rm -rf "$OUT"
-echo "== 1/3 writing a synthetic sample in Cityscapes layout"
-instsynth sample --config configs/demo.yaml --out "$OUT/cityscapes"
-echo "== 2/3 planning (Phase 1 selection)"
-instsynth plan "$OUT/cityscapes" --config configs/demo.yaml --out "$OUT/plan.parquet"
-echo "== 3/3 synthesizing (Phase 1 crop -> pass-through generator -> Phase 3 focused crop)"
-instsynth synth "$OUT/plan.parquet" --config configs/demo.yaml --out "$OUT/identity" \
-  --generator identity --executor local --limit 6
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} RAY_USAGE_STATS_ENABLED=0
+echo "== 1/5 writing a synthetic sample in Cityscapes layout (not Cityscapes data)"
+instsynth sample --config $CFG --out "$OUT/cityscapes"
+echo "== 2/5 writing the original training images as rows"
+instsynth originals "$OUT/cityscapes" --config $CFG --out "$OUT/original"
+echo "== 3/5 synthesizing on a local Ray: plan -> Phase 1 -> recolor generator -> Phase 3 -> shards"
+instsynth synth "$OUT/cityscapes" --config $CFG --out "$OUT/recolor" --generator recolor
+echo "== 4/5 per-class counts (Table I style)"
+instsynth stats "$OUT/original" "$OUT/recolor" --out "$OUT/stats"
+echo "== 5/5 preview grid"
+instsynth preview "$OUT/recolor" --out "$OUT/stats/preview.png"
 echo
-echo "wrote:"
-echo "  $OUT/cityscapes        synthetic sample (Cityscapes layout)"
-echo "  $OUT/plan.parquet      work plan"
-echo "  $OUT/identity/data     committed IS-Cityscapes shards ($(ls "$OUT/identity/data" | wc -l) files)"
-echo "  $OUT/identity/README.md dataset card"
+echo "where everything is:"
+echo "  $OUT/cityscapes               synthetic sample, Cityscapes layout"
+echo "  $OUT/original                 original training images as IS-Cityscapes rows"
+echo "  $OUT/recolor/data             committed shards ($(ls "$OUT/recolor/data" | wc -l) Parquet files)"
+echo "  $OUT/recolor/README.md        dataset card"
+echo "  $OUT/recolor/_runs            run records (hosts, throughput)"
+echo "  $OUT/stats/class_counts.png   per-class bar chart"
+echo "  $OUT/stats/preview.png        sample grid with prompts and instance outlines"

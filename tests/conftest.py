@@ -1,10 +1,84 @@
 import os
+import subprocess
+import tempfile
 
 import numpy as np
 import pytest
 
 from instsynth.config import Config, load_config
 from instsynth.sample import write_sample
+
+# Keep every tool's caches out of the user's home (checked at session end, see pytest_sessionfinish).
+_TMP = tempfile.mkdtemp(prefix="instsynth-tests-")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MPLCONFIGDIR", os.path.join(_TMP, "mpl"))
+os.environ.setdefault("HF_HOME", os.path.join(_TMP, "hf"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TORCH_HOME", os.path.join(_TMP, "torch"))
+_HOME = os.path.expanduser("~")
+
+
+def _home_snapshot() -> set[str]:
+    out = set()
+    for sub in ("", ".cache", ".config"):
+        d = os.path.join(_HOME, sub)
+        if os.path.isdir(d):
+            out |= {os.path.join(sub, n) for n in os.listdir(d)}
+    return out
+
+
+_HOME_BEFORE = _home_snapshot()
+
+
+def _ray_processes() -> list[str]:
+    r = subprocess.run(["pgrep", "-af", "raylet|gcs_server|ray::"], capture_output=True, text=True)
+    return [ln for ln in r.stdout.splitlines() if "pgrep" not in ln]
+
+
+_RAY_BEFORE = set(_ray_processes())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if tests left Ray processes behind or wrote into the user's home."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # noqa: BLE001
+        pass
+    import time
+
+    for _ in range(30):
+        left = [p for p in _ray_processes() if p not in _RAY_BEFORE]
+        if not left:
+            break
+        time.sleep(0.5)
+    new_home = sorted(_home_snapshot() - _HOME_BEFORE)
+    problems = []
+    if left:
+        problems.append(f"Ray processes left behind: {left[:5]}")
+    if new_home:
+        problems.append(f"tests wrote into {_HOME}: {new_home}")
+    if problems:
+        print("\n" + "\n".join(problems))
+        session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session, with more logical CPUs than cores so stages can overlap."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR",
+                 _temp_dir=os.path.join(_TMP, "ray"))
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    yield ray
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

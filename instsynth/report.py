@@ -1,0 +1,186 @@
+"""What people look at: run status, per-class counts (table + bar chart), and a preview grid.
+
+Counting follows the paper's Table I: besides one synthesized instance per row, every focused crop
+shows several more instances; "visible" counts every evaluated-class instance in every crop (the
+original dirs' visible instances are the original split's).  All readers stream unit by unit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter, defaultdict
+
+import cv2
+import numpy as np
+
+from instsynth import shards, storage
+from instsynth.cityscapes import THING_CLASSES, THING_IDS, DataError, decode_ids, decode_image
+
+
+def status(out: str, verify: bool = False) -> dict:
+    """Committed vs planned units/items and failures; ``verify`` decodes every PNG of every row."""
+    from instsynth.plan import read_plan
+
+    markers = shards.committed_units(out)
+    planned = None
+    if storage.exists(shards.plan_path(out)):
+        planned = read_plan(shards.plan_path(out))[0].num_rows
+    rows = sum(m["rows"] for m in markers.values())
+    fails = sum(m["failures"] for m in markers.values())
+    st = {"out": out, "units": len(markers), "rows": rows, "failed": fails, "planned": planned,
+          "pending": None if planned is None else planned - rows - fails, "bad_rows": []}
+    if verify:
+        for t in shards.iter_tables(out, ["work_id", "image", "instance_ids", "width", "height"]):
+            for r in t.to_pylist():
+                try:
+                    img = decode_image(r["image"], r["work_id"] + ":image")
+                    ids = decode_ids(r["instance_ids"], r["work_id"] + ":instance_ids")
+                    if img.shape[:2] != ids.shape or ids.shape != (r["height"], r["width"]):
+                        raise DataError(f"{r['work_id']}: image {img.shape[:2]}, ids {ids.shape}, "
+                                        f"row says {r['height']}x{r['width']}")
+                except DataError as e:
+                    st["bad_rows"].append(str(e))
+        st["verified"] = True
+    return st
+
+
+def format_status(st: dict) -> str:
+    lines = [f"{st['out']}: {st['units']} committed units, {st['rows']} rows, {st['failed']} failed items"]
+    if st["planned"] is not None:
+        lines.append(f"planned {st['planned']} items: {st['pending']} pending")
+    if st.get("verified"):
+        lines.append(f"verified every PNG: {len(st['bad_rows'])} bad rows" +
+                     "".join(f"\n  {b}" for b in st["bad_rows"][:20]))
+    return "\n".join(lines)
+
+
+def visible_instances(ids: np.ndarray) -> Counter:
+    vals = np.unique(ids)
+    return Counter(THING_IDS[v // 1000] for v in vals.tolist() if v >= 1000 and v // 1000 in THING_IDS)
+
+
+def class_stats(dirs: list[str]) -> dict:
+    """{source: {"synthesized": Counter, "visible": Counter, "rows": n, "retries": Counter}}, source = generator."""
+    out: dict = defaultdict(lambda: {"synthesized": Counter(), "visible": Counter(), "rows": 0,
+                                     "accepted": Counter(), "retried": Counter(), "rejected": Counter()})
+    for d in dirs:
+        for t in shards.iter_tables(d, ["generator", "class_name", "instance_ids", "work_id", "gen_stats"]):
+            for r in t.to_pylist():
+                s = out[r["generator"]]
+                s["rows"] += 1
+                if r["generator"] != "original":
+                    s["synthesized"][r["class_name"]] += 1
+                    s["accepted"][r["class_name"]] += 1
+                    tries = json.loads(r["gen_stats"] or "{}").get("attempts", 1)
+                    if tries > 1:
+                        s["retried"][r["class_name"]] += 1
+                s["visible"].update(visible_instances(decode_ids(r["instance_ids"], r["work_id"])))
+        for f in shards.read_failures(d).to_pylist():
+            if f["stage"] == "filter":
+                gen = json.loads(f["details"] or "{}").get("generator", "?")
+                cls = json.loads(f["details"] or "{}").get("class_name", "?")
+                out[gen]["rejected"][cls] += 1
+    return {k: v for k, v in out.items()}
+
+
+def format_stats(stats: dict) -> str:
+    sources = sorted(stats, key=lambda s: (s != "original", s))
+    header = f"{'class':<12}" + "".join(
+        f"{(s + ' visible') if s == 'original' else s + ' synth/visible':>26}" for s in sources) + f"{'all visible':>14}"
+    lines = [header]
+    totals = Counter()
+    for c in THING_CLASSES:
+        cells = []
+        allv = 0
+        for s in sources:
+            v = stats[s]["visible"][c]
+            allv += v
+            cells.append(f"{v:>26}" if s == "original" else f"{str(stats[s]['synthesized'][c]) + ' / ' + str(v):>26}")
+        totals[c] = allv
+        lines.append(f"{c:<12}" + "".join(cells) + f"{allv:>14}")
+    lines.append(f"{'total':<12}" + "".join(
+        f"{sum(stats[s]['visible'].values()):>26}" if s == "original" else
+        f"{str(sum(stats[s]['synthesized'].values())) + ' / ' + str(sum(stats[s]['visible'].values())):>26}"
+        for s in sources) + f"{sum(totals.values()):>14}")
+    gens = [s for s in sources if s != "original"]
+    if any(sum(stats[s]["rejected"].values()) or sum(stats[s]["retried"].values()) for s in gens):
+        lines.append("")
+        lines.append(f"{'generator':<14}{'accepted':>10}{'retried':>10}{'rejected':>10}")
+        for s in gens:
+            lines.append(f"{s:<14}{sum(stats[s]['accepted'].values()):>10}{sum(stats[s]['retried'].values()):>10}"
+                         f"{sum(stats[s]['rejected'].values()):>10}")
+    return "\n".join(lines)
+
+
+def stats_chart(stats: dict) -> bytes:
+    """A grouped bar chart (PNG bytes): visible instances per class and source."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sources = sorted(stats, key=lambda s: (s != "original", s))
+    x = np.arange(len(THING_CLASSES))
+    width = 0.8 / max(1, len(sources))
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
+    for i, s in enumerate(sources):
+        ax.bar(x + i * width, [stats[s]["visible"][c] for c in THING_CLASSES], width, label=f"{s} (visible)")
+        if s != "original":
+            ax.bar(x + i * width, [stats[s]["synthesized"][c] for c in THING_CLASSES], width * 0.5,
+                   color="black", alpha=0.5, label=f"{s} (synthesized)")
+    ax.set_xticks(x + width * (len(sources) - 1) / 2, THING_CLASSES, rotation=20)
+    ax.set_ylabel("instances")
+    ax.set_title("IS-Cityscapes instances per class")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_stats(dirs: list[str], out: str) -> tuple[str, dict]:
+    stats = class_stats(dirs)
+    text = format_stats(stats)
+    storage.write_bytes(storage.join(out, "class_counts.txt"), (text + "\n").encode())
+    storage.write_bytes(storage.join(out, "class_counts.json"), json.dumps(
+        {s: {k: dict(v) if isinstance(v, Counter) else v for k, v in d.items()} for s, d in stats.items()},
+        indent=1).encode())
+    storage.write_bytes(storage.join(out, "class_counts.png"), stats_chart(stats))
+    return text, stats
+
+
+def preview(out: str, n: int = 16, tile: tuple[int, int] = (384, 192), cols: int = 4) -> bytes:
+    """A grid PNG of the first ``n`` committed rows: crop, instance outline, prompt."""
+    tiles = []
+    for t in shards.iter_tables(out, ["image", "instance_ids", "instance_id", "prompt", "work_id", "generator"]):
+        for r in t.to_pylist():
+            img = decode_image(r["image"], r["work_id"])
+            ids = decode_ids(r["instance_ids"], r["work_id"])
+            sx, sy = tile[0] / img.shape[1], tile[1] / img.shape[0]
+            s = min(sx, sy)
+            small = cv2.resize(img, (max(1, int(img.shape[1] * s)), max(1, int(img.shape[0] * s))),
+                               interpolation=cv2.INTER_AREA)
+            canvas = np.zeros((tile[1] + 22, tile[0], 3), np.uint8)
+            canvas[:small.shape[0], :small.shape[1]] = small
+            if r["instance_id"]:
+                mask = cv2.resize((ids == r["instance_id"]).astype(np.uint8), (small.shape[1], small.shape[0]),
+                                  interpolation=cv2.INTER_NEAREST)
+                contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+                cv2.drawContours(canvas, contours, -1, (255, 255, 0), 2)
+            label = r["prompt"] or f"{r['generator']}: {r['work_id']}"
+            cv2.putText(canvas, label[:48], (4, tile[1] + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
+                        cv2.LINE_AA)
+            tiles.append(canvas)
+            if len(tiles) >= n:
+                break
+        if len(tiles) >= n:
+            break
+    if not tiles:
+        raise DataError(f"{out}: no committed rows to preview")
+    rows = [tiles[i:i + cols] for i in range(0, len(tiles), cols)]
+    blank = np.zeros_like(tiles[0])
+    grid = np.vstack([np.hstack(r + [blank] * (cols - len(r))) for r in rows])
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    return buf.tobytes()

@@ -1,0 +1,235 @@
+"""The main job on a local Ray over the sample: counts, schema, provenance, resume, damage, readers."""
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import cv2
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pytest
+
+from instsynth import shards, storage
+from instsynth.cityscapes import decode_ids, decode_image, discover
+from instsynth.cli import main
+from instsynth.config import ConfigError, load_config
+from instsynth.plan import read_plan
+from instsynth.synth import run_synth
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEBUG = os.path.join(ROOT, "configs", "debug.yaml")
+
+
+def _cfg(*sets):
+    return load_config(DEBUG, ["run.progress=false", *sets])
+
+
+def _rows(out):
+    t = pa.concat_tables(list(shards.iter_tables(out)))
+    return t.sort_by("work_id")
+
+
+@pytest.fixture(scope="module")
+def recolor_out(ray_local, sample_root, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("synth") / "recolor")
+    summary = run_synth(sample_root, out, _cfg("generator.name=recolor"), log=lambda *a: None)
+    return out, summary
+
+
+def test_rows_schema_provenance(recolor_out, sample_root):
+    out, summary = recolor_out
+    plan, root = read_plan(shards.plan_path(out))
+    rows = _rows(out)
+    assert root == sample_root
+    assert rows.schema.equals(shards.ROW_SCHEMA)
+    assert rows.num_rows + summary["failed_items"] == plan.num_rows > 0  # committed = plan - failed
+    assert summary["failed_items"] == 0 and summary["ok"]
+    assert sorted(rows.column("work_id").to_pylist()) == sorted(plan.column("work_id").to_pylist())
+    for r in rows.to_pylist():
+        img = decode_image(r["image"], "image")
+        ids = decode_ids(r["instance_ids"], "ids")
+        assert img.shape[:2] == ids.shape == (r["height"], r["width"])
+        assert abs(r["width"] - 2 * r["height"]) <= 1
+        x0, y0, x1, y1 = r["bbox"]
+        assert (ids[y0:y1, x0:x1] == r["instance_id"]).any()
+        assert r["generator"] == "recolor" and r["model_id"] and r["prompt"].startswith("A photo of")
+        assert r["source_image"].startswith("leftImg8bit/train/") and r["seed"] == 0 and r["gen_seed"] != 0
+    layout = set(storage.list_names(out))
+    assert {"plan.parquet", "plan.failures.parquet", "config.yaml", "data", "_commits", "_runs", "README.md"} <= layout
+    card = storage.read_bytes(storage.join(out, "README.md")).decode()
+    assert "Cityscapes terms" in card and "recolor" in card
+
+
+def test_same_seed_same_bytes_across_executors(recolor_out, sample_root, tmp_path):
+    out, _ = recolor_out
+    local = str(tmp_path / "local")
+    run_synth(sample_root, local, _cfg("generator.name=recolor", "run.executor=local", "run.rows_per_unit=3"),
+              log=lambda *a: None)
+    assert _rows(local).equals(_rows(out))
+    other = str(tmp_path / "seed1")
+    run_synth(sample_root, other, _cfg("generator.name=recolor", "run.executor=local", "plan.seed=1"),
+              log=lambda *a: None)
+    assert not _rows(other).column("image").equals(_rows(out).column("image"))
+
+
+def test_readable_by_pyarrow_ray_and_hf_datasets(recolor_out, ray_local):
+    out, _ = recolor_out
+    parts = shards.committed_parts(out)
+    n = _rows(out).num_rows
+    assert pads.dataset(parts, format="parquet").count_rows() == n
+    import ray.data
+
+    assert ray.data.read_parquet(parts).count() == n
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=parts, split="train")
+    assert len(ds) == n and "image" in ds.column_names
+
+
+def test_cpu_stages_not_fused_into_generator_actors(ray_local, sample_root, tmp_path):
+    from instsynth.pipeline import build_dataset
+    from instsynth.synth import pending_units
+
+    cfg = _cfg()
+    plan_rows = [{"work_id": "a", "image_path": "x"}]
+    ds = build_dataset(pending_units(plan_rows, set(), 1), sample_root, str(tmp_path), cfg)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        ds.explain()
+    physical = buf.getvalue().split("Physical Plan (Optimized)")[1]
+    actor_lines = [ln for ln in physical.splitlines() if "ActorPoolMapOperator" in ln]
+    assert actor_lines == [actor_lines[0]] and "_prepare" not in actor_lines[0] and "_compose" not in actor_lines[0]
+    assert "TaskPoolMapOperator[Map(_prepare)]" in physical
+    assert "TaskPoolMapOperator[Map(_compose_commit)]" in physical
+
+
+def test_config_change_refused_execution_keys_allowed(recolor_out, sample_root):
+    out, _ = recolor_out
+    with pytest.raises(ConfigError, match="differing keys: plan.top_k"):
+        run_synth(sample_root, out, _cfg("generator.name=recolor", "plan.top_k=1"), log=lambda *a: None)
+    s = run_synth(sample_root, out, _cfg("generator.name=recolor", "run.rows_per_unit=5", "run.executor=local"),
+                  log=lambda *a: None)
+    assert s["pending_items"] == 0 and s["committed_rows"] == _rows(out).num_rows  # nothing re-done
+
+
+def test_status_verify(recolor_out, capsys):
+    out, _ = recolor_out
+    assert main(["status", out, "--verify"]) == 0
+    text = capsys.readouterr().out
+    assert "0 pending" in text and "0 bad rows" in text
+
+
+def _damaged_root(sample_root, tmp_path):
+    root = str(tmp_path / "damaged")
+    shutil.copytree(sample_root, root)
+    recs = [r for r in discover(root, "train")]
+    bad_map, trunc, mismatch = recs[0], recs[1], recs[2]
+    storage.write_bytes(storage.join(root, bad_map.instance_ids), b"not a png")
+    data = storage.read_bytes(storage.join(root, trunc.image))
+    storage.write_bytes(storage.join(root, trunc.image), data[: len(data) // 4])
+    img = decode_image(storage.read_bytes(storage.join(root, mismatch.image)), "x")
+    small = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2))
+    cv2.imwrite(storage.join(root, mismatch.image), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    return root, bad_map, trunc, mismatch
+
+
+def test_bad_input_is_recorded_not_fatal(ray_local, sample_root, tmp_path):
+    root, bad_map, trunc, mismatch = _damaged_root(sample_root, tmp_path)
+    out = str(tmp_path / "out")
+    s = run_synth(root, out, _cfg(), log=lambda *a: None)
+    plan_fail = storage.read_parquet(storage.join(out, "plan.failures.parquet")).to_pylist()
+    assert [f["image_id"] for f in plan_fail] == [bad_map.image_id]
+    fails = {f["image_id"]: f for f in shards.read_failures(out).to_pylist()}
+    assert set(fails) == {trunc.image_id, mismatch.image_id}
+    assert fails[trunc.image_id]["stage"] == "decode" and "cannot decode" in fails[trunc.image_id]["reason"]
+    assert "does not match" in fails[mismatch.image_id]["reason"]
+    plan = read_plan(shards.plan_path(out))[0]
+    assert s["committed_rows"] + s["failed_items"] == plan.num_rows
+    assert s["images_without_instances"] == 1 and s["images_with_failures"] == 3
+    assert s["ok"]  # 3 of 6 images damaged: at the default budget of 0.5
+    # over budget: the CLI exits non-zero, and re-running resumes without redoing committed units
+    code = main(["synth", root, "--out", out, "--config", DEBUG, "--set", "run.max_failure_fraction=0.2",
+                 "--set", "run.progress=false"])
+    assert code == 1
+
+
+def test_kill_and_resume_is_exactly_once(sample_root, tmp_path):
+    """SIGKILL the driver mid-job; the re-run completes the rest; rows equal an uninterrupted run."""
+    ref = str(tmp_path / "ref")
+    run_synth(sample_root, ref, _cfg("run.executor=local"), log=lambda *a: None)
+    out = str(tmp_path / "killed")
+    rt = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    env = {**os.environ, "RAY_TMPDIR": rt, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "instsynth.cli", "synth", sample_root, "--out", out, "--config", DEBUG,
+           "--set", "run.progress=false", "--set", "run.rows_per_unit=1"]
+    proc = subprocess.Popen(cmd + ["--set", "run.pause_after_units=2"], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            n = len(shards.committed_units(out)) if storage.exists(out) else 0
+            if n >= 2:
+                break
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            time.sleep(0.2)
+        else:
+            pytest.fail("no unit committed in time")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    total = read_plan(shards.plan_path(out))[0].num_rows
+    committed_at_kill = len(shards.committed_units(out))
+    assert 1 <= committed_at_kill < total
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert f"{committed_at_kill} already committed" in r.stdout
+    assert _rows(out).equals(_rows(ref))
+    assert len(shards.committed_units(out)) == total  # one unit per row: nothing duplicated or dropped
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-af", rt], capture_output=True, text=True).stdout
+    assert not [ln for ln in left.splitlines() if "pgrep" not in ln], left
+    shutil.rmtree(rt, ignore_errors=True)
+
+
+def test_dry_run_estimates_gpu_hours(sample_root, tmp_path, capsys):
+    out = str(tmp_path / "dry")
+    assert main(["synth", sample_root, "--out", out, "--config", DEBUG, "--generator", "recolor", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "work items" in text and "GPU-hours at 0.01 s/item" in text
+    assert not storage.exists(out)
+
+
+def test_synth_refuses_to_write_into_input(sample_root):
+    with pytest.raises(Exception, match="inside the input tree"):
+        run_synth(sample_root, os.path.join(sample_root, "out"), _cfg("run.executor=local"), log=lambda *a: None)
+    assert not os.path.exists(os.path.join(sample_root, "out", "data"))
+
+
+def test_originals_stats_preview_export(recolor_out, sample_root, tmp_path, capsys):
+    out, _ = recolor_out
+    orig = str(tmp_path / "orig")
+    assert main(["originals", sample_root, "--out", orig, "--config", DEBUG]) == 0
+    o = _rows(orig)
+    assert o.num_rows == 6 and set(o.column("generator").to_pylist()) == {"original"}
+    capsys.readouterr()
+    assert main(["stats", orig, out, "--out", str(tmp_path / "stats")]) == 0
+    text = capsys.readouterr().out
+    assert "original visible" in text and "recolor synth/visible" in text
+    png = cv2.imread(str(tmp_path / "stats" / "class_counts.png"))
+    assert png is not None and png.shape[0] > 100
+    assert main(["preview", out]) == 0
+    assert cv2.imread(storage.join(out, "stats", "preview.png")) is not None
+    # visible instances are counted from the maps: originals' totals match a direct count
+    from instsynth.report import class_stats, visible_instances
+
+    direct = sum((visible_instances(decode_ids(r["instance_ids"], "x")) for r in o.to_pylist()),
+                 start=__import__("collections").Counter())
+    assert class_stats([orig])["original"]["visible"] == direct
