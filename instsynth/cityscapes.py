@@ -85,13 +85,14 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
 
 
 def decode_ids(data: bytes, name: str) -> np.ndarray:
-    """16-bit (or 8-bit) PNG bytes -> HxW int32 id map, lossless."""
+    """16-bit (or 8-bit) PNG bytes -> HxW uint16 id map, lossless (uint16: half the bytes of int32
+    through every stage and the object store)."""
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if arr is None:
         raise DataError(f"{name}: cannot decode id map (truncated or not a PNG)")
     if arr.ndim != 2 or arr.dtype not in (np.uint16, np.uint8):
         raise DataError(f"{name}: expected a single-channel 8/16-bit id map, got shape {arr.shape} {arr.dtype}")
-    return arr.astype(np.int32)
+    return arr.astype(np.uint16, copy=False)
 
 
 def read_image(path: str) -> np.ndarray:

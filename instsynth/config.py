@@ -113,6 +113,7 @@ class RunConfig:
     pause_after_units: int | None = None
     limit: int | None = None
     data_root: str | None = None
+    op_reservation: bool = False
 
 
 @dataclass
@@ -136,6 +137,7 @@ EXECUTION_ONLY = {
     "run.max_failure_fraction",
     "run.executor",
     "run.data_root",
+    "run.op_reservation",
     "generator.min_actors",
     "generator.max_actors",
     "generator.num_cpus",

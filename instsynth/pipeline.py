@@ -26,7 +26,8 @@ import numpy as np
 from instsynth.config import ComposeConfig, Config, GeneratorConfig
 
 
-def _where(stage: str, unit) -> None:
+def _where(stage: str, unit, started: float) -> None:
+    """Record where (host, node, pid) and how long (seconds, incl. (de)serialisation) a stage ran."""
     import ray
 
     try:
@@ -34,15 +35,17 @@ def _where(stage: str, unit) -> None:
     except Exception:  # noqa: BLE001
         node = ""
     unit.placement = getattr(unit, "placement", {})
-    unit.placement[stage] = {"host": socket.gethostname(), "node": node, "pid": os.getpid()}
+    unit.placement[stage] = {"host": socket.gethostname(), "node": node, "pid": os.getpid(),
+                             "seconds": time.perf_counter() - started}
 
 
 def _prepare(row: dict, root: str, compose_cfg: ComposeConfig) -> dict:
     from instsynth.stages import prepare
 
+    t0 = time.perf_counter()
     unit = pickle.loads(row["payload"])
     unit = prepare(unit, root, compose_cfg)
-    _where("prepare", unit)
+    _where("prepare", unit, t0)
     return {"unit": row["unit"], "payload": pickle.dumps(unit, protocol=5)}
 
 
@@ -60,8 +63,9 @@ class GeneratorActor:
 
         payloads = []
         for p in batch["payload"]:
+            t0 = time.perf_counter()
             unit = generate(pickle.loads(p), self.gen, self.cfg.batch_size)
-            _where("generate", unit)
+            _where("generate", unit, t0)
             payloads.append(pickle.dumps(unit, protocol=5))
         return {"unit": batch["unit"], "payload": np.array(payloads, dtype=object)}
 
@@ -70,8 +74,9 @@ def _compose_commit(row: dict, out: str, compose_cfg: ComposeConfig, pause_after
     from instsynth import shards
     from instsynth.stages import compose
 
+    t0 = time.perf_counter()
     unit = compose(pickle.loads(row["payload"]), compose_cfg)
-    _where("commit", unit)
+    _where("commit", unit, t0)
     marker = shards.commit_unit(out, unit.name, unit.out, unit.failures)
     if pause_after is not None and len(shards.committed_units(out)) >= pause_after:
         time.sleep(3600)  # test-only: hold the run here so a test can kill the driver mid-job
@@ -133,6 +138,9 @@ def run_ray(units, root, out, cfg: Config, log=print) -> dict:
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = bool(cfg.run.progress)
         ctx.print_on_execution_start = False
+        # Ray Data reserves half of the resources per operator by default; on small machines that
+        # idles cores between our three short stages (measured: scripts/bench_pipeline.py).
+        ctx.op_resource_reservation_enabled = bool(cfg.run.op_reservation)
         results, hosts = [], {}
         if units:
             ds = build_dataset(units, root, out, cfg)

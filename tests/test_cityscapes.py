@@ -39,7 +39,7 @@ def test_16bit_maps_roundtrip_losslessly(tmp_path):
     p = str(tmp_path / "x_instanceIds.png")
     storage.write_bytes(p, encode_ids(ids))
     back = read_ids(p)
-    assert back.dtype == np.int32 and np.array_equal(back, ids)
+    assert back.dtype == np.uint16 and np.array_equal(back, ids)
     assert decode_ids(encode_ids(ids), "x").max() == 33999
 
 

@@ -1,0 +1,162 @@
+"""Ray pipeline overhead, scaling and memory, each measured against a baseline in the same run.
+
+    python scripts/bench_pipeline.py [--images 24] [--size 2048x1024] [--big 400] [--generator recolor]
+
+1. overhead: Ray Data with 1 CPU vs the plain single-process loop over the same stage functions
+   (``run.executor: local``) on the same plan.  Target: <= 15% slower.
+2. scaling: Ray with 2 CPUs vs Ray with 1.  Target: >= 1.6x on a 2-core machine (Ray's own
+   processes share the cores, so also run it on a bigger machine when one is at hand).
+3. memory: peak RSS of the driver and of the largest Ray worker at ``--small`` vs ``--big`` images.
+   Target: flat within 10% (the job streams; nothing is collected).
+
+Each configuration runs in a fresh subprocess so its peak RSS is its own; Ray start-up time is
+reported separately and not counted in the job time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+
+def child(args) -> None:
+    """Run one configuration and print a JSON line with its timings and peak RSS."""
+    import psutil
+
+    from instsynth.config import load_config
+    from instsynth.plan import read_plan
+    from instsynth.synth import pending_units, run_local
+
+    cfg = load_config(None, [f"generator.name={args.generator}", "run.progress=false",
+                             f"run.rows_per_unit={args.rows_per_unit}", "run.log_level=ERROR"])
+    table, root = read_plan(args.plan)
+    rows = [r for r in table.to_pylist() if r["image_id"] in set(json.loads(args.image_ids))] \
+        if args.image_ids else table.to_pylist()
+    units = pending_units(rows, set(), cfg.run.rows_per_unit)
+    out = tempfile.mkdtemp(prefix="bench-out-")
+    peak = {"workers": 0, "workers_sum": 0}
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            tot = 0
+            for p in psutil.process_iter(["cmdline", "memory_info"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if "ray::" in cmd or "default_worker.py" in cmd:
+                    rss = p.info["memory_info"].rss if p.info["memory_info"] else 0
+                    peak["workers"] = max(peak["workers"], rss)
+                    tot += rss
+            peak["workers_sum"] = max(peak["workers_sum"], tot)
+            time.sleep(0.2)
+
+    t_init = 0.0
+    stage_s: dict = {}
+    if args.mode == "local":
+        t0 = time.perf_counter()
+        run_local(units, root, out, cfg, log=lambda *a: None)
+        t_job = time.perf_counter() - t0
+    else:
+        import ray
+        from ray.data import DataContext
+
+        s = time.perf_counter()
+        ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
+        t_init = time.perf_counter() - s
+        DataContext.get_current().enable_progress_bars = False
+        DataContext.get_current().op_resource_reservation_enabled = bool(cfg.run.op_reservation)
+        threading.Thread(target=poll, daemon=True).start()
+        # the generator actor reserves a quarter CPU; CPU stages get what is left per core
+        cfg.generator.num_cpus = 0.25
+        cfg.run.num_cpus = 0.75 if args.cpus == 1 else 0.5
+        import pickle
+
+        from instsynth.pipeline import build_dataset
+
+        t0 = time.perf_counter()
+        for r in build_dataset(units, root, out, cfg).iter_rows():
+            for stage, w in pickle.loads(r["placement"]).items():
+                stage_s[stage] = stage_s.get(stage, 0.0) + w["seconds"]
+        t_job = time.perf_counter() - t0
+        stop.set()
+        ray.shutdown()
+    print(json.dumps({"mode": args.mode, "cpus": args.cpus, "items": len(rows), "t_job": t_job, "t_init": t_init,
+                      "driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "worker_rss_mb": peak["workers"] / 2**20, "workers_sum_mb": peak["workers_sum"] / 2**20,
+                      "stage_s": stage_s}))
+
+
+def run_child(plan: str, mode: str, cpus: int, generator: str, rows_per_unit: int, image_ids=None) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--plan", plan, "--mode", mode, "--cpus", str(cpus),
+           "--generator", generator, "--rows-per-unit", str(rows_per_unit)]
+    if image_ids is not None:
+        cmd += ["--image-ids", json.dumps(image_ids)]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode or not lines:
+        raise SystemExit(f"child {mode}/{cpus} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--plan")
+    ap.add_argument("--mode", default="ray")
+    ap.add_argument("--cpus", type=int, default=1)
+    ap.add_argument("--image-ids")
+    ap.add_argument("--images", type=int, default=24, help="images for the overhead/scaling runs")
+    ap.add_argument("--small", type=int, default=40)
+    ap.add_argument("--big", type=int, default=400, help="images for the memory run (0: skip it)")
+    ap.add_argument("--size", default="2048x1024")
+    ap.add_argument("--generator", default="recolor")
+    ap.add_argument("--rows-per-unit", type=int, default=4)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    from instsynth.config import load_config, parse_size
+    from instsynth.plan import make_plan, write_plan
+    from instsynth.sample import write_sample
+
+    n_sample = max(args.images, args.big, args.small)
+    root = tempfile.mkdtemp(prefix="bench-pipe-")
+    t0 = time.perf_counter()
+    write_sample(root, n_sample, parse_size(args.size, "--size"), seed=0, val_fraction=0.0)
+    table, fails, summary = make_plan(root, load_config())
+    plan = os.path.join(root, "plan.parquet")
+    write_plan(plan, table, fails)
+    images = sorted(set(table.column("image_id").to_pylist()))
+    print(f"sample: {n_sample} images of {args.size}, {table.num_rows} work items ({time.perf_counter() - t0:.0f} s)")
+
+    subset = images[: args.images]
+    loop = run_child(plan, "local", 1, args.generator, args.rows_per_unit, subset)
+    r1 = run_child(plan, "ray", 1, args.generator, args.rows_per_unit, subset)
+    r2 = run_child(plan, "ray", 2, args.generator, args.rows_per_unit, subset)
+    print(f"\n{loop['items']} work items from {len(subset)} images, generator {args.generator}")
+    print(f"  plain loop            {loop['t_job']:7.2f} s")
+    print(f"  Ray, 1 CPU            {r1['t_job']:7.2f} s   (+{r1['t_init']:.1f} s Ray start)")
+    print(f"  Ray, 2 CPUs           {r2['t_job']:7.2f} s   (+{r2['t_init']:.1f} s Ray start)")
+    print(f"  time inside stages (Ray, 1 CPU): {json.dumps({k: round(v, 2) for k, v in r1['stage_s'].items()})}")
+    print(f"overhead Ray(1 CPU) vs loop: {100 * (r1['t_job'] / loop['t_job'] - 1):+.1f}% (target <= +15%)")
+    print(f"scaling Ray 2 CPUs vs 1:     {r1['t_job'] / r2['t_job']:.2f}x (target >= 1.6x; cores here: {os.cpu_count()})")
+
+    if args.big:
+        small = run_child(plan, "ray", 2, args.generator, args.rows_per_unit, images[: args.small])
+        big = run_child(plan, "ray", 2, args.generator, args.rows_per_unit, images[: args.big])
+        print(f"\npeak RSS at {args.small} vs {len(images[: args.big])} images (Ray, 2 CPUs):")
+        for k, name in (("driver_rss_mb", "driver"), ("worker_rss_mb", "largest worker"),
+                        ("workers_sum_mb", "all workers")):
+            print(f"  {name:<15} {small[k]:8.0f} MB vs {big[k]:8.0f} MB  ratio {big[k] / max(small[k], 1e-9):.2f}"
+                  " (target <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()
