@@ -215,8 +215,18 @@ def _merge(obj: Any, data: dict, prefix: str, source: str) -> None:
         tp = hints[k]
         if _is_dataclass_type(tp):
             _merge(getattr(obj, k), v, key + ".", source)
+        elif typing.get_origin(tp) is dict and isinstance(v, dict) and isinstance(getattr(obj, k), dict):
+            # mappings merge key by key, so `--set generator.params.model=x` keeps the other params
+            setattr(obj, k, _check_value(_deep_update(getattr(obj, k), v), tp, key))
         else:
             setattr(obj, k, _check_value(v, tp, key))
+
+
+def _deep_update(base: dict, new: dict) -> dict:
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -128,6 +128,21 @@ def init_ray(address: str | None, log_level: str = "WARNING") -> bool:
     return True
 
 
+def _iter_rows(ds):
+    """Iterate the dataset; an actor that failed to build its generator becomes one GeneratorError line."""
+    import re
+
+    from instsynth.generators import GeneratorError
+
+    try:
+        yield from ds.iter_rows()
+    except Exception as e:  # noqa: BLE001 - Ray wraps the actor's exception in its own types
+        m = re.search(r"GeneratorError: (.+)", str(e))
+        if m:
+            raise GeneratorError(m.group(1).strip()) from None
+        raise
+
+
 def run_ray(units, root, out, cfg: Config, log=print) -> dict:
     """Run ``units`` on Ray Data; commits happen in the workers, the driver sees only summaries."""
     import ray
@@ -145,7 +160,7 @@ def run_ray(units, root, out, cfg: Config, log=print) -> dict:
         if units:
             ds = build_dataset(units, root, out, cfg)
             t0 = time.time()
-            for n, r in enumerate(ds.iter_rows(), 1):
+            for n, r in enumerate(_iter_rows(ds), 1):
                 placement = pickle.loads(r["placement"])
                 for stage, where in placement.items():
                     hosts.setdefault(stage, set()).add((where["host"], where["node"]))

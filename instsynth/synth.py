@@ -117,6 +117,9 @@ def run_synth(source: str, out: str, cfg: Config, overwrite: bool = False, dry_r
     """Run (or resume) the synthesis job; returns the summary dict (``ok`` False past the failure budget)."""
     if dry_run:
         return dry_run_report(source, out, cfg, log)
+    from instsynth.generators import check_generator
+
+    check_generator(cfg.generator)  # e.g. a missing model path: fail before anything is written
     table, root, plan_summary = prepare_out(source, out, cfg, overwrite, log)
     plan_rows = table.to_pylist()
     done = shards.committed_work_ids(out)

@@ -38,3 +38,10 @@ def test_result_differences_ignore_execution_keys():
     a = to_dict(load_config())
     b = to_dict(load_config(None, ["run.rows_per_unit=99", "generator.max_actors=4", "plan.top_k=4"]))
     assert result_differences(a, b) == ["plan.top_k"]
+
+
+def test_dotted_override_merges_into_mappings(tmp_path):
+    p = tmp_path / "g.yaml"
+    p.write_text("generator:\n  name: sdxl-inpaint\n  params: {model: a, steps: 2, extra: {dilate: 1}}\n")
+    cfg = load_config(str(p), ["generator.params.model=b", "generator.params.extra.blend_start=0.5"])
+    assert cfg.generator.params == {"model": "b", "steps": 2, "extra": {"dilate": 1, "blend_start": 0.5}}

@@ -22,6 +22,9 @@ from instsynth.config import GeneratorConfig
 REGISTRY = {
     "identity": "instsynth.generators.simple:Identity",
     "recolor": "instsynth.generators.simple:Recolor",
+    "sdxl-inpaint": "instsynth.generators.diffusion:SDXLInpaint",
+    "blended-sdxl": "instsynth.generators.diffusion:BlendedSDXL",
+    "gligen": "instsynth.generators.diffusion:GLIGEN",
 }
 
 
@@ -43,3 +46,13 @@ def build_generator(cfg: GeneratorConfig):
         return cls(**cfg.params)
     except TypeError as e:
         raise GeneratorError(f"generator.params for {cfg.name!r}: {e}") from None
+
+
+def check_generator(cfg: GeneratorConfig) -> None:
+    """Cheap checks the driver runs before any work (e.g. a missing local model path)."""
+    cls = generator_class(cfg.name)
+    model = cfg.params.get("model") or getattr(cls, "default_model", "")
+    if model:
+        from instsynth.generators.diffusion import check_model
+
+        check_model(model)

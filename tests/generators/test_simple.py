@@ -51,7 +51,7 @@ def test_identity_and_registry():
     gen = build_generator(GeneratorConfig(name="identity"))
     crop = np.zeros((4, 4, 3), np.uint8)
     assert np.array_equal(gen([{"crop": crop, "mask": np.ones((4, 4), bool)}])[0]["image"], crop)
-    with pytest.raises(GeneratorError, match="unknown generator 'nope'; known: identity"):
+    with pytest.raises(GeneratorError, match="unknown generator .nope.; known: blended-sdxl, gligen, identity"):
         build_generator(GeneratorConfig(name="nope"))
     with pytest.raises(GeneratorError, match="generator.params for 'recolor'"):
         build_generator(GeneratorConfig(name="recolor", params={"bogus": 1}))

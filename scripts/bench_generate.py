@@ -1,0 +1,247 @@
+"""Generator throughput: a naive loop vs our settings, with FLOPs, GPU busy fraction and MFU.
+
+    python scripts/bench_generate.py --generator sdxl-inpaint --scale full --resolution 1024 --steps 30   # GPU
+    python scripts/bench_generate.py --generator sdxl-inpaint --scale tiny                              # CPU smoke
+
+Builds the actor's own generator class (instsynth.generators.diffusion) around a pipeline whose
+architecture comes from the published configs in configs/arch/ (full) or the tiny test models (tiny),
+with random weights - throughput does not depend on the weights.  Measures:
+
+* naive: batch 1, fp32, classic attention, no compile (what a first script does);
+* ours:  the configured batch, bf16 (fp32 on CPU), SDPA attention, optional torch.compile.
+
+A few steps are timed at two step counts and the per-step slope is extrapolated to ``--steps``, so
+a 50-step 1024^2 run fits in a 10-minute command.  FLOPs per image come from
+torch.utils.flop_counter.FlopCounterMode over the UNet (with classifier-free guidance) and the VAE on
+the meta device; MFU = achieved FLOP/s / ``--peak-tflops``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+
+import numpy as np
+import torch
+
+ARCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "arch")
+
+
+def _json(name):
+    with open(os.path.join(ARCH, name)) as f:
+        return json.load(f)
+
+
+def build_full(kind: str, dtype, device):
+    """A full-size pipeline (random weights) from the published architecture configs."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        StableDiffusionGLIGENPipeline,
+        StableDiffusionXLInpaintPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from instsynth.generators.tiny import write_tokenizer
+
+    tmp = tempfile.mkdtemp(prefix="tok-")
+    write_tokenizer(tmp)
+    tok = CLIPTokenizer.from_pretrained(tmp)
+    with torch.device(device):
+        if kind == "gligen":
+            unet = UNet2DConditionModel.from_config(_json("gligen-sd14-unet.json"))
+            vae = AutoencoderKL.from_config(_json("sd14-vae.json"))
+            te = CLIPTextModel(CLIPTextConfig(**_json("clip-vit-l-text.json")))
+            pipe = StableDiffusionGLIGENPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
+                                                 scheduler=DDIMScheduler(), safety_checker=None,
+                                                 feature_extractor=None, requires_safety_checker=False)
+        else:
+            unet = UNet2DConditionModel.from_config(_json("sdxl-inpaint-unet.json" if kind == "sdxl-inpaint"
+                                                          else "sdxl-base-unet.json"))
+            vae = AutoencoderKL.from_config(_json("sdxl-vae.json"))
+            te1 = CLIPTextModel(CLIPTextConfig(**_json("clip-vit-l-text.json")))
+            te2 = CLIPTextModelWithProjection(CLIPTextConfig(**_json("openclip-bigg-text.json")))
+            pipe = StableDiffusionXLInpaintPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok,
+                                                    tokenizer_2=tok, unet=unet, scheduler=EulerDiscreteScheduler(),
+                                                    requires_aesthetics_score=False)
+    return pipe.to(dtype=dtype)
+
+
+def build_tiny(kind: str, dtype):
+    from diffusers import AutoPipelineForInpainting, StableDiffusionGLIGENPipeline
+
+    from instsynth.generators import tiny
+
+    d = tempfile.mkdtemp(prefix="tiny-")
+    if kind == "gligen":
+        return StableDiffusionGLIGENPipeline.from_pretrained(tiny.make_gligen(os.path.join(d, "g")), dtype=dtype)
+    path = tiny.make_sdxl(os.path.join(d, "s"), 9 if kind == "sdxl-inpaint" else 4)
+    return AutoPipelineForInpainting.from_pretrained(path, dtype=dtype)
+
+
+def flops_per_image(kind: str, scale: str, resolution: int, steps: int, strength: float) -> dict:
+    """UNet FLOPs per step (with CFG: batch 2) and VAE encode/decode FLOPs, counted on the meta device."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if scale == "full":
+        ucfg = _json("gligen-sd14-unet.json" if kind == "gligen" else
+                     "sdxl-inpaint-unet.json" if kind == "sdxl-inpaint" else "sdxl-base-unet.json")
+        vcfg = _json("sd14-vae.json" if kind == "gligen" else "sdxl-vae.json")
+    else:
+        pipe = build_tiny(kind, torch.float32)
+        ucfg, vcfg = dict(pipe.unet.config), dict(pipe.vae.config)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(ucfg)
+        vae = AutoencoderKL.from_config(vcfg)
+        f = 2 ** (len(vcfg["block_out_channels"]) - 1)
+        h = resolution // f
+        x = torch.randn(2, ucfg["in_channels"], h, h)
+        ctx = torch.randn(2, 77, ucfg["cross_attention_dim"])
+        kw = {}
+        if ucfg.get("addition_embed_type") == "text_time":
+            kw["added_cond_kwargs"] = {"text_embeds": torch.randn(2, ucfg["projection_class_embeddings_input_dim"]
+                                                                  - 6 * ucfg["addition_time_embed_dim"]),
+                                       "time_ids": torch.randn(2, 6)}
+        if ucfg.get("attention_type") == "gated":
+            kw["cross_attention_kwargs"] = {"gligen": {"boxes": torch.randn(2, 30, 4),
+                                                       "positive_embeddings": torch.randn(2, 30, ucfg["cross_attention_dim"]),
+                                                       "masks": torch.randn(2, 30)}}
+        with FlopCounterMode(display=False) as fc:
+            unet(x, torch.tensor([10]), encoder_hidden_states=ctx, **kw)
+        unet_step = fc.get_total_flops()
+        img = torch.randn(1, 3, resolution, resolution)
+        with FlopCounterMode(display=False) as fc:
+            vae.encode(img)
+        enc = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            vae.decode(torch.randn(1, 4, h, h))
+        dec = fc.get_total_flops()
+    n_steps = max(1, int(steps * strength))
+    return {"unet_step": unet_step, "vae_encode": enc, "vae_decode": dec,
+            "unet_params": sum(p.numel() for p in unet.parameters()),
+            "per_image": n_steps * unet_step + enc + dec}
+
+
+class GpuBusy:
+    """Samples nvidia-smi-style utilisation through torch.cuda.utilization (needs pynvml)."""
+
+    def __init__(self):
+        self.samples, self.stop = [], threading.Event()
+
+    def __enter__(self):
+        def loop():
+            while not self.stop.is_set():
+                try:
+                    self.samples.append(torch.cuda.utilization())
+                except Exception:  # noqa: BLE001
+                    return
+                time.sleep(0.05)
+        if torch.cuda.is_available():
+            threading.Thread(target=loop, daemon=True).start()
+        return self
+
+    def __exit__(self, *a):
+        self.stop.set()
+
+    @property
+    def fraction(self):
+        return float(np.mean(self.samples)) / 100 if self.samples else None
+
+
+def measure(gen_cls, pipe, params: dict, batch: int, steps: int, probe: tuple[int, int], resolution: int) -> dict:
+    """Images/s extrapolated from timing ``probe`` step counts at ``batch``."""
+    gen = gen_cls(_pipeline=pipe, **params)
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(batch):
+        crop = rng.integers(0, 255, (resolution, resolution, 3), dtype=np.uint8)
+        mask = np.zeros((resolution, resolution), bool)
+        mask[resolution // 4: 3 * resolution // 4, resolution // 4: 3 * resolution // 4] = True
+        items.append({"work_id": f"b{i}", "prompt": "A photo of a red car", "negative_prompt": "", "crop": crop,
+                      "mask": mask, "gen_seed": i, "crop_box": [0, 0, resolution, resolution],
+                      "bbox": [resolution // 4, resolution // 4, 3 * resolution // 4, 3 * resolution // 4]})
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    gen.p.steps = probe[0]
+    gen(items)  # warm-up (and compile)
+    times = []
+    with GpuBusy() as busy:
+        for s in probe:
+            gen.p.steps = s
+            sync()
+            t0 = time.perf_counter()
+            res = gen(items)
+            sync()
+            times.append(time.perf_counter() - t0)
+    errors = [r["error"] for r in res if "error" in r]
+    per_step = (times[1] - times[0]) / (probe[1] - probe[0])
+    fixed = max(times[0] - probe[0] * per_step, 0.0)
+    total = fixed + steps * per_step
+    return {"batch": batch, "per_step_s": per_step, "fixed_s": fixed, "batch_s": total,
+            "images_per_s": batch / total, "gpu_busy": busy.fraction, "errors": errors[:1]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--generator", default="sdxl-inpaint", choices=["sdxl-inpaint", "blended-sdxl", "gligen"])
+    ap.add_argument("--scale", default="tiny", choices=["tiny", "full"])
+    ap.add_argument("--resolution", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--probe", default="2,4", help="two step counts timed to get the per-step slope")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--peak-tflops", type=float, default=790.0, help="dense bf16 FLOP/s the GPU sustains")
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--flops-only", action="store_true", help="print the FLOP counts (meta device) and stop")
+    args = ap.parse_args()
+    from instsynth.generators import generator_class
+
+    cls = generator_class(args.generator)
+    res = args.resolution or (64 if args.scale == "tiny" else cls.defaults["resolution"])
+    steps = args.steps or cls.defaults["steps"]
+    strength = min(cls.defaults.get("strength", 1.0), 1.0)
+    probe = tuple(int(v) for v in args.probe.split(","))
+    cuda = torch.cuda.is_available()
+    dev = "cuda" if cuda else "cpu"
+    fl = flops_per_image(args.generator, args.scale, res, steps, strength)
+    print(f"{args.generator} ({args.scale}), {res}px, {steps} steps, device {dev}"
+          + (f" ({torch.cuda.get_device_name()})" if cuda else ""))
+    print(f"UNet {fl['unet_params'] / 1e9:.2f} B params; {fl['unet_step'] / 1e12:.2f} TFLOPs/step with CFG; VAE "
+          f"encode {fl['vae_encode'] / 1e12:.2f} + decode {fl['vae_decode'] / 1e12:.2f} TFLOPs; "
+          f"{fl['per_image'] / 1e12:.1f} TFLOPs/image -> floor {fl['per_image'] / (args.peak_tflops * 1e12):.3f} s/image "
+          f"at {args.peak_tflops:.0f} TFLOP/s")
+    if args.flops_only:
+        return
+    common = {"steps": steps, "resolution": res, "device": dev}
+    rows = []
+    if not args.skip_naive:
+        pipe = build_full(args.generator, torch.float32, dev) if args.scale == "full" else build_tiny(args.generator, torch.float32)
+        rows.append(("naive (b1, fp32, classic attn)",
+                     measure(cls, pipe, {**common, "dtype": "fp32", "attention": "default"}, 1, steps, probe, res)))
+        del pipe
+        if cuda:
+            torch.cuda.empty_cache()
+    dtype = torch.bfloat16 if cuda else torch.float32
+    pipe = build_full(args.generator, dtype, dev) if args.scale == "full" else build_tiny(args.generator, dtype)
+    batch = 1 if cls.max_batch == 1 else args.batch
+    ours = {**common, "dtype": "bf16" if cuda else "fp32", "attention": "sdpa", "compile": args.compile}
+    rows.append((f"ours (b{batch}, {ours['dtype']}, sdpa{', compile' if args.compile else ''})",
+                 measure(cls, pipe, ours, batch, steps, probe, res)))
+    print(f"\n{'setting':<40}{'img/s':>10}{'s/img':>10}{'GPU busy':>10}{'MFU':>8}")
+    for name, r in rows:
+        mfu = r["images_per_s"] * fl["per_image"] / (args.peak_tflops * 1e12)
+        busy = f"{100 * r['gpu_busy']:.0f}%" if r["gpu_busy"] is not None else "-"
+        print(f"{name:<40}{r['images_per_s']:>10.3f}{1 / r['images_per_s']:>10.3f}{busy:>10}"
+              f"{100 * mfu:>7.1f}%" + (f"  errors: {r['errors']}" if r["errors"] else ""))
+    if len(rows) == 2:
+        print(f"\nours vs naive: {rows[1][1]['images_per_s'] / rows[0][1]['images_per_s']:.2f}x images/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""Write tiny random diffusers pipelines for all three generators: `python scripts/make_tiny_models.py OUT`.
+
+For the tests and for smoke-testing a cluster without weights; configs/generators/*.tiny.yaml point at
+models/tiny/.
+"""
+
+import argparse
+
+from instsynth.generators.tiny import make_all
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", nargs="?", default="models/tiny")
+    ap.add_argument("--resolution", type=int, default=64)
+    a = ap.parse_args()
+    for name, path in make_all(a.out, a.resolution).items():
+        print(f"{name:<14} {path}")
