@@ -114,6 +114,55 @@ class RunConfig:
     limit: int | None = None
     data_root: str | None = None
     op_reservation: bool = False
+    inflight_mb: int = 1024
+
+
+@dataclass
+class ModelConfig:
+    """Which segmenter to train and how to build it (see instsynth.train.models)."""
+
+    name: str = "fastinst"
+    tiny: bool = False
+    pretrained: str | None = None
+    backbone_weights: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Ray Train over IS-Cityscapes output dirs (paper section IV.A; FastInst: AdamW 1e-4, batch 4, 90k it)."""
+
+    dirs: list[str] = field(default_factory=list)
+    synthetic_ratio: float | None = None
+    short_edge: list[int] = field(default_factory=lambda: [360, 720])
+    crop: str = "720x360"
+    flip: bool = True
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    grad_clip: float = 0.01
+    iterations: int = 90000
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    checkpoint_every: int = 1000
+    eval_every: int = 5000
+    eval_root: str | None = None
+    eval_split: str = "val"
+    eval_max_images: int | None = None
+    name: str = "instsynth-train"
+    storage_path: str = "runs"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+@dataclass
+class ExperimentConfig:
+    """The paired experiment: baseline (originals) vs augmented (originals + generators)."""
+
+    originals: list[str] = field(default_factory=list)
+    synthetic: list[str] = field(default_factory=list)
+    out: str = "experiment"
 
 
 @dataclass
@@ -124,6 +173,8 @@ class Config:
     prompts: PromptConfig = field(default_factory=PromptConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
 
 # Keys that only say *how* a run executes, not *what* it produces: resuming with other values is fine.
@@ -138,6 +189,7 @@ EXECUTION_ONLY = {
     "run.executor",
     "run.data_root",
     "run.op_reservation",
+    "run.inflight_mb",
     "generator.min_actors",
     "generator.max_actors",
     "generator.num_cpus",
@@ -146,6 +198,8 @@ EXECUTION_ONLY = {
     "generator.cost_s_per_item",
     "plan.workers",
     "sample",
+    "train",
+    "experiment",
 }
 
 

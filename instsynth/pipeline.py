@@ -156,6 +156,9 @@ def run_ray(units, root, out, cfg: Config, log=print) -> dict:
         # Ray Data reserves half of the resources per operator by default; on small machines that
         # idles cores between our three short stages (measured: scripts/bench_pipeline.py).
         ctx.op_resource_reservation_enabled = bool(cfg.run.op_reservation)
+        # bound the data in flight (object store), so memory stays flat however large the plan is
+        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+            object_store_memory=cfg.run.inflight_mb * 2**20)
         results, hosts = [], {}
         if units:
             ds = build_dataset(units, root, out, cfg)

@@ -6,8 +6,9 @@
    (``run.executor: local``) on the same plan.  Target: <= 15% slower.
 2. scaling: Ray with 2 CPUs vs Ray with 1.  Target: >= 1.6x on a 2-core machine (Ray's own
    processes share the cores, so also run it on a bigger machine when one is at hand).
-3. memory: peak RSS of the driver and of the largest Ray worker at ``--small`` vs ``--big`` images.
-   Target: flat within 10% (the job streams; nothing is collected).
+3. memory: peak RSS of the driver and peak USS (private memory; RSS would also count the shared
+   object-store pages a worker has touched) of the largest Ray worker and of all workers together,
+   at ``--small`` vs ``--big`` images.  Target: flat within 10% (the job streams; nothing is collected).
 
 Each configuration runs in a fresh subprocess so its peak RSS is its own; Ray start-up time is
 reported separately and not counted in the job time.
@@ -42,16 +43,22 @@ def child(args) -> None:
     units = pending_units(rows, set(), cfg.run.rows_per_unit)
     out = tempfile.mkdtemp(prefix="bench-out-")
     peak = {"workers": 0, "workers_sum": 0}
+    by_name: dict = {}
     stop = threading.Event()
 
     def poll():
         while not stop.is_set():
             tot = 0
-            for p in psutil.process_iter(["cmdline", "memory_info"]):
+            for p in psutil.process_iter(["cmdline"]):
                 cmd = " ".join(p.info["cmdline"] or [])
                 if "ray::" in cmd or "default_worker.py" in cmd:
-                    rss = p.info["memory_info"].rss if p.info["memory_info"] else 0
+                    try:  # USS: private memory; RSS would also count object-store pages a worker touched
+                        rss = p.memory_full_info().uss
+                    except (psutil.Error, OSError):
+                        continue
                     peak["workers"] = max(peak["workers"], rss)
+                    name = cmd.split()[0][:40]
+                    by_name[name] = max(by_name.get(name, 0), rss)
                     tot += rss
             peak["workers_sum"] = max(peak["workers_sum"], tot)
             time.sleep(0.2)
@@ -70,7 +77,10 @@ def child(args) -> None:
         ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
         t_init = time.perf_counter() - s
         DataContext.get_current().enable_progress_bars = False
-        DataContext.get_current().op_resource_reservation_enabled = bool(cfg.run.op_reservation)
+        ctx = DataContext.get_current()
+        ctx.op_resource_reservation_enabled = bool(cfg.run.op_reservation)
+        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+            object_store_memory=cfg.run.inflight_mb * 2**20)
         threading.Thread(target=poll, daemon=True).start()
         # the generator actor reserves a quarter CPU; CPU stages get what is left per core
         cfg.generator.num_cpus = 0.25
@@ -89,7 +99,8 @@ def child(args) -> None:
     print(json.dumps({"mode": args.mode, "cpus": args.cpus, "items": len(rows), "t_job": t_job, "t_init": t_init,
                       "driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "worker_rss_mb": peak["workers"] / 2**20, "workers_sum_mb": peak["workers_sum"] / 2**20,
-                      "stage_s": stage_s}))
+                      "stage_s": stage_s,
+                      "by_process_mb": {k: round(v / 2**20) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:4]}}))
 
 
 def run_child(plan: str, mode: str, cpus: int, generator: str, rows_per_unit: int, image_ids=None) -> dict:
@@ -151,11 +162,12 @@ def main() -> None:
     if args.big:
         small = run_child(plan, "ray", 2, args.generator, args.rows_per_unit, images[: args.small])
         big = run_child(plan, "ray", 2, args.generator, args.rows_per_unit, images[: args.big])
-        print(f"\npeak RSS at {args.small} vs {len(images[: args.big])} images (Ray, 2 CPUs):")
+        print(f"\npeak RSS (driver) / USS (workers) at {args.small} vs {len(images[: args.big])} images (Ray, 2 CPUs):")
         for k, name in (("driver_rss_mb", "driver"), ("worker_rss_mb", "largest worker"),
                         ("workers_sum_mb", "all workers")):
             print(f"  {name:<15} {small[k]:8.0f} MB vs {big[k]:8.0f} MB  ratio {big[k] / max(small[k], 1e-9):.2f}"
                   " (target <= 1.10)")
+        print(f"  largest processes: {small['by_process_mb']} vs {big['by_process_mb']}")
 
 
 if __name__ == "__main__":
