@@ -32,6 +32,12 @@ ALIASES: dict[str, list[tuple[str, str, type, str]]] = {
               ("--rows-per-unit", "run.rows_per_unit", int, "work items per committed unit")],
 }
 ALIASES["originals"] = [("--split", "plan.split", str, "split (default train)")]
+ALIASES["train"] = [("--address", "run.address", str, "Ray address to join"),
+                    ("--name", "train.name", str, "run name (same name = resume)"),
+                    ("--storage-path", "train.storage_path", str, "where checkpoints go (local or s3://)"),
+                    ("--iterations", "train.iterations", int, "training iterations"),
+                    ("--num-workers", "train.num_workers", int, "Ray Train workers")]
+ALIASES["experiment"] = ALIASES["train"]
 ALIASES["status"] = []
 
 
@@ -144,6 +150,34 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from instsynth.train.trainer import run_training
+
+    result = run_training(_config(args))
+    return 0 if result.error is None else 1
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    from instsynth.train.evaluate import evaluate_checkpoint, format_table
+
+    _config(args)
+    out = args.out or storage.join(args.checkpoint, f"eval_{args.split}.json")
+    res = evaluate_checkpoint(args.checkpoint, args.data_root, args.split, args.max_images, out)
+    print(format_table({f"step {res['step']}": res}))
+    print(json.dumps({c: v for c, v in res["cityscapes"]["per_class"].items()}))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from instsynth.train.experiment import run_experiment
+
+    run_experiment(_config(args))
+    return 0
+
+
 COMMANDS = {
     "sample": ("write the synthetic sample in Cityscapes layout", cmd_sample),
     "plan": ("Phase 1 selection -> work plan (Parquet)", cmd_plan),
@@ -153,6 +187,9 @@ COMMANDS = {
     "stats": ("per-class instance counts (table + bar chart PNG)", cmd_stats),
     "preview": ("a grid PNG of samples with prompt and instance outline", cmd_preview),
     "export": ("export output dirs as Cityscapes layout or COCO JSON", cmd_export),
+    "train": ("train a segmenter on output dirs with Ray Train (resumes by name)", cmd_train),
+    "evaluate": ("Cityscapes AP/AP50 (+ COCO segm AP) of a checkpoint", cmd_evaluate),
+    "experiment": ("baseline vs augmented training, same schedule, with an AP report", cmd_experiment),
 }
 
 
@@ -189,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--format", choices=["cityscapes", "coco"], required=True)
             p.add_argument("--out", required=True, help="export root")
             p.add_argument("--split", default="train", help="split name in the Cityscapes layout")
+        elif name == "evaluate":
+            p.add_argument("--checkpoint", required=True, help="checkpoint dir (model.pt + model.json)")
+            p.add_argument("--data-root", required=True, help="Cityscapes root")
+            p.add_argument("--split", default="val")
+            p.add_argument("--max-images", type=int, default=None)
+            p.add_argument("--out", help="JSON to write (default: CHECKPOINT/eval_<split>.json)")
         _add_common(p, name)
     return parser
 

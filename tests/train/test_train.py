@@ -70,3 +70,21 @@ def test_targets_ignore_groups_and_unevaluated():
     ids[0, 0], ids[1, 1], ids[2, 2], ids[3, 3] = 26000, 29000, 24, 33002
     m, lab = targets_from_ids(ids)
     assert lab.tolist() == [2, 7] and m.shape == (2, 4, 4)
+
+
+def test_paired_experiment_reports_both_arms(ray_local, sample_root, originals, tmp_path):
+    from instsynth.synth import run_synth
+    from instsynth.train.experiment import run_experiment
+
+    synth = str(tmp_path / "recolor")
+    run_synth(sample_root, synth, load_config(DEBUG, ["generator.name=recolor", "run.executor=local",
+                                                      "run.progress=false"]), log=lambda *a: None)
+    exp_cfg = os.path.join(os.path.dirname(DEBUG), "experiments", "debug.yaml")
+    cfg = load_config(exp_cfg, [f"experiment.originals=[{originals}]", f"experiment.synthetic=[{synth}]",
+                                f"experiment.out={tmp_path / 'exp'}", f"train.eval_root={sample_root}",
+                                f"train.storage_path={tmp_path / 'runs'}"])
+    report = run_experiment(cfg, log=lambda *a: None)
+    assert set(report) >= {"baseline", "augmented", "delta"}
+    for arm in ("baseline", "augmented"):
+        assert report[arm]["images"] == 2 and "per_class" in report[arm]["cityscapes"]
+    assert os.path.exists(tmp_path / "exp" / "report.md") and os.path.exists(tmp_path / "exp" / "report.json")

@@ -21,7 +21,6 @@ Written from the paper's description; each part cites its section:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -316,16 +315,16 @@ class FastInst(nn.Module):
         total, out = 0.0, {}
         for i, (cls_l, mask_l) in enumerate(preds):
             match = self.match(cls_l, mask_l, targets, idx, e4_size)
-            l = self.set_losses(cls_l, mask_l, targets, match)
+            ls = self.set_losses(cls_l, mask_l, targets, match)
             if i == 0:
                 out["proposal"] = self.proposal_loss(aux_logits, idx, targets, match)
                 total = total + c.proposal_weight * out["proposal"]
-            total = total + c.class_weight * l["ce"] + c.bce_weight * l["bce"] + c.dice_weight * l["dice"]
+            total = total + c.class_weight * ls["ce"] + c.bce_weight * ls["bce"] + c.dice_weight * ls["dice"]
             if i == len(preds) - 1:
-                out.update(l)
+                out.update(ls)
         for (cls_g, mask_g), match in guided:
-            l = self.set_losses(cls_g, mask_g, targets, match)
-            total = total + c.class_weight * l["ce"] + c.bce_weight * l["bce"] + c.dice_weight * l["dice"]
+            ls = self.set_losses(cls_g, mask_g, targets, match)
+            total = total + c.class_weight * ls["ce"] + c.bce_weight * ls["bce"] + c.dice_weight * ls["dice"]
         out["loss"] = total
         return out
 
@@ -381,4 +380,3 @@ def build_fastinst(**kw) -> FastInst:
     return FastInst(cfg)
 
 
-__all__ = ["FastInst", "FastInstConfig", "build_fastinst", "select_queries", "math"]
