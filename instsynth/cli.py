@@ -178,6 +178,13 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from instsynth.weights import prefetch
+
+    prefetch(_config(args), offline=True if args.offline else None)
+    return 0
+
+
 COMMANDS = {
     "sample": ("write the synthetic sample in Cityscapes layout", cmd_sample),
     "plan": ("Phase 1 selection -> work plan (Parquet)", cmd_plan),
@@ -190,6 +197,7 @@ COMMANDS = {
     "train": ("train a segmenter on output dirs with Ray Train (resumes by name)", cmd_train),
     "evaluate": ("Cityscapes AP/AP50 (+ COCO segm AP) of a checkpoint", cmd_evaluate),
     "experiment": ("baseline vs augmented training, same schedule, with an AP report", cmd_experiment),
+    "models": ("prefetch (online) or verify (offline) the weights a config names", cmd_models),
 }
 
 
@@ -226,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--format", choices=["cityscapes", "coco"], required=True)
             p.add_argument("--out", required=True, help="export root")
             p.add_argument("--split", default="train", help="split name in the Cityscapes layout")
+        elif name == "models":
+            p.add_argument("action", choices=["prefetch"])
+            p.add_argument("--offline", action="store_true", help="only verify the local cache (HF_HUB_OFFLINE)")
         elif name == "evaluate":
             p.add_argument("--checkpoint", required=True, help="checkpoint dir (model.pt + model.json)")
             p.add_argument("--data-root", required=True, help="Cityscapes root")

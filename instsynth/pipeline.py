@@ -119,6 +119,7 @@ def init_ray(address: str | None, log_level: str = "WARNING") -> bool:
     if ray.is_initialized():
         return False
     kw = {"logging_level": getattr(logging, log_level.upper(), logging.WARNING), "log_to_driver": True}
+    address = address or os.environ.get("RAY_ADDRESS")  # set for drivers started by `ray job submit`
     if address:
         ray.init(address=address, **kw)
     else:
@@ -175,7 +176,9 @@ def run_ray(units, root, out, cfg: Config, log=print) -> dict:
                         f"{rate:.2f} rows/s)")
         record = {"executor": "ray", "address": cfg.run.address or "local",
                   "hosts": {s: sorted(f"{h} {nid}" for h, nid in v) for s, v in hosts.items()},
-                  "nodes": {n["NodeID"]: n.get("NodeManagerHostname", "") for n in ray.nodes()},
+                  "nodes": {n["NodeID"]: {"host": n.get("NodeManagerHostname", ""),
+                                          "resources": sorted(n.get("Resources", {}))}
+                            for n in ray.nodes() if n.get("Alive")},
                   "units": results}
         return record
     finally:
