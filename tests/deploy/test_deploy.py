@@ -28,7 +28,7 @@ def test_cluster_yaml_passes_launcher_validation():
     assert cfg["idle_timeout_minutes"] > 0 and cfg["docker"]["image"]
     broken = copy.deepcopy(cfg)
     broken["available_node_types"]["gpu_worker"]["bogus_field"] = 1
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="bogus_field"):
         validate_config(prepare_config(broken))
 
 
