@@ -185,6 +185,17 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_quality(args) -> int:
+    from instsynth.quality.report import write_quality
+
+    cfg = _config(args)
+    out = args.out or storage.join(args.dirs[0], "stats")
+    text, _ = write_quality(args.dirs, cfg.quality, out, args.data_root)
+    print(text)
+    print(f"wrote {storage.join(out, 'quality.json')}, quality.txt, quality.png")
+    return 0
+
+
 COMMANDS = {
     "sample": ("write the synthetic sample in Cityscapes layout", cmd_sample),
     "plan": ("Phase 1 selection -> work plan (Parquet)", cmd_plan),
@@ -197,6 +208,7 @@ COMMANDS = {
     "train": ("train a segmenter on output dirs with Ray Train (resumes by name)", cmd_train),
     "evaluate": ("Cityscapes AP/AP50 (+ COCO segm AP) of a checkpoint", cmd_evaluate),
     "experiment": ("baseline vs augmented training, same schedule, with an AP report", cmd_experiment),
+    "quality": ("Table IV metrics (FID, KID, CLIPScore, SSIM, PSNR) per generator", cmd_quality),
     "models": ("prefetch (online) or verify (offline) the weights a config names", cmd_models),
 }
 
@@ -234,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--format", choices=["cityscapes", "coco"], required=True)
             p.add_argument("--out", required=True, help="export root")
             p.add_argument("--split", default="train", help="split name in the Cityscapes layout")
+        elif name == "quality":
+            p.add_argument("dirs", nargs="+", metavar="DIR", help="output dirs")
+            p.add_argument("--data-root", help="Cityscapes root of the originals (default: from the plan)")
+            p.add_argument("--out", help="where to write quality.json/.txt/.png (default: DIR/stats)")
         elif name == "models":
             p.add_argument("action", choices=["prefetch"])
             p.add_argument("--offline", action="store_true", help="only verify the local cache (HF_HUB_OFFLINE)")

@@ -118,6 +118,22 @@ class RunConfig:
 
 
 @dataclass
+class QualityConfig:
+    """Per-sample quality numbers, the reject-and-regenerate filter, and the set metrics' weights."""
+
+    per_sample: bool = True
+    change_threshold: int = 12
+    min_changed_inside: float | None = None
+    min_inside_share: float | None = None
+    max_psnr_inside: float | None = None
+    min_clip: float | None = None
+    max_tries: int = 3
+    clip_model: str | None = None
+    inception_weights: str | None = None
+    feature_size: int = 299
+
+
+@dataclass
 class ModelConfig:
     """Which segmenter to train and how to build it (see instsynth.train.models)."""
 
@@ -173,6 +189,7 @@ class Config:
     prompts: PromptConfig = field(default_factory=PromptConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
@@ -200,6 +217,8 @@ EXECUTION_ONLY = {
     "sample",
     "train",
     "experiment",
+    "quality.inception_weights",
+    "quality.feature_size",
 }
 
 

@@ -52,11 +52,14 @@ def _prepare(row: dict, root: str, compose_cfg: ComposeConfig) -> dict:
 class GeneratorActor:
     """Holds one generator (one model) per actor; runs it over whole units."""
 
-    def __init__(self, gen_cfg: GeneratorConfig):
+    def __init__(self, gen_cfg: GeneratorConfig, quality_cfg=None):
         from instsynth.generators import build_generator
+        from instsynth.quality.filter import build_scorer
 
         self.cfg = gen_cfg
+        self.quality = quality_cfg
         self.gen = build_generator(gen_cfg)
+        self.scorer = build_scorer(quality_cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from instsynth.stages import generate
@@ -64,7 +67,7 @@ class GeneratorActor:
         payloads = []
         for p in batch["payload"]:
             t0 = time.perf_counter()
-            unit = generate(pickle.loads(p), self.gen, self.cfg.batch_size)
+            unit = generate(pickle.loads(p), self.gen, self.cfg.batch_size, self.quality, self.scorer)
             _where("generate", unit, t0)
             payloads.append(pickle.dumps(unit, protocol=5))
         return {"unit": batch["unit"], "payload": np.array(payloads, dtype=object)}
@@ -97,7 +100,7 @@ def build_dataset(units: list[tuple[str, list[dict]]], root: str, out: str, cfg:
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map(_prepare, fn_kwargs={"root": root, "compose_cfg": cfg.compose}, num_cpus=cfg.run.num_cpus)
     ds = ds.map_batches(
-        GeneratorActor, fn_constructor_kwargs={"gen_cfg": g}, batch_size=1, batch_format="numpy",
+        GeneratorActor, fn_constructor_kwargs={"gen_cfg": g, "quality_cfg": cfg.quality}, batch_size=1, batch_format="numpy",
         compute=ActorPoolStrategy(min_size=g.min_actors, max_size=max(g.min_actors, g.max_actors)),
         num_gpus=g.num_gpus or None, num_cpus=g.num_cpus, resources=g.resources or None)
     ds = ds.map(_compose_commit, fn_kwargs={"out": out, "compose_cfg": cfg.compose,

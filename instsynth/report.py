@@ -104,12 +104,13 @@ def format_stats(stats: dict) -> str:
         f"{str(sum(stats[s]['synthesized'].values())) + ' / ' + str(sum(stats[s]['visible'].values())):>26}"
         for s in sources) + f"{sum(totals.values()):>14}")
     gens = [s for s in sources if s != "original"]
-    if any(sum(stats[s]["rejected"].values()) or sum(stats[s]["retried"].values()) for s in gens):
+    if gens:
         lines.append("")
-        lines.append(f"{'generator':<14}{'accepted':>10}{'retried':>10}{'rejected':>10}")
-        for s in gens:
-            lines.append(f"{s:<14}{sum(stats[s]['accepted'].values()):>10}{sum(stats[s]['retried'].values()):>10}"
-                         f"{sum(stats[s]['rejected'].values()):>10}")
+        lines.append(f"{'class':<12}" + "".join(f"{g + ' accepted/retried/rejected':>36}" for g in gens))
+        for c in THING_CLASSES:
+            lines.append(f"{c:<12}" + "".join(
+                f"{str(stats[g]['accepted'][c]) + ' / ' + str(stats[g]['retried'][c]) + ' / ' + str(stats[g]['rejected'][c]):>36}"
+                for g in gens))
     return "\n".join(lines)
 
 

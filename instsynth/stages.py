@@ -96,27 +96,76 @@ def generator_inputs(items: list[dict]) -> list[dict]:
     return [{**it["row"], "crop": it["crop"], "mask": it["mask"], "gen_seed": it["gen_seed"]} for it in items]
 
 
-def generate(unit: Unit, generator, batch_size: int) -> Unit:
-    """Run the generator over the unit's items in batches; per-item errors become failures."""
+def filter_reason(stats: dict, q) -> str | None:
+    """Why a generated sample fails the quality thresholds (None: it passes)."""
+    if q is None:
+        return None
+    checks = [("changed_inside", q.min_changed_inside, lambda v, t: v >= t, "instance left (nearly) untouched"),
+              ("inside_share", q.min_inside_share, lambda v, t: v >= t, "changes outside the mask"),
+              ("psnr_in", q.max_psnr_inside, lambda v, t: v <= t, "instance too close to the source"),
+              ("clip", q.min_clip, lambda v, t: v >= t, "region CLIP score below threshold")]
+    for key, t, ok, why in checks:
+        if t is not None and stats.get(key) is not None and not ok(stats[key], t):
+            return f"{why}: {key}={stats[key]} (threshold {t})"
+    return None
+
+
+def _score(it: dict, img: np.ndarray, res: dict, q, scorer) -> dict:
+    from instsynth.quality.metrics import per_sample, region_image
+
+    stats = dict(res.get("stats", {}))
+    if q is None or not q.per_sample:
+        return stats
+    stats.update(per_sample(it["crop"], img, it["mask"], q.change_threshold))
+    if scorer is not None:
+        sx, sy = int(it["row"]["crop_box"][0]), int(it["row"]["crop_box"][1])
+        bx0, by0, bx1, by1 = (int(v) for v in it["row"]["bbox"])
+        region = region_image(img, it["mask"], (bx0 - sx, by0 - sy, bx1 - sx, by1 - sy))
+        stats["clip"] = round(scorer.text_image([region], [it["row"]["prompt"]])[0], 3)
+    return stats
+
+
+def generate(unit: Unit, generator, batch_size: int, quality=None, scorer=None) -> Unit:
+    """Run the generator over the unit's items in batches; per-item errors become failures.
+
+    With ``quality`` thresholds, a rejected sample is regenerated up to ``quality.max_tries`` times,
+    try t drawing from ``[seed, crc32(work_id), t]``; every try's numbers go into the row's
+    ``gen_stats["tries"]``; samples that never pass become failures (stage ``filter``) with their scores.
+    """
     kept = []
-    for start in range(0, len(unit.items), batch_size):
-        batch = unit.items[start:start + batch_size]
-        try:
-            results = generator(generator_inputs(batch))
-        except Exception as e:  # noqa: BLE001 - a crashing batch fails its items, not the job
-            results = [{"error": _reason(e)} for _ in batch]
-        for it, res in zip(batch, results):
-            if res.get("error"):
-                unit.fail(it["row"], "generate", res["error"], **res.get("stats", {}))
-                continue
-            img = res["image"]
-            if img.shape != it["crop"].shape:
-                unit.fail(it["row"], "generate", f"generated shape {img.shape} != crop shape {it['crop'].shape}")
-                continue
-            it["generated"] = img
-            it["gen_stats"] = res.get("stats", {})
-            kept.append(it)
-    unit.items = kept
+    tries = max(1, quality.max_tries) if quality is not None else 1
+    pending = unit.items
+    for attempt in range(tries):
+        retry = []
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start:start + batch_size]
+            try:
+                results = generator(generator_inputs(batch))
+            except Exception as e:  # noqa: BLE001 - a crashing batch fails its items, not the job
+                results = [{"error": _reason(e)} for _ in batch]
+            for it, res in zip(batch, results):
+                if res.get("error"):
+                    unit.fail(it["row"], "generate", res["error"], **res.get("stats", {}))
+                    continue
+                img = res["image"]
+                if img.shape != it["crop"].shape:
+                    unit.fail(it["row"], "generate", f"generated shape {img.shape} != crop shape {it['crop'].shape}")
+                    continue
+                stats = _score(it, img, res, quality, scorer)
+                it.setdefault("tries", []).append({"gen_seed": it["gen_seed"], **stats})
+                why = filter_reason(stats, quality)
+                if why is None:
+                    it["generated"] = img
+                    it["gen_stats"] = {**stats, "attempts": attempt + 1, "tries": it["tries"]}
+                    kept.append(it)
+                elif attempt + 1 < tries:
+                    it["gen_seed"] = item_seed(it["row"]["seed"], it["row"]["work_id"], attempt + 1)
+                    retry.append(it)
+                else:
+                    unit.fail(it["row"], "filter", why, generator=getattr(generator, "name", ""),
+                              class_name=it["row"]["class_name"], tries=it["tries"])
+        pending = retry
+    unit.items = [it for it in unit.items if "generated" in it]
     unit.generator = {"generator": getattr(generator, "name", type(generator).__name__),
                       "model_id": getattr(generator, "model_id", ""),
                       "model_revision": getattr(generator, "model_revision", "")}

@@ -152,13 +152,15 @@ def run_synth(source: str, out: str, cfg: Config, overwrite: bool = False, dry_r
 def run_local(units, root, out, cfg, log) -> dict:
     """The plain single-process loop over the same stage functions (debugging, baseline)."""
     from instsynth.generators import build_generator
+    from instsynth.quality.filter import build_scorer
     from instsynth.stages import Unit, compose, generate, prepare
 
     gen = build_generator(cfg.generator)
+    scorer = build_scorer(cfg.quality)
     results = []
     for n, (name, rows) in enumerate(units, 1):
         u = prepare(Unit(name, rows), root, cfg.compose)
-        u = compose(generate(u, gen, cfg.generator.batch_size), cfg.compose)
+        u = compose(generate(u, gen, cfg.generator.batch_size, cfg.quality, scorer), cfg.compose)
         marker = shards.commit_unit(out, u.name, u.out, u.failures)
         results.append({"unit": name, "rows": marker["rows"], "failures": marker["failures"]})
         if cfg.run.progress:

@@ -5,16 +5,18 @@ OUT=${1:-demo-out}
 CFG=configs/demo.yaml
 rm -rf "$OUT"
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} RAY_USAGE_STATS_ENABLED=0
-echo "== 1/5 writing a synthetic sample in Cityscapes layout (not Cityscapes data)"
+echo "== 1/6 writing a synthetic sample in Cityscapes layout (not Cityscapes data)"
 instsynth sample --config $CFG --out "$OUT/cityscapes"
-echo "== 2/5 writing the original training images as rows"
+echo "== 2/6 writing the original training images as rows"
 instsynth originals "$OUT/cityscapes" --config $CFG --out "$OUT/original"
-echo "== 3/5 synthesizing on a local Ray: plan -> Phase 1 -> recolor generator -> Phase 3 -> shards"
+echo "== 3/6 synthesizing on a local Ray: plan -> Phase 1 -> recolor generator -> Phase 3 -> shards"
 instsynth synth "$OUT/cityscapes" --config $CFG --out "$OUT/recolor" --generator recolor
-echo "== 4/5 per-class counts (Table I style)"
+echo "== 4/6 per-class counts (Table I style)"
 instsynth stats "$OUT/original" "$OUT/recolor" --out "$OUT/stats"
-echo "== 5/5 preview grid"
+echo "== 5/6 preview grid"
 instsynth preview "$OUT/recolor" --out "$OUT/stats/preview.png"
+echo "== 6/6 generation quality (Table IV style; metrics without configured weights are named)"
+instsynth quality "$OUT/recolor" --config $CFG --out "$OUT/stats"
 echo
 echo "where everything is:"
 echo "  $OUT/cityscapes               synthetic sample, Cityscapes layout"
@@ -24,3 +26,4 @@ echo "  $OUT/recolor/README.md        dataset card"
 echo "  $OUT/recolor/_runs            run records (hosts, throughput)"
 echo "  $OUT/stats/class_counts.png   per-class bar chart"
 echo "  $OUT/stats/preview.png        sample grid with prompts and instance outlines"
+echo "  $OUT/stats/quality.txt        generation quality table (+ quality.json, quality.png)"

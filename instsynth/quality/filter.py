@@ -1,0 +1,12 @@
+"""The per-sample scorer the generator stage holds (region CLIP needs a model loaded once per actor)."""
+
+from __future__ import annotations
+
+
+def build_scorer(q):
+    """A ClipScorer when ``quality.clip_model`` names one, else None (the other numbers need no model)."""
+    if q is None or not q.per_sample or not q.clip_model:
+        return None
+    from instsynth.quality.metrics import ClipScorer
+
+    return ClipScorer(q.clip_model)

@@ -1,0 +1,147 @@
+"""Metric glue: the maths comes from torchmetrics (SSIM maps, FID, KID); only masking and
+aggregation are written here.
+
+Per-sample numbers are computed on the generator's *raw* output, before Phase 3's paste-back (after
+it, everything outside the mask equals the source by construction): PSNR and SSIM against the source
+crop inside and outside the mask separately (how much of the scene a generator disturbed), the
+fraction of the mask that changed, the share of changed pixels that fall inside the mask, and
+(with a CLIP model) a region CLIP score of the prompt against the instance's box with the background
+greyed out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PSNR_CAP = 100.0  # dB, reported for identical pixels (MSE 0)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float | None:
+    """PSNR (dB) over the pixels in ``where``; capped at PSNR_CAP for identical pixels; None if empty."""
+    if not where.any():
+        return None
+    mse = float(np.mean((a[where].astype(np.float64) - b[where].astype(np.float64)) ** 2))
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * np.log10(255.0**2 / mse))
+
+
+SSIM_MAX_SIDE = 256  # per-sample SSIM maps are computed at most at this size (CPU cost; the score is local)
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray, max_side: int | None = None) -> np.ndarray:
+    """Per-pixel SSIM (HxW, mean over channels) from torchmetrics' Gaussian-window SSIM.
+
+    With ``max_side``, both images are area-downscaled first so the longer side is at most that, and
+    the map is scaled back (nearest) to the input size.
+    """
+    import cv2
+    import torch
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    h, w = a.shape[:2]
+    if max_side and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        a = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
+        b = cv2.resize(b, size, interpolation=cv2.INTER_AREA)
+    ta = torch.from_numpy(a).permute(2, 0, 1)[None].float()
+    tb = torch.from_numpy(b).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        _, full = ssim(ta, tb, data_range=255.0, return_full_image=True)
+    m = full[0].mean(0).numpy()
+    return m if m.shape == (h, w) else cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def per_sample(source: np.ndarray, generated: np.ndarray, mask: np.ndarray, change_threshold: int = 12) -> dict:
+    """Numbers for one raw generated crop against its source crop and instance mask."""
+    m = mask.astype(bool)
+    smap = ssim_map(generated, source, SSIM_MAX_SIDE)
+    diff = np.abs(generated.astype(np.int16) - source.astype(np.int16)).max(axis=2) > change_threshold
+    changed = int(diff.sum())
+    out = {
+        "psnr_in": psnr(generated, source, m), "psnr_out": psnr(generated, source, ~m),
+        "ssim_in": float(smap[m].mean()) if m.any() else None,
+        "ssim_out": float(smap[~m].mean()) if (~m).any() else None,
+        "changed_inside": float(diff[m].mean()) if m.any() else 0.0,
+        "inside_share": float(diff[m].sum() / changed) if changed else 0.0,
+    }
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def region_image(crop: np.ndarray, mask: np.ndarray, bbox_in_crop: tuple[int, int, int, int]) -> np.ndarray:
+    """The instance's box with everything outside the instance greyed out (for region CLIP)."""
+    x0, y0, x1, y1 = bbox_in_crop
+    img = np.where(mask[..., None], crop, 128).astype(np.uint8)
+    return img[y0:y1, x0:x1] if x1 > x0 and y1 > y0 else img
+
+
+class ClipScorer:
+    """CLIPScore as Hessel et al. define it: 100 * max(cos(text, image), 0), from a transformers CLIP
+    (local path or hub id).  Wrapped here because torchmetrics 1.9's CLIPScore breaks on transformers 5
+    (``get_image_features`` returns a ModelOutput there)."""
+
+    def __init__(self, model: str, device: str = "cpu"):
+        import torch
+        from transformers import CLIPModel, CLIPProcessor
+
+        self.torch = torch
+        self.model = CLIPModel.from_pretrained(model).eval().to(device)
+        self.processor = CLIPProcessor.from_pretrained(model)
+        self.device = device
+
+    def _features(self, out):
+        return out if isinstance(out, self.torch.Tensor) else getattr(out, "pooler_output", out[0])
+
+    @staticmethod
+    def _norm(x):
+        return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+    def image_embeds(self, images: list[np.ndarray]):
+        with self.torch.no_grad():
+            px = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+            return self._norm(self._features(self.model.get_image_features(pixel_values=px)))
+
+    def text_embeds(self, texts: list[str]):
+        with self.torch.no_grad():
+            tok = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True).to(self.device)
+            return self._norm(self._features(self.model.get_text_features(**tok)))
+
+    def text_image(self, images: list[np.ndarray], texts: list[str]) -> list[float]:
+        sims = (self.image_embeds(images) * self.text_embeds(texts)).sum(-1)
+        return [float(100 * max(s, 0.0)) for s in sims.tolist()]
+
+    def image_image(self, a: list[np.ndarray], b: list[np.ndarray]) -> list[float]:
+        """Cosine similarity of image embeddings x 100 - what the authors' code reports as 'CLIPScore'."""
+        sims = (self.image_embeds(a) * self.image_embeds(b)).sum(-1)
+        return [float(100 * s) for s in sims.tolist()]
+
+
+def set_metrics(real: list[np.ndarray], fake: list[np.ndarray], feature, size: int = 299) -> dict:
+    """FID and KID between two sets of crops (resized to ``size``) with torchmetrics.
+
+    ``feature``: an ``nn.Module`` mapping (N,3,H,W) uint8 images to features (tests pass a tiny one), or
+    a path to the standard FID Inception weights (needs torch-fidelity).
+    """
+    import cv2
+    import torch
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    if isinstance(feature, str):
+        fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=feature)
+        kid = KernelInceptionDistance(feature=2048, subset_size=min(len(real), len(fake), 1000),
+                                      feature_extractor_weights_path=feature)
+    else:
+        fid = FrechetInceptionDistance(feature=feature)
+        kid = KernelInceptionDistance(feature=feature, subset_size=min(len(real), len(fake), 1000))
+
+    def batch(imgs):
+        arr = np.stack([cv2.resize(i, (size, size), interpolation=cv2.INTER_AREA) for i in imgs])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+    for imgs, real_flag in ((real, True), (fake, False)):
+        for s in range(0, len(imgs), 32):
+            b = batch(imgs[s:s + 32])
+            fid.update(b, real=real_flag)
+            kid.update(b, real=real_flag)
+    kid_mean, kid_std = kid.compute()
+    return {"FID": float(fid.compute()), "KID": float(kid_mean), "KID_std": float(kid_std)}
