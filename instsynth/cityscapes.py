@@ -12,13 +12,12 @@ crowd/group regions.  Names, ids and colours come from ``cityscapesscripts.helpe
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from cityscapesscripts.helpers.labels import id2label, labels, name2label
+from cityscapesscripts.helpers.labels import labels, name2label
 
 from instsynth import storage
 
@@ -28,8 +27,6 @@ cv2.setNumThreads(1)
 THING_CLASSES = [lb.name for lb in labels if lb.hasInstances and not lb.ignoreInEval]
 THING_IDS = {name2label[c].id: c for c in THING_CLASSES}
 INSTANCE_CLASS_IDS = {lb.id for lb in labels if lb.hasInstances}
-
-STEM_RE = re.compile(r"^([a-z_]+)_(\d{6})_(\d{6})$")
 
 
 class DataError(ValueError):
@@ -132,21 +129,7 @@ def encode_ids(ids: np.ndarray) -> bytes:
     return encode_png(ids.astype(np.uint16))
 
 
-def class_of(instance_id: int) -> str | None:
-    """Class name of an id-map value, or None for unknown ids."""
-    cid = instance_id // 1000 if instance_id >= 1000 else instance_id
-    lb = id2label.get(int(cid))
-    return lb.name if lb else None
-
-
 def label_ids_from_instance_ids(ids: np.ndarray) -> np.ndarray:
     """labelIds map (uint8) from an instanceIds map: instance ids carry their class in the thousands."""
     out = np.where(ids >= 1000, ids // 1000, ids)
     return out.astype(np.uint8)
-
-
-def split_stem(stem: str) -> tuple[str, int, int]:
-    m = STEM_RE.match(stem)
-    if not m:
-        raise DataError(f"{stem!r}: not a Cityscapes stem ({{city}}_{{seq:06d}}_{{frame:06d}})")
-    return m.group(1), int(m.group(2)), int(m.group(3))

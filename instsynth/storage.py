@@ -171,10 +171,6 @@ def read_parquet(path: str) -> pa.Table:
         raise StorageError(f"{path}: not a readable Parquet file ({_why(e)})") from None
 
 
-def read_parquet_schema(path: str) -> pa.Schema:
-    return read_parquet(path).schema
-
-
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path inside it) for libraries that take a filesystem object."""
     return _resolve(path)

@@ -84,6 +84,8 @@ def child(args) -> None:
         threading.Thread(target=poll, daemon=True).start()
         # the generator actor reserves a quarter CPU; CPU stages get what is left per core
         cfg.generator.num_cpus = 0.25
+        # a CPU generator (recolor + per-sample quality numbers) scales with actors, like GPUs would
+        cfg.generator.min_actors = cfg.generator.max_actors = args.cpus
         cfg.run.num_cpus = 0.75 if args.cpus == 1 else 0.5
         import pickle
 

@@ -45,8 +45,13 @@ def ssim_map(a: np.ndarray, b: np.ndarray, max_side: int | None = None) -> np.nd
         b = cv2.resize(b, size, interpolation=cv2.INTER_AREA)
     ta = torch.from_numpy(a).permute(2, 0, 1)[None].float()
     tb = torch.from_numpy(b).permute(2, 0, 1)[None].float()
-    with torch.no_grad():
-        _, full = ssim(ta, tb, data_range=255.0, return_full_image=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small maps: threads cost more than they save, and stages run side by side
+    try:
+        with torch.no_grad():
+            _, full = ssim(ta, tb, data_range=255.0, return_full_image=True)
+    finally:
+        torch.set_num_threads(threads)
     m = full[0].mean(0).numpy()
     return m if m.shape == (h, w) else cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
 
