@@ -209,24 +209,62 @@ def format_run_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def measure_cost(rows: list[dict], root: str, cfg: Config, n: int = 3) -> float:
+    """Seconds per work item of the configured generator, timed here on up to ``n`` plan items
+    (after one warm-up item), through the real prepare and generate stages."""
+    from instsynth.generators import build_generator
+    from instsynth.quality.filter import build_scorer
+    from instsynth.stages import Unit, generate, prepare
+
+    gen = build_generator(cfg.generator)
+    scorer = build_scorer(cfg.quality)
+    unit = prepare(Unit("dry-run", rows[: n + 1]), root, cfg.compose)
+    if len(unit.items) < 2:
+        raise DataError("too few readable items to time the generator")
+    warm = Unit("warm", [], items=unit.items[:1])
+    generate(warm, gen, 1, cfg.quality, scorer)
+    timed = Unit("timed", [], items=unit.items[1:])
+    t0 = time.perf_counter()
+    generate(timed, gen, cfg.generator.batch_size, cfg.quality, scorer)
+    return (time.perf_counter() - t0) / len(unit.items[1:])
+
+
 def dry_run_report(source: str, out: str, cfg: Config, log=print) -> dict:
-    """Work size and estimated GPU-hours, from the generator's per-item cost; writes nothing."""
+    """Work size and estimated GPU-hours, from the generator's per-item cost; writes nothing.
+
+    The cost is ``generator.cost_s_per_item`` when given, else measured here on a few items when the
+    generator can run on this machine (CPU generators, local weights), else the generator's documented
+    estimate - the report says which.
+    """
     if is_plan_file(source):
-        table, _ = read_plan(source)
+        table, root = read_plan(source)
+        root = cfg.run.data_root or root
         rows, images = table.num_rows, len(set(table.column("image_id").to_pylist()))
     else:
         table, _, summary = make_plan(source, cfg)
+        root = source
         rows, images = table.num_rows, summary["images"]
     done = len(shards.committed_work_ids(out)) if storage.exists(out) else 0
     todo = max(rows - done, 0)
-    cost = cfg.generator.cost_s_per_item
+    cost, basis = cfg.generator.cost_s_per_item, "generator.cost_s_per_item"
     if cost is None:
-        from instsynth.generators import generator_class
+        from instsynth.generators import GeneratorError, generator_class
+        from instsynth.generators.diffusion import is_local_path
 
-        cost = getattr(generator_class(cfg.generator.name), "cost_s_per_item", None)
+        cls = generator_class(cfg.generator.name)
+        model = cfg.generator.params.get("model") or getattr(cls, "default_model", "")
+        try:
+            if model and not is_local_path(model):  # never download weights for a dry run
+                raise GeneratorError(f"weights {model} are not local")
+            cost = measure_cost(table.slice(0, 4).to_pylist(), root, cfg)
+            basis = f"measured here ({socket.gethostname()})"
+        except (GeneratorError, DataError, storage.StorageError, OSError) as e:
+            cost = getattr(generator_class(cfg.generator.name), "cost_s_per_item", None)
+            basis = f"the generator's estimate (could not time it here: {str(e).splitlines()[0][:120]})"
     gpu_h = todo * cost / 3600 if cost is not None else None
     report = {"images": images, "work_items": rows, "already_committed": done, "to_run": todo,
-              "cost_s_per_item": cost, "gpu_hours": gpu_h, "generator": cfg.generator.name}
-    est = f"{gpu_h:.2f} GPU-hours at {cost:.3g} s/item" if gpu_h is not None else "no per-item cost known"
+              "cost_s_per_item": cost, "cost_basis": basis, "gpu_hours": gpu_h, "generator": cfg.generator.name}
+    est = (f"{gpu_h:.3g} GPU-hours at {cost:.3g} s/item ({basis})" if gpu_h is not None
+           else "no per-item cost known")
     log(f"dry run: {images} images, {rows} work items, {done} committed, {todo} to run; {est}")
     return report
