@@ -147,22 +147,28 @@ def _iter_rows(ds):
         raise
 
 
+def configure_context(cfg: Config) -> None:
+    """Ray Data settings of this job (the benchmark applies the same ones)."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = bool(cfg.run.progress)
+    ctx.print_on_execution_start = False
+    # Ray Data reserves half of the resources per operator by default; on small machines that
+    # idles cores between our three short stages (measured: scripts/bench_pipeline.py).
+    ctx.op_resource_reservation_enabled = bool(cfg.run.op_reservation)
+    # bound the data in flight (object store), so memory stays flat however large the plan is
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+        object_store_memory=cfg.run.inflight_mb * 2**20)
+
+
 def run_ray(units, root, out, cfg: Config, log=print) -> dict:
     """Run ``units`` on Ray Data; commits happen in the workers, the driver sees only summaries."""
     import ray
-    from ray.data import DataContext
 
     started_here = init_ray(cfg.run.address, cfg.run.log_level)
     try:
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = bool(cfg.run.progress)
-        ctx.print_on_execution_start = False
-        # Ray Data reserves half of the resources per operator by default; on small machines that
-        # idles cores between our three short stages (measured: scripts/bench_pipeline.py).
-        ctx.op_resource_reservation_enabled = bool(cfg.run.op_reservation)
-        # bound the data in flight (object store), so memory stays flat however large the plan is
-        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
-            object_store_memory=cfg.run.inflight_mb * 2**20)
+        configure_context(cfg)
         results, hosts = [], {}
         if units:
             ds = build_dataset(units, root, out, cfg)

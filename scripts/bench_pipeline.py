@@ -71,16 +71,13 @@ def child(args) -> None:
         t_job = time.perf_counter() - t0
     else:
         import ray
-        from ray.data import DataContext
+
+        from instsynth.pipeline import configure_context
 
         s = time.perf_counter()
         ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
         t_init = time.perf_counter() - s
-        DataContext.get_current().enable_progress_bars = False
-        ctx = DataContext.get_current()
-        ctx.op_resource_reservation_enabled = bool(cfg.run.op_reservation)
-        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
-            object_store_memory=cfg.run.inflight_mb * 2**20)
+        configure_context(cfg)
         threading.Thread(target=poll, daemon=True).start()
         # the generator actor reserves a quarter CPU; CPU stages get what is left per core
         cfg.generator.num_cpus = 0.25

@@ -1,4 +1,3 @@
-import numpy as np
 import pyarrow.parquet as pq
 
 from instsynth import storage
@@ -66,7 +65,6 @@ def test_plan_cli_records_unreadable_maps(sample_root, tmp_path, capsys):
     assert fails[0]["image_id"] == rec.image_id and "cannot decode" in fails[0]["reason"]
     table, r = read_plan(out)
     assert r == root and table.num_rows > 0
-    assert np.all(np.bincount(np.array([1])) >= 0)
     assert max(table.group_by("image_id").aggregate([("work_id", "count")]).column("work_id_count").to_pylist()) <= 2
 
 

@@ -120,33 +120,48 @@ class ClipScorer:
         return [float(100 * s) for s in sims.tolist()]
 
 
-def set_metrics(real: list[np.ndarray], fake: list[np.ndarray], feature, size: int = 299) -> dict:
-    """FID and KID between two sets of crops (resized to ``size``) with torchmetrics.
+class SetMetrics:
+    """Streaming FID + KID (torchmetrics) between real and synthesized crops, resized to ``size``.
 
     ``feature``: an ``nn.Module`` mapping (N,3,H,W) uint8 images to features (tests pass a tiny one), or
-    a path to the standard FID Inception weights (needs torch-fidelity).
+    a path to the standard FID Inception weights (needs torch-fidelity).  Both metrics keep features
+    only, never images, so memory stays flat as the set grows.
     """
-    import cv2
-    import torch
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
 
-    if isinstance(feature, str):
-        fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=feature)
-        kid = KernelInceptionDistance(feature=2048, subset_size=min(len(real), len(fake), 1000),
-                                      feature_extractor_weights_path=feature)
-    else:
-        fid = FrechetInceptionDistance(feature=feature)
-        kid = KernelInceptionDistance(feature=feature, subset_size=min(len(real), len(fake), 1000))
+    def __init__(self, feature, size: int = 299):
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
 
-    def batch(imgs):
-        arr = np.stack([cv2.resize(i, (size, size), interpolation=cv2.INTER_AREA) for i in imgs])
+        kw = ({"feature": 2048, "feature_extractor_weights_path": feature} if isinstance(feature, str)
+              else {"feature": feature})
+        self.fid = FrechetInceptionDistance(**kw)
+        self.kid = KernelInceptionDistance(subset_size=2, **kw)
+        self.size, self.count = size, 0
+
+    def _batch(self, imgs):
+        import cv2
+        import torch
+
+        arr = np.stack([cv2.resize(i, (self.size, self.size), interpolation=cv2.INTER_AREA) for i in imgs])
         return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
-    for imgs, real_flag in ((real, True), (fake, False)):
-        for s in range(0, len(imgs), 32):
-            b = batch(imgs[s:s + 32])
-            fid.update(b, real=real_flag)
-            kid.update(b, real=real_flag)
-    kid_mean, kid_std = kid.compute()
-    return {"FID": float(fid.compute()), "KID": float(kid_mean), "KID_std": float(kid_std)}
+    def update(self, real: list[np.ndarray], fake: list[np.ndarray]) -> None:
+        for s in range(0, max(len(real), len(fake)), 32):
+            for imgs, flag in ((real[s:s + 32], True), (fake[s:s + 32], False)):
+                if imgs:
+                    b = self._batch(imgs)
+                    self.fid.update(b, real=flag)
+                    self.kid.update(b, real=flag)
+        self.count += len(fake)
+
+    def compute(self) -> dict:
+        self.kid.subset_size = min(self.count, 1000)
+        kid_mean, kid_std = self.kid.compute()
+        return {"FID": float(self.fid.compute()), "KID": float(kid_mean), "KID_std": float(kid_std)}
+
+
+def set_metrics(real: list[np.ndarray], fake: list[np.ndarray], feature, size: int = 299) -> dict:
+    """FID and KID between two sets of crops (see SetMetrics)."""
+    m = SetMetrics(feature, size)
+    m.update(real, fake)
+    return m.compute()

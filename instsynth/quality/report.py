@@ -21,7 +21,7 @@ from instsynth import shards, storage
 from instsynth.cityscapes import decode_image, read_image
 from instsynth.config import QualityConfig
 from instsynth.phases.select import crop as crop_box
-from instsynth.quality.metrics import PSNR_CAP, SSIM_MAX_SIDE, psnr, ssim_map
+from instsynth.quality.metrics import PSNR_CAP, SSIM_MAX_SIDE, SetMetrics, psnr, ssim_map
 
 PER_SAMPLE = ["psnr_in", "psnr_out", "ssim_in", "ssim_out", "changed_inside", "inside_share", "clip"]
 
@@ -61,10 +61,6 @@ class _Acc:
 def quality_report(dirs: list[str], cfg: QualityConfig, data_root: str | None = None, feature=None,
                    log=print) -> dict:
     """Table IV per generator; ``feature`` (an nn.Module) overrides the Inception weights (tests)."""
-    import torch
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
     missing = {}
     fid_feature = feature if feature is not None else cfg.inception_weights
     if fid_feature is None:
@@ -78,11 +74,6 @@ def quality_report(dirs: list[str], cfg: QualityConfig, data_root: str | None = 
     else:
         missing["CLIPScore"] = "quality.clip_model: a CLIP model dir or hub id (e.g. openai/clip-vit-large-patch14)"
     per_gen: dict = {}
-    size = cfg.feature_size
-
-    def to_batch(imgs):
-        arr = np.stack([cv2.resize(i, (size, size), interpolation=cv2.INTER_AREA) for i in imgs])
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
     for d in dirs:
         root = _root_of(d, data_root)
@@ -94,7 +85,7 @@ def quality_report(dirs: list[str], cfg: QualityConfig, data_root: str | None = 
             fakes, reals = [], []
             for r in rows:
                 g = per_gen.setdefault(r["generator"], {"all": _Acc(), "classes": defaultdict(_Acc), "n": 0,
-                                                        "fid": None, "kid": None, "count": 0})
+                                                        "set": None})
                 g["n"] += 1
                 stats = json.loads(r["gen_stats"] or "{}")
                 for k in PER_SAMPLE:
@@ -119,29 +110,17 @@ def quality_report(dirs: list[str], cfg: QualityConfig, data_root: str | None = 
                     by_gen[r["generator"]][1].append(re)
                 for gen, (fs, rs) in by_gen.items():
                     g = per_gen[gen]
-                    if g["fid"] is None:  # both keep features only, never images: memory stays flat
-                        if isinstance(fid_feature, str):
-                            kw = {"feature": 2048, "feature_extractor_weights_path": fid_feature}
-                        else:
-                            kw = {"feature": fid_feature}
-                        g["fid"] = FrechetInceptionDistance(**kw)
-                        g["kid"] = KernelInceptionDistance(subset_size=2, **kw)
-                    fb, rb = to_batch(fs), to_batch(rs)
-                    for m in (g["fid"], g["kid"]):
-                        m.update(rb, real=True)
-                        m.update(fb, real=False)
-                    g["count"] += len(fs)
+                    if g["set"] is None:
+                        g["set"] = SetMetrics(fid_feature, cfg.feature_size)
+                    g["set"].update(rs, fs)
         if not root:
             missing.setdefault("FID/KID/SSIM/PSNR vs originals", f"--data-root (no root recorded for {d})")
     result = {}
     for gen, g in per_gen.items():
         res = {"samples": g["n"], **g["all"].mean(),
                "per_class": {c: a.mean() for c, a in sorted(g["classes"].items())}}
-        if g["fid"] is not None and g["count"] >= 2:
-            res["FID"] = float(g["fid"].compute())
-            g["kid"].subset_size = min(g["count"], 1000)
-            km, ks = g["kid"].compute()
-            res["KID"], res["KID_std"] = float(km), float(ks)
+        if g["set"] is not None and g["set"].count >= 2:
+            res.update(g["set"].compute())
         result[gen] = res
     return {"generators": result, "missing": missing, "psnr_cap_db": PSNR_CAP}
 

@@ -63,15 +63,20 @@ def _in_dir(path):
         os.chdir(old)
 
 
+def class_name(label) -> str:
+    """A prediction's class as a name; ``label`` may be a name, a class index (0-7) or a label id (24-33)."""
+    if isinstance(label, str):
+        return label
+    return THING_IDS[label] if label > 20 else THING_CLASSES[label]
+
+
 def write_predictions(pred_dir: str, stem: str, preds: list[dict]) -> str:
     """Write one image's predictions in the official format: ``<stem>.txt`` listing mask PNGs."""
     lines = []
     for k, p in enumerate(preds):
         name = f"{stem}_{k:04d}.png"
         cv2.imwrite(os.path.join(pred_dir, name), (np.asarray(p["mask"], bool).astype(np.uint8) * 255))
-        label = p["label"] if isinstance(p["label"], int) and p["label"] > 20 else LABEL_IDS[
-            THING_CLASSES[p["label"]] if isinstance(p["label"], int) else p["label"]]
-        lines.append(f"{name} {label} {float(p['score']):.6f}")
+        lines.append(f"{name} {LABEL_IDS[class_name(p['label'])]} {float(p['score']):.6f}")
     txt = os.path.join(pred_dir, f"{stem}.txt")
     with open(txt, "w") as f:
         f.write("\n".join(lines) + ("\n" if lines else ""))
@@ -136,8 +141,7 @@ def evaluate_coco(gt_maps: list[np.ndarray], predictions: list[list[dict]]) -> d
                          "segmentation": rle, "area": area, "bbox": list(mask_utils.toBbox(rle)),
                          "iscrowd": int(v < 1000)})
         for p in preds:
-            name = p["label"] if isinstance(p["label"], str) else (
-                THING_IDS[p["label"]] if p["label"] > 20 else THING_CLASSES[p["label"]])
+            name = class_name(p["label"])
             rle = mask_utils.encode(np.asfortranarray(np.asarray(p["mask"], np.uint8)))
             rle["counts"] = rle["counts"].decode()
             dets.append({"image_id": i + 1, "category_id": THING_CLASSES.index(name) + 1, "segmentation": rle,
