@@ -163,8 +163,14 @@ def cmd_evaluate(args) -> int:
     from instsynth.train.evaluate import evaluate_checkpoint, format_table
 
     _config(args)
-    out = args.out or storage.join(args.checkpoint, f"eval_{args.split}.json")
-    res = evaluate_checkpoint(args.checkpoint, args.data_root, args.split, args.max_images, out)
+    from instsynth.train.launch import check_eval_root
+
+    ckpt, root = storage.absolute(args.checkpoint), storage.absolute(args.data_root)
+    if not storage.exists(storage.join(ckpt, "model.json")):
+        raise ConfigError(f"--checkpoint: {args.checkpoint} has no model.json (not a checkpoint dir)")
+    check_eval_root(root, args.split, "--data-root")
+    out = args.out or storage.join(ckpt, f"eval_{args.split}.json")
+    res = evaluate_checkpoint(ckpt, root, args.split, args.max_images, out, args.short_edge)
     print(format_table({f"step {res['step']}": res}))
     print(json.dumps({c: v for c, v in res["cityscapes"]["per_class"].items()}))
     print(f"wrote {out}")
@@ -258,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--data-root", required=True, help="Cityscapes root")
             p.add_argument("--split", default="val")
             p.add_argument("--max-images", type=int, default=None)
+            p.add_argument("--short-edge", type=int, default=-1,
+                           help="test scale: short side in px (default: the checkpoint's eval_short_edge; 0 = native)")
             p.add_argument("--out", help="JSON to write (default: CHECKPOINT/eval_<split>.json)")
         _add_common(p, name)
     return parser

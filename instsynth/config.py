@@ -8,6 +8,7 @@ output dir and compared on resume).  Unknown keys fail early and list the valid 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -146,17 +147,31 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Ray Train over IS-Cityscapes output dirs (paper section IV.A; FastInst: AdamW 1e-4, batch 4, 90k it)."""
+    """Ray Train over IS-Cityscapes output dirs.
+
+    Defaults are the paper's setting (section IV.A: FastInst, AdamW 1e-4, batch 4, 90k iterations,
+    360x720 crops) with FastInst/Mask2Former's optimisation recipe: linear warmup then poly(0.9),
+    backbone LR x0.1, no weight decay on norms, biases and embeddings, full-model gradient clipping,
+    bf16 autocast on GPUs; detectron2's Cityscapes scales (short edge 512-2048 in training, 1024 at test).
+    """
 
     dirs: list[str] = field(default_factory=list)
     synthetic_ratio: float | None = None
-    short_edge: list[int] = field(default_factory=lambda: [360, 720])
+    short_edge: list[int] = field(default_factory=lambda: [512, 2048])
     crop: str = "720x360"
     flip: bool = True
+    eval_short_edge: int | None = 1024
     batch_size: int = 4
+    worker_batch: int | None = None
     lr: float = 1e-4
     weight_decay: float = 0.05
+    backbone_lr_mult: float = 0.1
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    poly_power: float = 0.9
     grad_clip: float = 0.01
+    amp: str = "auto"
+    sync_bn: bool = True
     iterations: int = 90000
     num_workers: int = 1
     use_gpu: bool = False
@@ -336,6 +351,8 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
         _merge(cfg, data, "", path)
+        if not storage.is_uri(path):
+            _anchor_paths(cfg, data, os.path.dirname(os.path.abspath(path)))
     for key, value in (values or {}).items():
         _merge(cfg, _nest(key, value), "", "flag")
     for text in overrides or []:
@@ -343,6 +360,29 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
         _merge(cfg, _nest(key, value), "", f"--set {text}")
     validate(cfg)
     return cfg
+
+
+#: path keys that a config *file* may give relative to itself (on the command line: to the current dir)
+FILE_RELATIVE_PATHS = ("train.dirs", "train.eval_root", "train.storage_path", "train.model.backbone_weights",
+                       "experiment.originals", "experiment.synthetic", "experiment.out")
+
+
+def _anchor_paths(cfg: Config, data: dict, base: str) -> None:
+    """Make the relative paths a config file sets relative to that file, so a shipped config runs
+    from any working directory."""
+    for key in FILE_RELATIVE_PATHS:
+        *parents, leaf = key.split(".")
+        node, raw = cfg, data
+        for p in parents:
+            node, raw = getattr(node, p), (raw or {}).get(p) if isinstance(raw, dict) else None
+        if not isinstance(raw, dict) or leaf not in raw:
+            continue
+
+        def anchor(v):
+            return v if v is None or "://" in v or os.path.isabs(os.path.expanduser(v)) else os.path.normpath(
+                os.path.join(base, v))
+        value = getattr(node, leaf)
+        setattr(node, leaf, [anchor(v) for v in value] if isinstance(value, list) else anchor(value))
 
 
 def validate(cfg: Config) -> None:
@@ -369,6 +409,27 @@ def validate(cfg: Config) -> None:
     for c in cfg.plan.classes:
         if c not in cfg.prompts.templates:
             raise ConfigError(f"prompts.templates: no template for class {c!r}")
+    t = cfg.train
+    if t.amp not in ("auto", "bf16", "fp16", "fp32"):
+        raise ConfigError(f"train.amp must be auto, bf16, fp16 or fp32, got {t.amp!r}")
+    if len(t.short_edge) != 2 or not 0 < t.short_edge[0] <= t.short_edge[1]:
+        raise ConfigError(f"train.short_edge: expected [min, max] with 0 < min <= max, got {t.short_edge}")
+    parse_size(t.crop, "train.crop")
+    if t.synthetic_ratio is not None and t.synthetic_ratio < 0:
+        raise ConfigError(f"train.synthetic_ratio must be >= 0, got {t.synthetic_ratio}")
+    for key in ("batch_size", "num_workers", "iterations"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    grad_accum(t)
+
+
+def grad_accum(t: TrainConfig) -> tuple[int, int]:
+    """(per-worker micro-batch, accumulation steps) making up ``batch_size`` images per step."""
+    wb = t.worker_batch or max(1, t.batch_size // t.num_workers)
+    if t.batch_size % (wb * t.num_workers):
+        raise ConfigError(f"train.batch_size: {t.batch_size} is not a multiple of num_workers x worker_batch "
+                          f"({t.num_workers} x {wb})")
+    return wb, t.batch_size // (wb * t.num_workers)
 
 
 def parse_size(text: str, key: str) -> tuple[int, int]:

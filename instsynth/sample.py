@@ -36,24 +36,79 @@ SHAPES = {
 }
 
 
+def _strokes(cls: str) -> list[tuple]:
+    """A class's silhouette as strokes in a unit box (x right, y down): ("disk", cx, cy, r),
+    ("line", [(x, y), ...], width) or ("poly", [(x, y), ...]).  Classes a model must tell apart get
+    distinct shapes: a bicycle is two wheels on a thin open frame, a motorcycle two smaller wheels under a
+    solid body; a rider sits with bent legs and arms forward, a person stands; a train is long with a
+    sloped nose and a pantograph, a caravan a rounded box on a tow bar, a trailer a low flat bed."""
+    if cls == "bicycle":
+        return [("disk", .2, .72, .2), ("disk", .8, .72, .2),
+                ("line", [(.2, .72), (.45, .75), (.36, .25), (.68, .22), (.8, .72)], .05),
+                ("line", [(.28, .2), (.44, .2)], .06), ("line", [(.62, .08), (.7, .22)], .05),
+                ("line", [(.56, .08), (.72, .06)], .05)]
+    if cls == "motorcycle":
+        return [("disk", .17, .78, .17), ("disk", .83, .78, .17),
+                ("poly", [(.12, .62), (.2, .38), (.45, .34), (.55, .22), (.75, .28), (.86, .55), (.72, .7),
+                          (.3, .72)]),
+                ("line", [(.7, .3), (.78, .02)], .07)]
+    if cls == "person":
+        return [("disk", .5, .08, .08), ("poly", [(.3, .17), (.7, .17), (.68, .55), (.32, .55)]),
+                ("line", [(.3, .2), (.18, .52)], .1), ("line", [(.7, .2), (.82, .52)], .1),
+                ("line", [(.4, .52), (.33, 1.0)], .13), ("line", [(.6, .52), (.67, 1.0)], .13)]
+    if cls == "rider":
+        return [("disk", .62, .1, .09), ("poly", [(.45, .2), (.7, .2), (.5, .62), (.25, .6)]),
+                ("line", [(.62, .25), (.95, .42)], .1), ("line", [(.3, .6), (.7, .66)], .16),
+                ("line", [(.7, .66), (.66, 1.0)], .12)]
+    if cls == "car":
+        return [("poly", [(0, 1), (0, .55), (.12, .45), (.25, .05), (.75, .05), (.88, .45), (1, .55), (1, 1)])]
+    if cls == "bus":
+        return [("poly", [(0, 1), (0, .08), (.04, 0), (.96, 0), (1, .08), (1, 1)])]
+    if cls == "truck":
+        return [("poly", [(0, 1), (0, .3), (.1, .3), (.15, .5), (.28, .5), (.28, 0), (1, 0), (1, 1)])]
+    if cls == "train":
+        return [("poly", [(0, 1), (0, .2), (.02, .12), (.9, .12), (1, .5), (1, 1)]),
+                ("line", [(.4, .12), (.46, .0), (.54, .0)], .025)]
+    if cls == "caravan":
+        return [("poly", [(.15, 1), (.15, .25), (.3, 0), (.9, 0), (1, .2), (1, 1)]), ("line", [(0, .9), (.2, .9)], .06)]
+    # trailer: a low flat bed on a tow bar
+    return [("poly", [(.15, .95), (.15, .3), (1, .3), (1, .95)]), ("line", [(0, .85), (.2, .8)], .08)]
+
+
+_TEMPLATES: dict[str, np.ndarray] = {}
+
+
+def _template(cls: str) -> np.ndarray:
+    """The outer contour (N, 2) in the unit box of a class's strokes, drawn once at 256 px."""
+    if cls not in _TEMPLATES:
+        rw, rh = SHAPES[cls]
+        cw = 256
+        ch = max(16, int(round(cw * rh / rw)))
+        canvas = np.zeros((ch + 8, cw + 8), np.uint8)
+
+        def px(x, y):
+            return int(round(4 + x * cw)), int(round(4 + y * ch))
+        for kind, *a in _strokes(cls):
+            if kind == "disk":
+                cx, cy, r = a
+                cv2.ellipse(canvas, px(cx, cy), (int(r * cw), int(r * cw)), 0, 0, 360, 255, -1)
+            elif kind == "line":
+                pts, width = a
+                cv2.polylines(canvas, [np.array([px(*p) for p in pts], np.int32)], False, 255,
+                              max(2, int(width * cw)))
+            else:
+                cv2.fillPoly(canvas, [np.array([px(*p) for p in a[0]], np.int32)], 255)
+        contours, _ = cv2.findContours(canvas, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        c = max(contours, key=cv2.contourArea)
+        c = cv2.approxPolyDP(c, 1.0, True)[:, 0].astype(np.float64)
+        _TEMPLATES[cls] = np.stack([(c[:, 0] - 4) / cw, (c[:, 1] - 4) / ch], 1).clip(0, 1)
+    return _TEMPLATES[cls]
+
+
 def _outline(cls: str, x: float, yb: float, w: float, h: float) -> list[tuple[float, float]]:
     """A class-specific polygon standing on (x..x+w, yb)."""
     top = yb - h
-    if cls == "car":
-        pts = [(0, 1), (0, .55), (.12, .45), (.25, .05), (.75, .05), (.88, .45), (1, .55), (1, 1)]
-    elif cls in ("person", "rider"):
-        pts = [(.3, 1), (.25, .55), (0, .5), (.15, .2), (.35, .18), (.3, .05), (.5, 0), (.7, .05), (.65, .18),
-               (.85, .2), (1, .5), (.75, .55), (.7, 1)]
-    elif cls in ("bicycle", "motorcycle"):
-        pts = [(0, .7), (.1, .4), (.35, .35), (.45, 0), (.6, 0), (.7, .35), (.9, .4), (1, .7), (.85, 1), (.65, .8),
-               (.35, .8), (.15, 1)]
-    elif cls == "bus":
-        pts = [(0, 1), (0, .08), (.04, 0), (.96, 0), (1, .08), (1, 1)]
-    elif cls == "truck":
-        pts = [(0, 1), (0, .3), (.1, .3), (.15, .5), (.28, .5), (.28, 0), (1, 0), (1, 1)]
-    else:  # train, caravan, trailer: long boxes
-        pts = [(0, 1), (0, .1), (.02, 0), (.98, 0), (1, .1), (1, 1)]
-    return [(x + px * w, top + py * h) for px, py in pts]
+    return [(x + px * w, top + py * h) for px, py in _template(cls).tolist()]
 
 
 def _clip(poly, width, height):

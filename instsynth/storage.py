@@ -174,3 +174,27 @@ def read_parquet(path: str) -> pa.Table:
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path inside it) for libraries that take a filesystem object."""
     return _resolve(path)
+
+
+def absolute(path: str | None) -> str | None:
+    """A local path made absolute against the current directory (URIs unchanged): resolve on the
+    driver, since Ray workers run in directories of their own."""
+    if path is None or is_uri(path):
+        return path
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def append_text(path: str, text: str) -> None:
+    """Append to a small text file (read + rewrite: object stores have no append)."""
+    old = read_bytes(path) if exists(path) else b""
+    write_bytes(path, old + text.encode())
+
+
+def upload_dir(local_dir: str, dest: str) -> None:
+    """Copy every file under a local directory to ``dest`` (a local path or URI), keeping names."""
+    for dirpath, _, files in os.walk(local_dir):
+        for name in files:
+            src = os.path.join(dirpath, name)
+            rel = os.path.relpath(src, local_dir).replace(os.sep, "/")
+            with open(src, "rb") as f:
+                write_bytes(join(dest, *rel.split("/")), f.read())

@@ -95,6 +95,7 @@ def evaluate_cityscapes(gt_files: list[str], predictions: list[list[dict]]) -> d
         pred_dir = os.path.join(tmp, "pred")
         os.makedirs(pred_dir)
         pred_files = [write_predictions(pred_dir, f"img{i:06d}", p) for i, p in enumerate(predictions)]
+        gt_files = [os.path.abspath(g) for g in gt_files]  # before changing into the temporary directory
         args = types.SimpleNamespace(**vars(ev.args))
         args.gtInstancesFile = os.path.join(tmp, "gtInstances.json")
         args.exportFile = os.path.join(tmp, "result.json")
@@ -105,7 +106,7 @@ def evaluate_cityscapes(gt_files: list[str], predictions: list[list[dict]]) -> d
         ev.np, ev.writeDict2JSON = _NumpyShim(), _write_json
         try:
             with _in_dir(tmp), contextlib.redirect_stdout(open(os.devnull, "w")):
-                res = ev.evaluateImgLists(pred_files, [os.path.abspath(g) for g in gt_files], args)
+                res = ev.evaluateImgLists(pred_files, gt_files, args)
         finally:
             ev.np, ev.writeDict2JSON = saved
     avg = res["averages"]

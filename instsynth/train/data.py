@@ -1,22 +1,78 @@
-"""Training data: output dirs -> Ray Data -> augmented fixed-size rows -> torch batches.
+"""Training data: output dirs -> a row catalog -> a seeded sample stream -> augmented batches.
 
-Augmentation as in the paper (and FastInst's Cityscapes recipe) runs in Ray Data CPU tasks, not in
-the training loop: shortest-edge resize to a random size (focused windows vary in size, so they are
-scaled before cropping), random crop (default 360x720, padded when smaller), horizontal flip.  Rows
+Why this shape: a Table II reproduction needs epochs that mix originals and synthetic rows, an exact
+synthetic ratio, and crops that two arms of a paired experiment share.  So the driver builds a
+*catalog* - every committed row's address (part file, row index, work id), originals and synthetic
+apart, about 100 bytes a row (12k rows of IS-Cityscapes: ~1 MB) - and nothing else is collected.
+
+* Epoch ``e`` is all originals plus exactly ``round(synthetic_ratio x originals)`` synthetic rows drawn
+  from ``(seed, e)`` (all synthetic rows when the ratio is unset), in an order shuffled from
+  ``(seed, e)``: a full shuffle of both sources, whose memory bound is the catalog.
+* Step ``s`` of a run with batch ``B`` takes global samples ``s*B .. s*B+B-1``; worker ``r`` of ``W``
+  with micro-batch ``b`` takes micro-batch ``a`` at ``s*B + (a*W + r)*b``.  So which row a worker
+  trains on at which step is arithmetic, and a resumed run continues the same sequence.
+* Each worker streams its own samples through Ray Data CPU tasks (read the rows' Parquet files,
+  decode, augment) in order; the crop, scale and flip of a row are drawn from
+  ``(seed, epoch, crc32(work_id))`` alone, so they do not depend on the worker, the step or the arm.
+
+Augmentation (detectron2's Cityscapes recipe with the paper's crop): shortest-edge resize to a
+random length in ``short_edge``, random crop ``crop`` (padded when smaller), horizontal flip.  Rows
 stay fixed-size (image HxWx3 uint8, instance map HxW uint16), so batches are plain tensors and the
-per-instance masks are made in ``collate``.  Streaming throughout: the trainer never holds the
-dataset.  Augmentation draws from fresh entropy (different crops each epoch).
+per-instance masks are made in ``collate``.
 """
 
 from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
 
 import numpy as np
 
 from instsynth import shards, storage
 from instsynth.cityscapes import THING_CLASSES, THING_IDS, decode_ids, decode_image
-from instsynth.config import TrainConfig, parse_size
+from instsynth.config import ConfigError, TrainConfig, parse_size
 
 CLASS_INDEX = {cid: THING_CLASSES.index(name) for cid, name in THING_IDS.items()}
+COLUMNS = ["work_id", "image", "instance_ids"]
+
+
+@dataclass
+class Catalog:
+    """Addresses of every committed training row: (part file, row index in it, work id)."""
+
+    orig: list[tuple[str, int, str]]
+    synth: list[tuple[str, int, str]]
+    ratio: float | None = None
+    seed: int = 0
+
+    @property
+    def synth_per_epoch(self) -> int:
+        if self.ratio is None or not self.orig:
+            return len(self.synth)
+        return int(round(self.ratio * len(self.orig))) if self.synth else 0
+
+    @property
+    def epoch_len(self) -> int:
+        return len(self.orig) + self.synth_per_epoch
+
+    def epoch(self, e: int) -> list[tuple[str, int, str]]:
+        """The rows of epoch ``e`` in training order (a pure function of seed and epoch)."""
+        rng = np.random.default_rng([self.seed, e, 0xE90C])
+        k, n = self.synth_per_epoch, len(self.synth)
+        picks = np.concatenate([rng.permutation(n) for _ in range(-(-k // n))])[:k] if n and k else np.zeros(0, int)
+        order = rng.permutation(np.concatenate([np.arange(len(self.orig)), len(self.orig) + picks]))
+        return [self.orig[i] if i < len(self.orig) else self.synth[i - len(self.orig)] for i in order.tolist()]
+
+    def fingerprint(self) -> str:
+        """A short hash of every row address (the data a run trains on)."""
+        import hashlib
+
+        h = hashlib.sha1()
+        for rows in (self.orig, self.synth):
+            for part, i, wid in rows:
+                h.update(f"{part}|{i}|{wid}\n".encode())
+            h.update(b"--\n")
+        return h.hexdigest()[:10]
 
 
 def dir_generator(d: str) -> str | None:
@@ -27,11 +83,36 @@ def dir_generator(d: str) -> str | None:
     return None
 
 
-def augment(row: dict, short_edge: tuple[int, int], crop: tuple[int, int], flip: bool) -> dict:
+def build_catalog(dirs: list[str], ratio: float | None = None, seed: int = 0) -> Catalog:
+    """Read only the ``work_id`` column of every committed part of ``dirs``."""
+    import pyarrow.parquet as pq
+
+    if not dirs:
+        raise ValueError("train.dirs: give at least one output dir (e.g. the originals)")
+    orig, synth = [], []
+    for d in dirs:
+        parts = shards.committed_parts(d)
+        if not parts:
+            raise ConfigError(f"train.dirs: {d} has no committed rows")
+        rows = []
+        for p in parts:
+            fs, path = storage.filesystem(p)
+            ids = pq.read_table(path, columns=["work_id"], filesystem=fs).column("work_id").to_pylist()
+            rows += [(p, i, w) for i, w in enumerate(ids)]
+        (orig if dir_generator(d) == "original" else synth).extend(rows)
+    return Catalog(orig, synth, ratio, seed)
+
+
+def crop_rng(seed: int, epoch: int, work_id: str) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, zlib.crc32(work_id.encode())])
+
+
+def augment(row: dict, short_edge: tuple[int, int], crop: tuple[int, int], flip: bool,
+            rng: np.random.Generator | None = None) -> dict:
     """Decode, resize the shortest edge to a random length, random crop (w, h), random flip."""
     import cv2
 
-    rng = np.random.default_rng()
+    rng = rng if rng is not None else np.random.default_rng()
     img = decode_image(row["image"], row["work_id"])
     ids = decode_ids(row["instance_ids"], row["work_id"])
     h, w = ids.shape
@@ -73,38 +154,52 @@ def collate(batch: dict[str, np.ndarray]):
     return images, targets
 
 
-def train_dataset(cfg: TrainConfig):
-    """The augmented training dataset over ``cfg.dirs`` (originals + synthetic, mixed by ratio)."""
-    import ray.data
+# -- the sample stream -----------------------------------------------------------------------------
 
-    if not cfg.dirs:
-        raise ValueError("train.dirs: give at least one output dir (e.g. the originals)")
-    orig, synth = [], []
-    n_orig = n_synth = 0
-    for d in cfg.dirs:
-        parts = shards.committed_parts(d)
-        if not parts:
-            raise ValueError(f"train.dirs: {d} has no committed rows")
-        rows = sum(m["rows"] for m in shards.committed_units(d).values())
-        if dir_generator(d) == "original":
-            orig += parts
-            n_orig += rows
-        else:
-            synth += parts
-            n_synth += rows
-    cols = ["work_id", "image", "instance_ids"]
-    fs, _ = storage.filesystem(cfg.dirs[0])
-    paths = [storage.filesystem(p)[1] for p in orig + synth]
-    parts = {p: q for p, q in zip(orig + synth, paths)}
-    datasets = []
-    if orig:
-        datasets.append(ray.data.read_parquet([parts[p] for p in orig], columns=cols, filesystem=fs))
-    if synth:
-        ds = ray.data.read_parquet([parts[p] for p in synth], columns=cols, filesystem=fs)
-        if cfg.synthetic_ratio is not None and n_orig:
-            frac = min(1.0, cfg.synthetic_ratio * n_orig / max(n_synth, 1))
-            ds = ds.random_sample(frac, seed=cfg.seed)
-        datasets.append(ds)
-    ds = datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:])
-    crop = parse_size(cfg.crop, "train.crop")
-    return ds.map(augment, fn_kwargs={"short_edge": tuple(cfg.short_edge), "crop": crop, "flip": cfg.flip})
+def global_samples(local: np.ndarray, start_step: int, batch_size: int, worker_batch: int, accum: int,
+                   rank: int, world: int) -> np.ndarray:
+    """Global sample indices of a worker's local stream positions (see the module docstring)."""
+    per_step = accum * worker_batch
+    step, r = start_step + local // per_step, local % per_step
+    a, j = r // worker_batch, r % worker_batch
+    return step * batch_size + (a * world + rank) * worker_batch + j
+
+
+def load_samples(batch: dict, catalog: Catalog, spec: dict) -> dict:
+    """Ray Data batch of local positions -> augmented rows (reads each part file once per batch)."""
+    g = global_samples(np.asarray(batch["id"]), **spec["stream"])
+    epochs, pos = g // catalog.epoch_len, g % catalog.epoch_len
+    orders = {int(e): catalog.epoch(int(e)) for e in np.unique(epochs)}
+    addr = [orders[int(e)][int(p)] for e, p in zip(epochs, pos)]
+    tables = {part: storage.read_parquet(part).select(COLUMNS) for part in {a[0] for a in addr}}
+    images, ids, wids = [], [], []
+    for (part, i, wid), e in zip(addr, epochs):
+        t = tables[part]
+        row = {c: t.column(c)[i].as_py() for c in COLUMNS}
+        out = augment(row, spec["short_edge"], spec["crop"], spec["flip"], crop_rng(catalog.seed, int(e), wid))
+        images.append(out["image"])
+        ids.append(out["ids"])
+        wids.append(wid)
+    return {"image": np.stack(images), "ids": np.stack(ids), "work_id": np.array(wids, dtype=object),
+            "epoch": epochs.astype(np.int64)}
+
+
+def sample_stream(catalog: Catalog, cfg: TrainConfig, start_step: int, end_step: int, rank: int = 0,
+                  world: int = 1):
+    """This worker's Ray Data stream of augmented rows for steps ``start_step..end_step-1``, in order.
+
+    One block per step, so Ray Data's backpressure bounds what is in flight to a few steps' rows.
+    """
+    import ray.data
+    from ray.data import DataContext
+
+    from instsynth.config import grad_accum
+
+    wb, accum = grad_accum(cfg)
+    steps = max(0, end_step - start_step)
+    spec = {"stream": {"start_step": start_step, "batch_size": cfg.batch_size, "worker_batch": wb,
+                       "accum": accum, "rank": rank, "world": world},
+            "short_edge": tuple(cfg.short_edge), "crop": parse_size(cfg.crop, "train.crop"), "flip": cfg.flip}
+    DataContext.get_current().execution_options.preserve_order = True  # the sequence is the point
+    ds = ray.data.range(steps * wb * accum, override_num_blocks=max(1, steps))
+    return ds.map_batches(load_samples, batch_size=wb, fn_kwargs={"catalog": catalog, "spec": spec})

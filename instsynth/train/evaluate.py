@@ -17,22 +17,38 @@ from instsynth.cityscapes import THING_CLASSES, discover, read_ids, read_image
 from instsynth.train.cs_eval import evaluate_cityscapes, evaluate_coco
 
 
-def predict_image(model, image: np.ndarray, score_threshold: float = 0.0) -> list[dict]:
+def predict_image(model, image: np.ndarray, score_threshold: float = 0.0, short_edge: int | None = None) -> list[dict]:
+    """Predictions for one image; with ``short_edge`` the model sees the image rescaled so its short
+    side has that length (the test scale), and masks come back at the native size for scoring."""
+    import cv2
     import torch
 
-    x = torch.from_numpy(image).permute(2, 0, 1)[None]
+    h, w = image.shape[:2]
+    x = image
+    if short_edge and short_edge != min(h, w):
+        s = short_edge / min(h, w)
+        x = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))),
+                       interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]
     dev = next(model.parameters()).device
-    out = model(x.to(dev))[0]
+    out = model(t.to(dev))[0]
     preds = []
     for m, lab, s in zip(out["masks"], out["labels"], out["scores"]):
+        m = m.numpy()
+        if m.shape != (h, w):
+            m = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
         if float(s) > score_threshold and bool(m.any()):
-            preds.append({"mask": m.numpy(), "label": int(lab), "score": float(s)})
+            preds.append({"mask": m, "label": int(lab), "score": float(s)})
     return preds
 
 
 def evaluate_model(model, data_root: str, split: str = "val", max_images: int | None = None,
-                   predictor=None) -> dict:
-    """AP/AP50 of ``model`` (or of ``predictor(image, ids) -> preds``, e.g. an oracle) on a split."""
+                   predictor=None, short_edge: int | None = None) -> dict:
+    """AP/AP50 of ``model`` (or of ``predictor(image, ids) -> preds``, e.g. an oracle) on a split.
+
+    ``short_edge``: the test scale (short side in pixels; None = native).  The result names it.
+    """
+    data_root = storage.absolute(data_root)
     recs = list(discover(data_root, split))[: max_images or None]
     if not recs:
         raise ValueError(f"{data_root}: no images in split {split!r}")
@@ -54,14 +70,15 @@ def evaluate_model(model, data_root: str, split: str = "val", max_images: int | 
             path = local
         gt_files.append(path)
         gt_maps.append(ids)
-        preds.append(predictor(img, ids) if predictor else predict_image(model, img))
+        preds.append(predictor(img, ids) if predictor else predict_image(model, img, short_edge=short_edge))
     try:
         cs = evaluate_cityscapes(gt_files, preds)
     finally:
         for f in tmp_files:
             os.remove(f)
     coco = evaluate_coco(gt_maps, preds)
-    return {"images": len(recs), "cityscapes": cs, "coco": coco}
+    scale = f"short edge {short_edge} px" if short_edge else "native resolution"
+    return {"images": len(recs), "test_scale": scale, "cityscapes": cs, "coco": coco}
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -75,6 +92,8 @@ def format_table(results: dict[str, dict]) -> str:
             return f"{100 * v:.1f}" if v is not None else "-"
         per = "".join(f"{pct(cs['per_class'].get(c, {}).get('ap')):>8}" for c in THING_CLASSES)
         lines.append(f"{name:<28}{pct(cs['AP']):>7}{pct(cs['AP50']):>7}{pct(r['coco']['AP']):>8}{per}")
+    scales = sorted({r.get("test_scale", "native resolution") for r in results.values()})
+    lines.append(f"test scale: {', '.join(scales)}; {', '.join(str(r['images']) for r in results.values())} images")
     return "\n".join(lines)
 
 
@@ -93,9 +112,13 @@ def load_checkpoint(path: str):
 
 
 def evaluate_checkpoint(ckpt: str, data_root: str, split: str = "val", max_images: int | None = None,
-                        out_json: str | None = None) -> dict:
+                        out_json: str | None = None, short_edge: int | None = -1) -> dict:
+    """``short_edge=-1``: the test scale the checkpoint was trained for (its recipe), else as given."""
     model, step = load_checkpoint(ckpt)
-    res = evaluate_model(model, data_root, split, max_images)
+    if short_edge == -1:
+        with open(os.path.join(ckpt, "model.json")) as f:
+            short_edge = json.load(f).get("recipe", {}).get("eval_short_edge")
+    res = evaluate_model(model, data_root, split, max_images, short_edge=short_edge)
     res["checkpoint"], res["step"] = ckpt, step
     if out_json:
         storage.write_bytes(out_json, json.dumps(res, indent=1).encode())

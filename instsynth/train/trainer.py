@@ -2,18 +2,28 @@
 
 One training-step function (``train_step``) serves the distributed loop and in-process use.  A
 crashed or re-launched run with the same ``train.name`` and ``train.storage_path`` resumes from its
-latest checkpoint (Ray Train V2: re-create the trainer; ``ray.train.get_checkpoint()`` returns it).
-Metrics go through ``ray.train.report`` and to TensorBoard (``<storage>/<name>/tensorboard``);
-periodic validation AP keeps the best checkpoint as ``best/``.
+latest checkpoint (Ray Train V2: re-create the trainer; ``ray.train.get_checkpoint()`` returns it) and
+continues the same sample sequence (see ``instsynth.train.data``).  The driver resolves every path
+and checks data, evaluation root, weights and GPUs before a worker starts (``launch``).
+
+Side files go through the storage module, so an ``s3://`` storage path keeps them too:
+``starts.jsonl`` (where each launch began), ``tensorboard/`` (flushed at every report, closed on
+error) and ``best/`` (the checkpoint with the best validation AP50).  Each checkpoint's
+``model.json`` records the resolved recipe.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 
-from instsynth.config import Config, ModelConfig, TrainConfig, to_dict
+from instsynth import storage
+from instsynth.config import Config, ModelConfig, TrainConfig, grad_accum, to_dict
+
+#: steps per Ray Data stream; a new stream starts after each (bounded plan size, negligible stall)
+CHUNK_STEPS = 500
 
 
 def model_kwargs(m: ModelConfig) -> dict:
@@ -22,21 +32,36 @@ def model_kwargs(m: ModelConfig) -> dict:
     return {"pretrained": m.pretrained, "tiny": m.tiny, **m.params}
 
 
-def train_step(model, optimizer, images, targets, grad_clip: float = 0.0) -> dict[str, float]:
-    """One optimisation step; returns the loss dict as floats."""
+def train_step(model, optimizer, micro_batches, grad_clip: float = 0.0, amp=None) -> dict[str, float]:
+    """One optimisation step over ``micro_batches`` [(images, targets), ...] (gradient accumulation).
+
+    ``amp``: an autocast dtype or None.  Losses cross to the host once per step.
+    """
+    import contextlib
+
     import torch
 
     model.train()
-    losses = model(images, targets)
     optimizer.zero_grad(set_to_none=True)
-    losses["loss"].backward()
+    n = len(micro_batches)
+    total = None
+    for k, (images, targets) in enumerate(micro_batches):
+        sync = contextlib.nullcontext() if k == n - 1 or not hasattr(model, "no_sync") else model.no_sync()
+        cast = torch.autocast(images.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+        with sync:
+            with cast:
+                losses = model(images, targets)
+            (losses["loss"] / n).backward()
+        vec = torch.stack([v.detach().float() for v in losses.values()])
+        total = vec if total is None else total + vec
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    return {k: float(v.detach()) for k, v in losses.items()}
+    return dict(zip(losses.keys(), (total / n).tolist()))
 
 
 def save_checkpoint(path: str, model, optimizer, step: int, spec: dict, metrics: dict) -> None:
+    """model.pt + model.json into a local directory."""
     import torch
 
     os.makedirs(path, exist_ok=True)
@@ -47,6 +72,39 @@ def save_checkpoint(path: str, model, optimizer, step: int, spec: dict, metrics:
         json.dump({**spec, "step": step, "metrics": metrics}, f)
 
 
+class Board:
+    """TensorBoard scalars: written locally, flushed at every report, mirrored to a URI run dir."""
+
+    def __init__(self, run_dir: str):
+        from tensorboardX import SummaryWriter
+
+        self.dest = storage.join(run_dir, "tensorboard")
+        self.local = self.dest if not storage.is_uri(run_dir) else tempfile.mkdtemp(prefix="instsynth-tb-")
+        self.writer = SummaryWriter(self.local, flush_secs=10)
+
+    def scalars(self, values: dict, step: int) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+
+    def flush(self, upload: bool = False) -> None:
+        self.writer.flush()
+        if upload and self.local != self.dest:
+            storage.upload_dir(self.local, self.dest)
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.local != self.dest:
+            storage.upload_dir(self.local, self.dest)
+            shutil.rmtree(self.local, ignore_errors=True)
+
+
+def bn_mode(cfg: TrainConfig, world: int) -> str:
+    """``frozen`` with backbone weights (detectron2's FrozenBN), ``sync`` across GPU workers, else ``batch``."""
+    if cfg.model.name == "fastinst" and cfg.model.backbone_weights:
+        return "frozen"
+    return "sync" if cfg.sync_bn and cfg.use_gpu and world > 1 else "batch"
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker."""
     import torch
@@ -55,111 +113,130 @@ def train_loop_per_worker(config: dict) -> None:
     from ray.train.torch import get_device, prepare_model
 
     from instsynth.config import load_config
-    from instsynth.train.data import collate
+    from instsynth.train.data import collate, sample_stream
     from instsynth.train.evaluate import evaluate_model
     from instsynth.train.models import build_model
+    from instsynth.train.recipe import amp_dtype, make_optimizer, recipe, set_lr
 
-    cfg = load_config(values={"train": config["train"]}).train if "train" in config else TrainConfig()
-    torch.manual_seed(cfg.seed)
-    spec = {"name": cfg.model.name, "kwargs": model_kwargs(cfg.model)}
-    model = build_model(spec["name"], **spec["kwargs"])
+    cfg = load_config(values={"train": config["train"]}).train
+    run_dir, catalog = config["run_dir"], config["catalog"]
     ctx = train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = get_device()
+    torch.manual_seed(cfg.seed)
+    bn = bn_mode(cfg, world)
+    spec = {"name": cfg.model.name, "kwargs": model_kwargs(cfg.model)}
+    model = build_model(spec["name"], **spec["kwargs"])
+    if bn == "sync":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True}) if world > 1 \
         else model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raw = model.module if hasattr(model, "module") else model
+    opt = make_optimizer(raw, cfg)
+    spec["recipe"] = recipe(cfg, world, device.type, bn)
+    spec["data"] = {"dirs": cfg.dirs, "rows_original": len(catalog.orig), "rows_synthetic": len(catalog.synth),
+                    "epoch_len": catalog.epoch_len, "fingerprint": catalog.fingerprint()}
     step, best = 0, -1.0
     ckpt = train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
             state = torch.load(os.path.join(d, "model.pt"), map_location="cpu", weights_only=True)
-            (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
+            raw.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             step = int(state["step"])
             with open(os.path.join(d, "model.json")) as f:
                 best = float(json.load(f).get("metrics", {}).get("best_AP50", -1.0))
-    writer = None
+    board = None
     if rank == 0:
-        from tensorboardX import SummaryWriter
-
-        os.makedirs(config["run_dir"], exist_ok=True)
-        with open(os.path.join(config["run_dir"], "starts.jsonl"), "a") as f:  # run history: where each launch began
-            f.write(json.dumps({"start_step": step, "world_size": world, "resumed": bool(ckpt)}) + "\n")
-        writer = SummaryWriter(os.path.join(config["run_dir"], "tensorboard"))
-    shard = train.get_dataset_shard("train")
-    per_worker = max(1, cfg.batch_size // world)
+        storage.append_text(storage.join(run_dir, "starts.jsonl"), json.dumps(
+            {"start_step": step, "world_size": world, "resumed": bool(ckpt), "recipe": spec["recipe"]}) + "\n")
+        board = Board(run_dir)
+    wb, accum = grad_accum(cfg)
+    amp = amp_dtype(cfg, device.type)
     last_ap = {"AP": -1.0, "AP50": -1.0}
-    while step < cfg.iterations:
-        for images, targets in shard.iter_torch_batches(batch_size=per_worker, collate_fn=collate,
-                                                        drop_last=True):
-            images = images.to(device)
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            losses = train_step(model, opt, images, targets, cfg.grad_clip)
-            step += 1
-            metrics = {"step": step, **{f"loss_{k}": v for k, v in losses.items()}}
-            if writer:
-                for k, v in losses.items():
-                    writer.add_scalar(f"train/{k}", v, step)
-            if cfg.eval_root and (step % cfg.eval_every == 0 or step == cfg.iterations) and rank == 0:
-                raw = model.module if hasattr(model, "module") else model
-                res = evaluate_model(raw, cfg.eval_root, cfg.eval_split, cfg.eval_max_images)
-                last_ap = {"AP": res["cityscapes"]["AP"] or 0.0, "AP50": res["cityscapes"]["AP50"] or 0.0}
-                if writer:
-                    writer.add_scalar("val/AP", last_ap["AP"], step)
-                    writer.add_scalar("val/AP50", last_ap["AP50"], step)
-                if last_ap["AP50"] > best:
-                    best = last_ap["AP50"]
-                    save_checkpoint(os.path.join(config["run_dir"], "best"), model, opt, step, spec,
-                                    {**last_ap, "best_AP50": best})
-            metrics.update({"AP": last_ap["AP"], "AP50": last_ap["AP50"], "best_AP50": best})
-            if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
-                with tempfile.TemporaryDirectory() as tmp:
-                    if rank == 0:
-                        save_checkpoint(tmp, model, opt, step, spec, metrics)
-                    train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None)
-            else:
-                train.report(metrics)
-            if step >= cfg.iterations:
-                break
-    if writer:
-        writer.close()
+    try:
+        while step < cfg.iterations:
+            end = min(cfg.iterations, step + CHUNK_STEPS)
+            batches = iter(sample_stream(catalog, cfg, step, end, rank, world).iter_torch_batches(
+                batch_size=wb, collate_fn=collate, prefetch_batches=2 * accum))
+            while step < end:
+                lr = set_lr(opt, step, cfg)
+                micro = []
+                for _ in range(accum):
+                    images, targets = next(batches)
+                    micro.append((images.to(device, non_blocking=True),
+                                  [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]))
+                losses = train_step(model, opt, micro, cfg.grad_clip, amp)
+                step += 1
+                metrics = {"step": step, "lr": lr, **{f"loss_{k}": v for k, v in losses.items()}}
+                if board:
+                    board.scalars({f"train/{k}": v for k, v in losses.items()} | {"train/lr": lr}, step)
+                evaluate = cfg.eval_root and (step % cfg.eval_every == 0 or step == cfg.iterations)
+                if evaluate and rank == 0:
+                    res = evaluate_model(raw, cfg.eval_root, cfg.eval_split, cfg.eval_max_images,
+                                         short_edge=cfg.eval_short_edge)
+                    last_ap = {"AP": res["cityscapes"]["AP"] or 0.0, "AP50": res["cityscapes"]["AP50"] or 0.0}
+                    board.scalars({"val/AP": last_ap["AP"], "val/AP50": last_ap["AP50"]}, step)
+                    if last_ap["AP50"] > best:
+                        best = last_ap["AP50"]
+                        with tempfile.TemporaryDirectory() as tmp:
+                            save_checkpoint(tmp, model, opt, step, spec, {**last_ap, "best_AP50": best})
+                            storage.upload_dir(tmp, storage.join(run_dir, "best"))
+                metrics.update({"AP": last_ap["AP"], "AP50": last_ap["AP50"], "best_AP50": best})
+                if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        if rank == 0:
+                            save_checkpoint(tmp, model, opt, step, spec, metrics)
+                            board.flush(upload=True)
+                        train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None)
+                else:
+                    if board:
+                        board.flush()
+                    train.report(metrics)
+    finally:
+        if board:
+            board.close()
 
 
-def make_trainer(cfg: Config, datasets: dict | None = None):
-    """The TorchTrainer for ``cfg.train`` (same name + storage path = resume)."""
+def make_trainer(cfg: Config):
+    """The TorchTrainer for ``cfg.train`` (same name + storage path = resume); paths resolved here."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from instsynth.train.data import train_dataset
+    from instsynth.train.data import build_catalog
+    from instsynth.train.launch import resolve_paths
 
+    cfg = resolve_paths(cfg)
     t = cfg.train
-    storage_path = os.path.abspath(t.storage_path) if "://" not in t.storage_path else t.storage_path
-    run_dir = os.path.join(storage_path, t.name)
-    datasets = datasets or {"train": train_dataset(t)}
+    catalog = build_catalog(t.dirs, t.synthetic_ratio, t.seed)
+    run_dir = storage.join(t.storage_path, t.name)
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": to_dict(cfg)["train"], "run_dir": run_dir},
+        train_loop_config={"train": to_dict(cfg)["train"], "run_dir": run_dir, "catalog": catalog},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=t.name, storage_path=storage_path,
+        run_config=RunConfig(name=t.name, storage_path=t.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=3)),
-        datasets=datasets,
     )
 
 
 def run_training(cfg: Config, log=print):
-    """Fit (or resume) the run; returns the Ray Train Result."""
+    """Check, then fit (or resume) the run; returns the Ray Train Result."""
     from instsynth.pipeline import init_ray
+    from instsynth.train.launch import check_gpus, check_inputs, resolve_paths
 
+    cfg = resolve_paths(cfg)
+    check_inputs(cfg, cfg.train.dirs)
     started = init_ray(cfg.run.address, cfg.run.log_level)
     try:
+        check_gpus(cfg, started)
         result = make_trainer(cfg).fit()
+        run_dir = storage.join(cfg.train.storage_path, cfg.train.name)
         log(f"trained {cfg.train.model.name} to step {result.metrics.get('step')}; "
             f"checkpoint {result.checkpoint.path if result.checkpoint else '-'}; "
-            f"TensorBoard: tensorboard --logdir {os.path.join(os.path.abspath(cfg.train.storage_path), cfg.train.name)}")
+            f"TensorBoard: tensorboard --logdir {storage.join(run_dir, 'tensorboard')}")
         return result
     finally:
         if started:

@@ -1,28 +1,44 @@
 """FastInst (He et al., "FastInst: A Simple Query-Based Model for Real-Time Instance Segmentation",
 CVPR 2023) in plain PyTorch - detectron2 is not installable for our Python/torch/NumPy.
 
-Written from the paper's description; each part cites its section:
+Each part follows the paper and the design of the authors' code (``junjiehe96/FastInst``):
 
-* backbone: torchvision ResNet res3-res5 (Sec. 3.1), pretrained weights from a local file;
-* pixel decoder: PPM-FPN, 256 channels, pyramid pooling on the res5 lateral, giving E5/E4/E3 (Sec. 3.1);
-* instance activation-guided queries: an auxiliary K+1-class head on E4 scores each pixel by its
-  best foreground class, local maxima favoured; the top-N pixels' E4 features become queries, plus
-  a few auxiliary learnable queries that are attended but not supervised (Sec. 3.2);
-* dual-path decoder: pixels cross-attend to queries + FFN, then queries do masked cross-attention
-  to pixels (mask from the previous prediction), self-attention and FFN (Sec. 3.3);
-* ground-truth mask-guided learning: in training, matched queries re-run each layer with their GT
-  mask as the attention mask, and that output is supervised too (Sec. 3.4);
-* losses: Hungarian matching with 2*class + 5*BCE + 5*dice on sampled points and a large location
-  penalty when a query's source pixel lies outside the GT mask; CE 2 (no-object 0.1), BCE 5,
-  dice 5, proposal 20 (Sec. 3.5);
+* backbone: torchvision ResNet res3-res5 (Sec. 3.1); with ImageNet weights its BatchNorm is frozen
+  (detectron2's ``FrozenBN``, the ResNet default there), without them it trains (synced across GPUs
+  by the trainer);
+* pixel decoder: PPM-FPN, D channels, pyramid pooling on the res5 lateral, giving E5/E4/E3 (Sec. 3.1);
+* one learned position embedding, bilinearly resized to the E4 (query) and E3 (pixel) grids, so a
+  query and the pixel it came from share a position (official ``meta_pos_embed``);
+* instance activation-guided queries (Sec. 3.2): an auxiliary head (3x3 conv + ReLU + 1x1 conv) on
+  E4; per pixel only its best foreground class counts, and a pixel that is a 3x3 local maximum *of
+  that class map* is ranked first; the top-N pixels' E4 features are the queries, plus a few
+  auxiliary learnable queries that are attended but never supervised;
+* dual-path decoder (Sec. 3.3): pixels cross-attend to queries + FFN, then queries do masked
+  cross-attention to the *updated* pixels, self-attention and FFN; after every layer a per-layer head
+  (LayerNorm, 3-layer class MLP, 3-layer mask-embedding MLP, linear mask-feature projection of the
+  updated pixel features) predicts classes and masks - masks follow the pixel path;
+* ground-truth mask-guided learning (Sec. 3.4): in training, each layer is re-run from its own input
+  with the GT mask as the attention mask of every query matched *in the last layer's matching*, and
+  that matching supervises the guided outputs;
+* losses (Sec. 3.5): Hungarian matching with 2*class + 5*BCE + 5*dice on ``num_points`` uniform points
+  plus a location penalty when a query's source pixel lies outside the GT mask; mask losses on
+  ``num_points`` importance-sampled points (oversample 3, 75% most uncertain, Mask2Former/FastInst),
+  normalised by the number of GT masks averaged over all workers; the proposal loss is a cross
+  entropy over *every* E4 pixel, each GT matched to one pixel by its own pixel-to-GT Hungarian
+  matching (class + location), all other pixels "no object";
 * inference: top-k over query x class, mask = sigmoid > 0.5, score = class prob x mean mask prob
   inside (Sec. 4).  R50-D3 = ResNet-50 with 3 decoder layers (the paper's and IS-Cityscapes' setting).
+
+Matching is batched: every cost matrix of a step is built on the device and crosses to the host in
+one transfer, so a step has one host sync for matching instead of one per image and layer.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
@@ -37,6 +53,7 @@ class FastInstConfig:
     num_classes: int = 8
     backbone: str = "resnet50"
     backbone_weights: str | None = None
+    frozen_bn: bool | None = None  # None: frozen exactly when backbone_weights is given
     hidden_dim: int = 256
     num_heads: int = 8
     ffn_dim: int = 1024
@@ -48,8 +65,10 @@ class FastInstConfig:
     dice_weight: float = 5.0
     proposal_weight: float = 20.0
     no_object_weight: float = 0.1
-    location_penalty: float = 1e4
+    location_penalty: float = 1000.0
     num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
     gt_mask_guided: bool = True
     test_topk: int = 100
 
@@ -63,10 +82,27 @@ class FastInstConfig:
 
 # -- backbone and pixel decoder (Sec. 3.1) -------------------------------------------------------
 
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d by a FrozenBatchNorm2d holding the same statistics and affine."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
 class Backbone(nn.Module):
     """ResNet res3-res5 (strides 8, 16, 32); weights from a local state-dict file if given."""
 
-    def __init__(self, name: str, weights: str | None):
+    def __init__(self, name: str, weights: str | None, frozen_bn: bool):
         super().__init__()
         import torchvision
 
@@ -80,6 +116,9 @@ class Backbone(nn.Module):
         self.res3, self.res4, self.res5 = net.layer2, net.layer3, net.layer4
         c = 512 if name in ("resnet18", "resnet34") else 2048
         self.channels = (c // 4, c // 2, c)
+        if frozen_bn:
+            with torch.no_grad():
+                freeze_batchnorm(self)
 
     def forward(self, x):
         c3 = self.res3(self.stem(x))
@@ -114,28 +153,35 @@ class PPMFPN(nn.Module):
         return e3, e4, e5
 
 
-def sine_pos(h, w, dim, device):
-    """2-D sine positional encoding, (h*w, dim)."""
-    d = dim // 4
-    omega = 1.0 / (10000 ** (torch.arange(d, device=device) / d))
-    y, x = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
-                          torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
-    out = [torch.sin(x.flatten()[:, None] * omega), torch.cos(x.flatten()[:, None] * omega),
-           torch.sin(y.flatten()[:, None] * omega), torch.cos(y.flatten()[:, None] * omega)]
-    return torch.cat(out, 1)
+class MLP(nn.Module):
+    """``n`` linear layers with ReLU between them (the heads of DETR-style decoders)."""
+
+    def __init__(self, din, dhid, dout, n=3):
+        super().__init__()
+        dims = [din] + [dhid] * (n - 1) + [dout]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
 
 
 # -- instance activation-guided queries (Sec. 3.2) -----------------------------------------------
 
 def select_queries(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices (B, k) of the top-k pixels by best foreground probability, local maxima first.
+    """Indices (B, k) of the top-k E4 pixels by their best foreground class, local maxima first.
 
-    ``logits``: (B, K+1, H, W) from the auxiliary head (last channel = no object).  A pixel that is
-    the maximum of its 3x3 neighbourhood keeps its score; others are ranked after all maxima.
+    ``logits``: (B, K+1, H, W) from the auxiliary head (last channel = no object).  Each pixel keeps
+    only the probability of its best foreground class; a pixel that is a 3x3 maximum of that class's
+    map is lifted by 1, so every local maximum ranks above every non-maximum (official
+    ``QueryProposal``: per-class local maxima, not maxima of the best-class map).
     """
-    prob = logits.softmax(1)[:, :-1].amax(1)  # (B, H, W)
-    peak = prob == F.max_pool2d(prob[:, None], 3, 1, 1)[:, 0]
-    score = torch.where(peak, prob, prob - 2.0).flatten(1)
+    prob = logits.softmax(1)[:, :-1]  # (B, K, H, W)
+    best = prob.argmax(1, keepdim=True)
+    prob = prob * torch.zeros_like(prob).scatter_(1, best, 1.0)  # other classes -> 0
+    peak = (prob >= F.max_pool2d(prob, 3, 1, 1)) & (prob > 1e-6)
+    score = (prob + peak.to(prob.dtype)).amax(1).flatten(1)
     return score.topk(min(k, score.shape[1]), dim=1).indices
 
 
@@ -152,19 +198,38 @@ class DualPathLayer(nn.Module):
         self.q_norm1, self.q_norm2, self.q_norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.q_ffn = nn.Sequential(nn.Linear(dim, ffn), nn.ReLU(inplace=True), nn.Linear(ffn, dim))
         self.heads = heads
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
 
     def forward(self, pix, pix_pos, q, q_pos, attn_mask):
         """``attn_mask``: (B, Q, HW) bool, True = may attend (rows with no True attend everywhere)."""
         # pixel path: pixels gather from queries
         pix = self.pix_norm1(pix + self.pix_cross(pix + pix_pos, q + q_pos, q, need_weights=False)[0])
         pix = self.pix_norm2(pix + self.pix_ffn(pix))
-        # query path: masked cross-attention to pixels, self-attention, FFN
+        # query path: masked cross-attention to the updated pixels, self-attention, FFN
         allowed = attn_mask | ~attn_mask.any(-1, keepdim=True)
         blocked = (~allowed).repeat_interleave(self.heads, 0)
         q = self.q_norm1(q + self.q_cross(q + q_pos, pix + pix_pos, pix, attn_mask=blocked, need_weights=False)[0])
         q = self.q_norm2(q + self.q_self(q + q_pos, q + q_pos, q, need_weights=False)[0])
         q = self.q_norm3(q + self.q_ffn(q))
         return pix, q
+
+
+class PredictionHead(nn.Module):
+    """One decoder stage's head: classes from the queries, masks = query embedding . projected pixels."""
+
+    def __init__(self, dim, num_classes):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.cls = MLP(dim, dim, num_classes + 1)
+        self.embed = MLP(dim, dim, dim)
+        self.pixel = nn.Linear(dim, dim)
+
+    def forward(self, q, pix, size):
+        qn = self.norm(q)
+        masks = torch.einsum("bqd,bld->bql", self.embed(qn), self.pixel(pix))
+        return self.cls(qn), masks.reshape(*masks.shape[:2], *size)
 
 
 class FastInst(nn.Module):
@@ -174,18 +239,17 @@ class FastInst(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.hidden_dim
-        self.backbone = Backbone(cfg.backbone, cfg.backbone_weights)
+        frozen = bool(cfg.backbone_weights) if cfg.frozen_bn is None else cfg.frozen_bn
+        self.backbone = Backbone(cfg.backbone, cfg.backbone_weights, frozen)
         self.pixel_decoder = PPMFPN(self.backbone.channels, d)
-        self.aux_head = nn.Conv2d(d, cfg.num_classes + 1, 1)  # instance activation head on E4
+        self.aux_head = nn.Sequential(nn.Conv2d(d, d, 3, padding=1), nn.ReLU(inplace=True),
+                                      nn.Conv2d(d, cfg.num_classes + 1, 1))
+        side = int(round(math.sqrt(cfg.num_queries)))
+        self.pos_embed = nn.Parameter(torch.randn(1, d, side, side) * 0.02)
         self.aux_queries = nn.Embedding(cfg.num_aux_queries, d)
         self.aux_pos = nn.Embedding(cfg.num_aux_queries, d)
-        self.query_proj = nn.Linear(d, d)
         self.layers = nn.ModuleList(DualPathLayer(d, cfg.num_heads, cfg.ffn_dim) for _ in range(cfg.dec_layers))
-        self.class_head = nn.Linear(d, cfg.num_classes + 1)
-        self.mask_embed = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, d), nn.ReLU(inplace=True),
-                                        nn.Linear(d, d))
-        self.mask_features = nn.Conv2d(d, d, 1)
-        self.query_norm = nn.LayerNorm(d)
+        self.heads = nn.ModuleList(PredictionHead(d, cfg.num_classes) for _ in range(cfg.dec_layers + 1))
 
     # -- pieces --------------------------------------------------------------------------------
     def features(self, images: torch.Tensor):
@@ -193,94 +257,128 @@ class FastInst(nn.Module):
         e3, e4, _ = self.pixel_decoder(*self.backbone(x))
         return e3, e4
 
+    def positions(self, size) -> torch.Tensor:
+        """The learned position embedding resized to a grid, as (1, h*w, D)."""
+        return F.interpolate(self.pos_embed, size=tuple(size), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+
     def initial_queries(self, e4: torch.Tensor):
         """(queries, their positions, source pixel indices on E4, aux logits)."""
         b, d, h, w = e4.shape
         aux_logits = self.aux_head(e4)
         idx = select_queries(aux_logits.detach(), self.cfg.num_queries)  # (B, N)
         flat = e4.flatten(2).transpose(1, 2)  # (B, HW, D)
-        q = self.query_proj(torch.gather(flat, 1, idx[..., None].expand(-1, -1, d)))
-        pos = sine_pos(h, w, d, e4.device)[idx]  # (B, N, D)
+        q = torch.gather(flat, 1, idx[..., None].expand(-1, -1, d))
+        pos = torch.gather(self.positions((h, w)).expand(b, -1, -1), 1, idx[..., None].expand(-1, -1, d))
         q = torch.cat([q, self.aux_queries.weight[None].expand(b, -1, -1)], 1)
         pos = torch.cat([pos, self.aux_pos.weight[None].expand(b, -1, -1)], 1)
         return q, pos, idx, aux_logits
 
-    def predict(self, q, mask_feats):
-        """Class logits and mask logits for the supervised (IA) queries."""
-        qn = self.query_norm(q[:, : self.cfg.num_queries])
-        masks = torch.einsum("bqd,bdhw->bqhw", self.mask_embed(qn), mask_feats)
-        return self.class_head(qn), masks
+    def predict(self, i: int, q, pix, size):
+        """Class and mask logits of the supervised (IA) queries from decoder stage ``i`` (0 = initial)."""
+        return self.heads[i](q[:, : self.cfg.num_queries], pix, size)
 
-    def attn_mask(self, mask_logits, size):
-        m = F.interpolate(mask_logits.detach(), size=size, mode="bilinear", align_corners=False).sigmoid() > 0.5
-        m = m.flatten(2)
+    def attn_mask(self, mask_logits):
+        """Query i may attend where its predicted mask is positive; auxiliary queries everywhere."""
+        m = (mask_logits.detach() >= 0).flatten(2)
         b, _, n = m.shape
         aux = torch.ones(b, self.cfg.num_aux_queries, n, dtype=torch.bool, device=m.device)
         return torch.cat([m, aux], 1)
 
+    def gt_attn_mask(self, match, targets, size, n_pix, device):
+        """Attention mask of the guided pass: matched queries see their GT mask, the rest everything."""
+        b = len(targets)
+        gam = torch.ones(b, self.cfg.num_queries + self.cfg.num_aux_queries, n_pix, dtype=torch.bool, device=device)
+        for bi, (qi, ti) in enumerate(match):
+            if len(qi):
+                gt = F.interpolate(targets[bi]["masks"][ti.to(device)][:, None].float(), size=size, mode="nearest")[:, 0]
+                gam[bi, qi.to(device)] = gt.flatten(1) > 0.5
+        return gam
+
     def decode(self, images, targets=None):
         e3, e4 = self.features(images)
-        b, d, h3, w3 = e3.shape
-        mask_feats = self.mask_features(e3)
+        size = e3.shape[-2:]
         pix = e3.flatten(2).transpose(1, 2)
-        pix_pos = sine_pos(h3, w3, d, e3.device)[None]
+        pix_pos = self.positions(size)
         q, q_pos, idx, aux_logits = self.initial_queries(e4)
-        preds = [self.predict(q, mask_feats)]
-        guided = []
-        for layer in self.layers:
-            cls_l, mask_l = preds[-1]
-            am = self.attn_mask(mask_l, (h3, w3))
-            if targets is not None and self.cfg.gt_mask_guided:
-                # Sec. 3.4: matched queries re-run this layer attending through their GT masks
-                match = self.match(cls_l, mask_l, targets, idx, e4.shape[-2:])
-                gam = am.clone()
-                for bi, (qi, ti) in enumerate(match):
-                    if len(qi):
-                        gt = F.interpolate(targets[bi]["masks"][ti][:, None].float(), size=(h3, w3),
-                                           mode="nearest")[:, 0] > 0.5
-                        gam[bi, qi] = gt.flatten(1)
-                _, qg = layer(pix, pix_pos, q, q_pos, gam)
-                guided.append((self.predict(qg, mask_feats), match))
-            pix, q = layer(pix, pix_pos, q, q_pos, am)
-            preds.append(self.predict(q, mask_feats))
-        return preds, guided, idx, aux_logits, e4.shape[-2:]
+        preds = [self.predict(0, q, pix, size)]
+        inputs = []
+        for i, layer in enumerate(self.layers):
+            inputs.append((pix, q))
+            pix, q = layer(pix, pix_pos, q, q_pos, self.attn_mask(preds[-1][1]))
+            preds.append(self.predict(i + 1, q, pix, size))
+        guided, last_match = [], None
+        if targets is not None and self.cfg.gt_mask_guided and self.layers:
+            # Sec. 3.4: the last layer's matching assigns each matched query its GT mask; every layer is
+            # re-run from its own input with those masks as attention masks, supervised by that matching
+            last_match = self.match([preds[-1]], targets, idx, e4.shape[-2:])[0]
+            gam = self.gt_attn_mask(last_match, targets, size, pix.shape[1], pix.device)
+            for i, layer in enumerate(self.layers):
+                gpix, gq = layer(inputs[i][0], pix_pos, inputs[i][1], q_pos, gam)
+                guided.append(self.predict(i + 1, gq, gpix, size))
+        return preds, guided, last_match, idx, aux_logits, e4.shape[-2:]
 
     # -- matching and losses (Sec. 3.5) --------------------------------------------------------
     @torch.no_grad()
-    def match(self, cls_logits, mask_logits, targets, idx, e4_size):
-        """Hungarian matching per image: 2*class + 5*BCE + 5*dice on sampled points + location penalty."""
-        out = []
-        h4, w4 = e4_size
-        for b, t in enumerate(targets):
-            labels, masks = t["labels"], t["masks"]
-            if len(labels) == 0:
-                out.append((torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)))
-                continue
-            prob = cls_logits[b].softmax(-1)[:, labels]  # (Q, T)
-            pts = torch.rand(1, min(self.cfg.num_points, 4096), 2, device=mask_logits.device)
-            pm = _sample(mask_logits[b][:, None], pts).squeeze(1)  # (Q, P)
-            tm = _sample(masks[:, None].float(), pts).squeeze(1)  # (T, P)
-            cost = (self.cfg.class_weight * -prob + self.cfg.bce_weight * _bce_cost(pm, tm)
-                    + self.cfg.dice_weight * _dice_cost(pm, tm))
-            cost = cost + self.location_cost(idx[b], masks, (h4, w4))
-            qi, ti = linear_sum_assignment(cost.float().cpu().numpy())
-            out.append((torch.as_tensor(qi, dtype=torch.long), torch.as_tensor(ti, dtype=torch.long)))
-        return out
+    def match(self, preds, targets, idx, e4_size):
+        """Hungarian matching of each prediction set in ``preds`` (list of (cls, masks)) per image.
+
+        Cost: 2*class + 5*BCE + 5*dice on ``num_points`` uniform points + the location penalty.  All
+        cost matrices are built on the device and copied to the host at once.
+        """
+        costs = []
+        for cls_logits, mask_logits in preds:
+            for b, t in enumerate(targets):
+                labels, masks = t["labels"], t["masks"]
+                if len(labels) == 0:
+                    costs.append(None)
+                    continue
+                prob = cls_logits[b].float().softmax(-1)[:, labels]  # (Q, T)
+                pts = torch.rand(1, self.cfg.num_points, 2, device=mask_logits.device)
+                pm = _sample(mask_logits[b][:, None].float(), pts).squeeze(1)  # (Q, P)
+                tm = _sample(masks[:, None].float(), pts).squeeze(1)  # (T, P)
+                cost = (self.cfg.class_weight * -prob + self.cfg.bce_weight * _bce_cost(pm, tm)
+                        + self.cfg.dice_weight * _dice_cost(pm, tm))
+                costs.append(cost + self.location_cost(idx[b], masks, e4_size))
+        return _assign(costs, len(targets))
 
     def location_cost(self, idx, masks, e4_size):
-        """Large penalty (Q, T) where a query's source pixel on E4 lies outside the GT mask."""
-        h4, w4 = e4_size
-        small = F.interpolate(masks[:, None].float(), size=(h4, w4), mode="nearest")[:, 0].flatten(1) > 0.5
-        inside = small[:, idx].T  # (Q, T)
+        """Penalty (Q, T) where a query's source pixel on E4 lies outside the GT mask."""
+        inside = _on_grid(masks, e4_size)[:, idx].T  # (Q, T)
         return (~inside).float() * self.cfg.location_penalty
 
-    def set_losses(self, cls_logits, mask_logits, targets, match):
+    @torch.no_grad()
+    def match_pixels(self, aux_logits, targets):
+        """Pixel-to-GT matching for the proposal loss: each GT gets one E4 pixel (class + location)."""
+        h4, w4 = aux_logits.shape[-2:]
+        prob = aux_logits.float().softmax(1).flatten(2).transpose(1, 2)  # (B, HW, K+1)
+        costs = []
+        for b, t in enumerate(targets):
+            if len(t["labels"]) == 0:
+                costs.append(None)
+                continue
+            inside = _on_grid(t["masks"], (h4, w4)).T  # (HW, T)
+            costs.append(-prob[b][:, t["labels"]] + (~inside).float() * self.cfg.location_penalty)
+        return _assign(costs, len(targets))[0]
+
+    def proposal_loss(self, aux_logits, targets):
+        """Cross entropy of the auxiliary head over every E4 pixel: matched pixels -> their GT class."""
         k = self.cfg.num_classes
+        match = self.match_pixels(aux_logits, targets)
+        tgt = torch.full((aux_logits.shape[0], aux_logits.shape[2] * aux_logits.shape[3]), k,
+                         dtype=torch.long, device=aux_logits.device)
+        for b, (pi, ti) in enumerate(match):
+            tgt[b, pi.to(tgt.device)] = targets[b]["labels"][ti.to(tgt.device)]
+        return F.cross_entropy(aux_logits.float().flatten(2), tgt)
+
+    def set_losses(self, cls_logits, mask_logits, targets, match, num_masks: float):
+        k = self.cfg.num_classes
+        cls_logits, mask_logits = cls_logits.float(), mask_logits.float()
         weight = torch.ones(k + 1, device=cls_logits.device)
         weight[-1] = self.cfg.no_object_weight
         tgt = torch.full(cls_logits.shape[:2], k, dtype=torch.long, device=cls_logits.device)
         src_m, tgt_m = [], []
         for b, (qi, ti) in enumerate(match):
+            qi, ti = qi.to(tgt.device), ti.to(tgt.device)
             tgt[b, qi] = targets[b]["labels"][ti]
             src_m.append(mask_logits[b, qi])
             tgt_m.append(targets[b]["masks"][ti].float())
@@ -289,42 +387,30 @@ class FastInst(nn.Module):
         if len(src_m) == 0:
             zero = mask_logits.sum() * 0
             return {"ce": loss_ce, "bce": zero, "dice": zero}
-        pts = torch.rand(len(src_m), min(self.cfg.num_points, 4096), 2, device=src_m.device)
+        with torch.no_grad():
+            pts = importance_points(src_m[:, None], self.cfg.num_points, self.cfg.oversample_ratio,
+                                    self.cfg.importance_sample_ratio)
+            tm = _sample(tgt_m[:, None], pts).squeeze(1)
         pm = _sample(src_m[:, None], pts).squeeze(1)
-        tm = _sample(tgt_m[:, None], pts).squeeze(1)
-        bce = F.binary_cross_entropy_with_logits(pm, tm)
+        bce = F.binary_cross_entropy_with_logits(pm, tm, reduction="none").mean(1).sum() / num_masks
         p = pm.sigmoid()
-        dice = (1 - (2 * (p * tm).sum(1) + 1) / (p.sum(1) + tm.sum(1) + 1)).mean()
+        dice = (1 - (2 * (p * tm).sum(1) + 1) / (p.sum(1) + tm.sum(1) + 1)).sum() / num_masks
         return {"ce": loss_ce, "bce": bce, "dice": dice}
 
-    def proposal_loss(self, aux_logits, idx, targets, match):
-        """CE of the auxiliary head at the selected pixels: matched -> GT class, others -> no object."""
-        k = self.cfg.num_classes
-        logits = aux_logits.flatten(2).transpose(1, 2)  # (B, HW, K+1)
-        sel = torch.gather(logits, 1, idx[..., None].expand(-1, -1, k + 1))
-        tgt = torch.full(idx.shape, k, dtype=torch.long, device=idx.device)
-        for b, (qi, ti) in enumerate(match):
-            tgt[b, qi] = targets[b]["labels"][ti]
-        weight = torch.ones(k + 1, device=idx.device)
-        weight[-1] = self.cfg.no_object_weight
-        return F.cross_entropy(sel.transpose(1, 2), tgt, weight)
-
     def losses(self, images, targets):
-        preds, guided, idx, aux_logits, e4_size = self.decode(images, targets)
+        preds, guided, last_match, idx, aux_logits, e4_size = self.decode(images, targets)
         c = self.cfg
-        total, out = 0.0, {}
-        for i, (cls_l, mask_l) in enumerate(preds):
-            match = self.match(cls_l, mask_l, targets, idx, e4_size)
-            ls = self.set_losses(cls_l, mask_l, targets, match)
-            if i == 0:
-                out["proposal"] = self.proposal_loss(aux_logits, idx, targets, match)
-                total = total + c.proposal_weight * out["proposal"]
+        num_masks = _num_masks(targets, images.device)
+        # one batched matching for every stage but the last, whose matching the guided pass made
+        todo = preds if last_match is None else preds[:-1]
+        matches = self.match(todo, targets, idx, e4_size) + ([last_match] if last_match is not None else [])
+        out = {"proposal": self.proposal_loss(aux_logits, targets)}
+        total = c.proposal_weight * out["proposal"]
+        pairs = list(zip(preds, matches)) + [(g, last_match) for g in guided]
+        stages = [self.set_losses(cls_l, mask_l, targets, match, num_masks) for (cls_l, mask_l), match in pairs]
+        for ls in stages:
             total = total + c.class_weight * ls["ce"] + c.bce_weight * ls["bce"] + c.dice_weight * ls["dice"]
-            if i == len(preds) - 1:
-                out.update(ls)
-        for (cls_g, mask_g), match in guided:
-            ls = self.set_losses(cls_g, mask_g, targets, match)
-            total = total + c.class_weight * ls["ce"] + c.bce_weight * ls["bce"] + c.dice_weight * ls["dice"]
+        out.update(stages[len(preds) - 1])  # the last layer's losses, for logging
         out["loss"] = total
         return out
 
@@ -336,8 +422,8 @@ class FastInst(nn.Module):
 
     @torch.no_grad()
     def inference(self, images):
-        preds, _, _, _, _ = self.decode(images)
-        cls_l, mask_l = preds[-1]
+        preds, *_ = self.decode(images)
+        cls_l, mask_l = (t.float() for t in preds[-1])
         h, w = images.shape[-2:]
         results = []
         k = self.cfg.num_classes
@@ -350,6 +436,50 @@ class FastInst(nn.Module):
             mscore = (m * binary).flatten(1).sum(1) / binary.flatten(1).sum(1).clamp(min=1)
             results.append({"masks": binary.cpu(), "labels": labels.cpu(), "scores": (top.values * mscore).cpu()})
         return results
+
+
+def _on_grid(masks, size):
+    """GT masks (T, H, W) on a feature grid, nearest, as (T, h*w) bool."""
+    return F.interpolate(masks[:, None].float(), size=tuple(size), mode="nearest")[:, 0].flatten(1) > 0.5
+
+
+def _assign(costs, n_images):
+    """Hungarian assignment of a flat list of cost matrices (None = no targets), one host copy."""
+    present = [c for c in costs if c is not None]
+    host = torch.cat([c.float().flatten() for c in present]).cpu().numpy() if present else np.zeros(0)
+    out, pos = [], 0
+    empty = (torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
+    for c in costs:
+        if c is None:
+            out.append(empty)
+            continue
+        n = c.numel()
+        qi, ti = linear_sum_assignment(host[pos:pos + n].reshape(c.shape))
+        pos += n
+        out.append((torch.as_tensor(qi, dtype=torch.long), torch.as_tensor(ti, dtype=torch.long)))
+    return [out[i:i + n_images] for i in range(0, len(out), n_images)]
+
+
+def _num_masks(targets, device) -> float:
+    """GT masks per worker, averaged over all workers (DETR/Mask2Former normalisation), at least 1."""
+    n = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+    world = 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(n)
+        world = torch.distributed.get_world_size()
+    return max(float(n) / world, 1.0)
+
+
+def importance_points(logits, num_points: int, oversample: float, importance: float):
+    """``num_points`` points per mask: the most uncertain (|logit| smallest) of an oversampled set,
+    plus uniform ones (PointRend's ``get_uncertain_point_coords_with_randomness``)."""
+    n = logits.shape[0]
+    cand = torch.rand(n, int(num_points * oversample), 2, device=logits.device)
+    unc = -_sample(logits, cand).squeeze(1).abs()
+    k = int(importance * num_points)
+    top = unc.topk(k, dim=1).indices
+    picked = torch.gather(cand, 1, top[..., None].expand(-1, -1, 2))
+    return torch.cat([picked, torch.rand(n, num_points - k, 2, device=logits.device)], 1)
 
 
 def _sample(x, pts):
@@ -378,5 +508,3 @@ def build_fastinst(**kw) -> FastInst:
     tiny = kw.pop("tiny", False)
     cfg = FastInstConfig.tiny(**kw) if tiny else FastInstConfig(**kw)
     return FastInst(cfg)
-
-
