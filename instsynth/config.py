@@ -178,11 +178,14 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     checkpoint_every: int = 1000
     eval_every: int = 5000
+    log_every: int = 10
+    loader_threads: int = 2
     eval_root: str | None = None
     eval_split: str = "val"
     eval_max_images: int | None = None
     name: str = "instsynth-train"
     storage_path: str = "runs"
+    keep_checkpoints: int = 3
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -280,6 +283,11 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

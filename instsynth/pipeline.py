@@ -39,9 +39,27 @@ def _where(stage: str, unit, started: float) -> None:
                              "seconds": time.perf_counter() - started}
 
 
+def fit_threads() -> int:
+    """Size this Ray worker's thread pools to its CPU share (OpenCV's and torch's default to every core
+    of the node: 16 workers x 16 threads on a 16-core node fight over the cores).  Ray itself sets
+    ``OMP_NUM_THREADS`` (OpenMP/BLAS) for a worker; OpenCV and torch need telling."""
+    import sys
+
+    import cv2
+    import ray
+
+    n = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0) + 0.5))
+    if cv2.getNumThreads() != n:
+        cv2.setNumThreads(n)
+    if "torch" in sys.modules and sys.modules["torch"].get_num_threads() != n:
+        sys.modules["torch"].set_num_threads(n)
+    return n
+
+
 def _prepare(row: dict, root: str, compose_cfg: ComposeConfig) -> dict:
     from instsynth.stages import prepare
 
+    fit_threads()
     t0 = time.perf_counter()
     unit = pickle.loads(row["payload"])
     unit = prepare(unit, root, compose_cfg)
@@ -56,6 +74,10 @@ class GeneratorActor:
         from instsynth.generators import build_generator
         from instsynth.quality.filter import build_scorer
 
+        import threading
+
+        fit_threads()
+        self.lock = threading.Lock()  # one batch on the model at a time; host work of another unit overlaps
         self.cfg = gen_cfg
         self.quality = quality_cfg
         self.gen = build_generator(gen_cfg)
@@ -67,7 +89,7 @@ class GeneratorActor:
         payloads = []
         for p in batch["payload"]:
             t0 = time.perf_counter()
-            unit = generate(pickle.loads(p), self.gen, self.cfg.batch_size, self.quality, self.scorer)
+            unit = generate(pickle.loads(p), self.gen, self.cfg.batch_size, self.quality, self.scorer, self.lock)
             _where("generate", unit, t0)
             payloads.append(pickle.dumps(unit, protocol=5))
         return {"unit": batch["unit"], "payload": np.array(payloads, dtype=object)}
@@ -77,6 +99,7 @@ def _compose_commit(row: dict, out: str, compose_cfg: ComposeConfig, pause_after
     from instsynth import shards
     from instsynth.stages import compose
 
+    fit_threads()
     t0 = time.perf_counter()
     unit = compose(pickle.loads(row["payload"]), compose_cfg)
     _where("commit", unit, t0)
@@ -98,10 +121,18 @@ def build_dataset(units: list[tuple[str, list[dict]]], root: str, out: str, cfg:
     items = [{"unit": name, "payload": pickle.dumps(Unit(name, rows), protocol=5)} for name, rows in units]
     g = cfg.generator
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.map(_prepare, fn_kwargs={"root": root, "compose_cfg": cfg.compose}, num_cpus=cfg.run.num_cpus)
+    # prepare stays in CPU tasks whatever the resources: Ray Data fuses a task map into the next actor
+    # map when their remote args are equal, and then the GPU actor would decode and crop between batches
+    # (an actor never takes ``max_retries``, so giving it to the tasks keeps the two operators apart)
+    ds = ds.map(_prepare, fn_kwargs={"root": root, "compose_cfg": cfg.compose}, num_cpus=cfg.run.num_cpus,
+                max_retries=3)
     ds = ds.map_batches(
         GeneratorActor, fn_constructor_kwargs={"gen_cfg": g, "quality_cfg": cfg.quality}, batch_size=1, batch_format="numpy",
-        compute=ActorPoolStrategy(min_size=g.min_actors, max_size=max(g.min_actors, g.max_actors)),
+        # a GPU actor takes two units at once, in two threads: while one unit's batch holds the model
+        # (the actor's lock), the other's host work runs, so the GPU does not wait between batches
+        compute=ActorPoolStrategy(min_size=g.min_actors, max_size=max(g.min_actors, g.max_actors),
+                                  **({"max_concurrent_calls_per_actor": 2, "enable_true_multi_threading": True}
+                                     if g.num_gpus else {})),
         num_gpus=g.num_gpus or None, num_cpus=g.num_cpus, resources=g.resources or None)
     ds = ds.map(_compose_commit, fn_kwargs={"out": out, "compose_cfg": cfg.compose,
                                             "pause_after": cfg.run.pause_after_units},

@@ -11,6 +11,8 @@ reason}`` carried with the unit and written to ``_failures/<unit>.parquet``.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import traceback
 from dataclasses import dataclass, field
@@ -125,8 +127,11 @@ def _score(it: dict, img: np.ndarray, res: dict, q, scorer) -> dict:
     return stats
 
 
-def generate(unit: Unit, generator, batch_size: int, quality=None, scorer=None) -> Unit:
+def generate(unit: Unit, generator, batch_size: int, quality=None, scorer=None, lock=None) -> Unit:
     """Run the generator over the unit's items in batches; per-item errors become failures.
+
+    ``lock``: held only around the generator call, so a second unit's host work (unpickling, scoring,
+    pickling) can run in another thread while this one's batch is on the GPU.
 
     With ``quality`` thresholds, a rejected sample is regenerated up to ``quality.max_tries`` times,
     try t drawing from ``[seed, crc32(work_id), t]``; every try's numbers go into the row's
@@ -140,7 +145,8 @@ def generate(unit: Unit, generator, batch_size: int, quality=None, scorer=None) 
         for start in range(0, len(pending), batch_size):
             batch = pending[start:start + batch_size]
             try:
-                results = generator(generator_inputs(batch))
+                with lock if lock is not None else contextlib.nullcontext():
+                    results = generator(generator_inputs(batch))
             except Exception as e:  # noqa: BLE001 - a crashing batch fails its items, not the job
                 results = [{"error": _reason(e)} for _ in batch]
             for it, res in zip(batch, results):

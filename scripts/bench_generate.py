@@ -53,23 +53,27 @@ def build_full(kind: str, dtype, device):
     tmp = tempfile.mkdtemp(prefix="tok-")
     write_tokenizer(tmp)
     tok = CLIPTokenizer.from_pretrained(tmp)
+    # schedulers hold host-side tables (numpy timesteps): built outside the device context, or their
+    # tensors land on the GPU and ``set_timesteps`` fails converting them back
+    scheduler = DDIMScheduler() if kind == "gligen" else EulerDiscreteScheduler()
     with torch.device(device):
         if kind == "gligen":
             unet = UNet2DConditionModel.from_config(_json("gligen-sd14-unet.json"))
             vae = AutoencoderKL.from_config(_json("sd14-vae.json"))
             te = CLIPTextModel(CLIPTextConfig(**_json("clip-vit-l-text.json")))
-            pipe = StableDiffusionGLIGENPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
-                                                 scheduler=DDIMScheduler(), safety_checker=None,
-                                                 feature_extractor=None, requires_safety_checker=False)
         else:
             unet = UNet2DConditionModel.from_config(_json("sdxl-inpaint-unet.json" if kind == "sdxl-inpaint"
                                                           else "sdxl-base-unet.json"))
             vae = AutoencoderKL.from_config(_json("sdxl-vae.json"))
             te1 = CLIPTextModel(CLIPTextConfig(**_json("clip-vit-l-text.json")))
             te2 = CLIPTextModelWithProjection(CLIPTextConfig(**_json("openclip-bigg-text.json")))
-            pipe = StableDiffusionXLInpaintPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok,
-                                                    tokenizer_2=tok, unet=unet, scheduler=EulerDiscreteScheduler(),
-                                                    requires_aesthetics_score=False)
+    if kind == "gligen":
+        pipe = StableDiffusionGLIGENPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=scheduler,
+                                             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    else:
+        pipe = StableDiffusionXLInpaintPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok,
+                                                tokenizer_2=tok, unet=unet, scheduler=scheduler,
+                                                requires_aesthetics_score=False)
     return pipe.to(dtype=dtype)
 
 
@@ -155,36 +159,71 @@ class GpuBusy:
         return float(np.mean(self.samples)) / 100 if self.samples else None
 
 
-def measure(gen_cls, pipe, params: dict, batch: int, steps: int, probe: tuple[int, int], resolution: int) -> dict:
-    """Images/s extrapolated from timing ``probe`` step counts at ``batch``."""
-    gen = gen_cls(_pipeline=pipe, **params)
+def make_items(batch: int, resolution: int, prompts: int = 2) -> list[dict]:
     rng = np.random.default_rng(0)
     items = []
     for i in range(batch):
         crop = rng.integers(0, 255, (resolution, resolution, 3), dtype=np.uint8)
         mask = np.zeros((resolution, resolution), bool)
         mask[resolution // 4: 3 * resolution // 4, resolution // 4: 3 * resolution // 4] = True
-        items.append({"work_id": f"b{i}", "prompt": "A photo of a red car", "negative_prompt": "", "crop": crop,
-                      "mask": mask, "gen_seed": i, "crop_box": [0, 0, resolution, resolution],
+        items.append({"work_id": f"b{i}", "prompt": f"A photo of a {['red', 'blue'][i % prompts]} car",
+                      "negative_prompt": "", "crop": crop, "mask": mask, "gen_seed": i,
+                      "crop_box": [0, 0, resolution, resolution],
                       "bbox": [resolution // 4, resolution // 4, 3 * resolution // 4, 3 * resolution // 4]})
+    return items
+
+
+def measure(gen_cls, pipe, params: dict, batch: int, steps: int, probe: tuple[int, int], resolution: int) -> dict:
+    """Images/s extrapolated from timing ``probe`` step counts at ``batch``; ``startup_s`` is the wrapper's
+    construction plus the first call (where compilation happens)."""
+    from instsynth.generators.diffusion import denoising_steps
+
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    t_start = time.perf_counter()
+    gen = gen_cls(_pipeline=pipe, **params)
+    items = make_items(batch, resolution)
     gen.p.steps = probe[0]
     gen(items)  # warm-up (and compile)
-    times = []
+    sync()
+    startup = time.perf_counter() - t_start
+    times, real = [], []
     with GpuBusy() as busy:
         for s in probe:
             gen.p.steps = s
+            real.append(denoising_steps(gen))
             sync()
             t0 = time.perf_counter()
             res = gen(items)
             sync()
             times.append(time.perf_counter() - t0)
     errors = [r["error"] for r in res if "error" in r]
-    per_step = (times[1] - times[0]) / (probe[1] - probe[0])
-    fixed = max(times[0] - probe[0] * per_step, 0.0)
-    total = fixed + steps * per_step
-    return {"batch": batch, "per_step_s": per_step, "fixed_s": fixed, "batch_s": total,
-            "images_per_s": batch / total, "gpu_busy": busy.fraction, "errors": errors[:1]}
+    per_step = (times[1] - times[0]) / max(real[1] - real[0], 1)  # per UNet evaluation really run
+    fixed = max(times[0] - real[0] * per_step, 0.0)
+    gen.p.steps = steps
+    n_real = denoising_steps(gen)
+    total = fixed + n_real * per_step
+    return {"batch": batch, "denoising_steps": n_real, "per_step_s": per_step, "fixed_s": fixed, "batch_s": total,
+            "images_per_s": batch / total, "gpu_busy": busy.fraction, "startup_s": startup, "errors": errors[:1],
+            "prompt_cache": {"hits": gen.embeddings.hits, "misses": gen.embeddings.misses}}
+
+
+def real_steps(cls, steps: int) -> int:
+    from types import SimpleNamespace
+
+    from instsynth.generators.diffusion import denoising_steps
+
+    d = cls.defaults
+    fake = SimpleNamespace(p=SimpleNamespace(steps=steps, strength=d.get("strength", 1.0)),
+                           blend_start=d.get("extra", {}).get("blend_start", 0))
+    return denoising_steps(fake)
+
+
+NAIVE = {"dtype": "fp32", "attention": "default", "fuse_qkv": False, "channels_last": False, "prompt_cache": 0}
+#: cumulative settings: each row adds one switch to the previous one (fuse_qkv last: it cannot be undone)
+LADDER = [("bf16, sdpa", {"attention": "sdpa", "fuse_qkv": False, "channels_last": False, "prompt_cache": 0}),
+          ("+ channels_last", {"channels_last": True}),
+          ("+ prompt cache", {"prompt_cache": 256}),
+          ("+ fused QKV", {"fuse_qkv": True})]
 
 
 def main() -> None:
@@ -195,52 +234,87 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--probe", default="2,4", help="two step counts timed to get the per-step slope")
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="ours with regional compilation (compile: regional)")
+    ap.add_argument("--compile-cache", help="inductor cache dir (warm starts reuse it)")
+    ap.add_argument("--ladder", action="store_true", help="measure each switch's gain, one added at a time")
     ap.add_argument("--peak-tflops", type=float, default=790.0, help="dense bf16 FLOP/s the GPU sustains")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--flops-only", action="store_true", help="print the FLOP counts (meta device) and stop")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--profile", help="write a torch profiler table of one ours call into this dir")
     args = ap.parse_args()
     from instsynth.generators import generator_class
 
     cls = generator_class(args.generator)
     res = args.resolution or (64 if args.scale == "tiny" else cls.defaults["resolution"])
     steps = args.steps or cls.defaults["steps"]
-    strength = min(cls.defaults.get("strength", 1.0), 1.0)
+    n_real = real_steps(cls, steps)
     probe = tuple(int(v) for v in args.probe.split(","))
     cuda = torch.cuda.is_available()
     dev = "cuda" if cuda else "cpu"
-    fl = flops_per_image(args.generator, args.scale, res, steps, strength)
-    print(f"{args.generator} ({args.scale}), {res}px, {steps} steps, device {dev}"
+    fl = flops_per_image(args.generator, args.scale, res, n_real, 1.0)
+    print(f"{args.generator} ({args.scale}), {res}px, {steps} steps ({n_real} denoising steps run), device {dev}"
           + (f" ({torch.cuda.get_device_name()})" if cuda else ""))
     print(f"UNet {fl['unet_params'] / 1e9:.2f} B params; {fl['unet_step'] / 1e12:.2f} TFLOPs/step with CFG; VAE "
           f"encode {fl['vae_encode'] / 1e12:.2f} + decode {fl['vae_decode'] / 1e12:.2f} TFLOPs; "
           f"{fl['per_image'] / 1e12:.1f} TFLOPs/image -> floor {fl['per_image'] / (args.peak_tflops * 1e12):.3f} s/image "
-          f"at {args.peak_tflops:.0f} TFLOP/s")
+          f"at {args.peak_tflops:.0f} TFLOP/s", flush=True)
     if args.flops_only:
         return
     common = {"steps": steps, "resolution": res, "device": dev}
     rows = []
     if not args.skip_naive:
         pipe = build_full(args.generator, torch.float32, dev) if args.scale == "full" else build_tiny(args.generator, torch.float32)
-        rows.append(("naive (b1, fp32, classic attn)",
-                     measure(cls, pipe, {**common, "dtype": "fp32", "attention": "default"}, 1, steps, probe, res)))
+        rows.append(("naive (b1, fp32, classic attn)", measure(cls, pipe, {**common, **NAIVE}, 1, steps, probe, res)))
+        print(f"{rows[-1][0]}: {rows[-1][1]['images_per_s']:.3f} img/s", flush=True)
         del pipe
         if cuda:
             torch.cuda.empty_cache()
     dtype = torch.bfloat16 if cuda else torch.float32
     pipe = build_full(args.generator, dtype, dev) if args.scale == "full" else build_tiny(args.generator, dtype)
     batch = 1 if cls.max_batch == 1 else args.batch
-    ours = {**common, "dtype": "bf16" if cuda else "fp32", "attention": "sdpa", "compile": args.compile}
-    rows.append((f"ours (b{batch}, {ours['dtype']}, sdpa{', compile' if args.compile else ''})",
-                 measure(cls, pipe, ours, batch, steps, probe, res)))
-    print(f"\n{'setting':<40}{'img/s':>10}{'s/img':>10}{'GPU busy':>10}{'MFU':>8}")
+    ours = {**common, "dtype": "bf16" if cuda else "fp32"}
+    if args.ladder:
+        settings = {}
+        for name, extra in LADDER:
+            settings.update(extra)
+            rows.append((f"ours b{batch} {name}", measure(cls, pipe, {**ours, **settings}, batch, steps, probe, res)))
+            print(f"{rows[-1][0]}: {rows[-1][1]['images_per_s']:.3f} img/s", flush=True)
+    else:
+        if args.compile:
+            ours.update({"compile": "regional", "compile_cache": args.compile_cache})
+        label = f"ours (b{batch}, {ours['dtype']}, defaults{', regional compile' if args.compile else ''})"
+        rows.append((label, measure(cls, pipe, ours, batch, steps, probe, res)))
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            gen = cls(_pipeline=pipe, **{**ours, "steps": probe[0]})
+            items = make_items(batch, res)
+            gen(items)
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            with profile(activities=acts) as prof:
+                gen(items)
+                if cuda:
+                    torch.cuda.synchronize()
+            os.makedirs(args.profile, exist_ok=True)
+            with open(os.path.join(args.profile, f"profile_{args.generator}.txt"), "w") as f:
+                f.write(f"{probe[0]} steps, batch {batch}\n")
+                f.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
+    print(f"\n{'setting':<44}{'img/s':>9}{'s/img':>9}{'GPU busy':>10}{'MFU':>8}{'start s':>9}")
+    out = {"generator": args.generator, "scale": args.scale, "resolution": res, "steps": steps,
+           "denoising_steps": n_real, "device": torch.cuda.get_device_name() if cuda else "cpu",
+           "peak_tflops": args.peak_tflops, "tflops_per_image": fl["per_image"] / 1e12, "rows": []}
     for name, r in rows:
         mfu = r["images_per_s"] * fl["per_image"] / (args.peak_tflops * 1e12)
         busy = f"{100 * r['gpu_busy']:.0f}%" if r["gpu_busy"] is not None else "-"
-        print(f"{name:<40}{r['images_per_s']:>10.3f}{1 / r['images_per_s']:>10.3f}{busy:>10}"
-              f"{100 * mfu:>7.1f}%" + (f"  errors: {r['errors']}" if r["errors"] else ""))
-    if len(rows) == 2:
-        print(f"\nours vs naive: {rows[1][1]['images_per_s'] / rows[0][1]['images_per_s']:.2f}x images/s")
+        print(f"{name:<44}{r['images_per_s']:>9.3f}{1 / r['images_per_s']:>9.3f}{busy:>10}"
+              f"{100 * mfu:>7.1f}%{r['startup_s']:>9.1f}" + (f"  errors: {r['errors']}" if r["errors"] else ""))
+        out["rows"].append({"name": name, "mfu": mfu, **r})
+    if not args.skip_naive and len(rows) >= 2:
+        print(f"\nbest ours vs naive: {max(r['images_per_s'] for _, r in rows[1:]) / rows[0][1]['images_per_s']:.2f}x images/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -92,11 +92,13 @@ def test_readable_by_pyarrow_ray_and_hf_datasets(recolor_out, ray_local):
     assert len(ds) == n and "image" in ds.column_names
 
 
-def test_cpu_stages_not_fused_into_generator_actors(ray_local, sample_root, tmp_path):
+@pytest.mark.parametrize("sets", [[], ["generator.num_cpus=1", "run.num_cpus=1"]])
+def test_cpu_stages_not_fused_into_generator_actors(ray_local, sample_root, tmp_path, sets):
+    """Also when prepare and the generator ask for the same resources (where Ray Data would fuse them)."""
     from instsynth.pipeline import build_dataset
     from instsynth.synth import pending_units
 
-    cfg = _cfg()
+    cfg = _cfg(*sets)
     plan_rows = [{"work_id": "a", "image_path": "x"}]
     ds = build_dataset(pending_units(plan_rows, set(), 1), sample_root, str(tmp_path), cfg)
     buf = io.StringIO()
@@ -107,6 +109,22 @@ def test_cpu_stages_not_fused_into_generator_actors(ray_local, sample_root, tmp_
     assert actor_lines == [actor_lines[0]] and "_prepare" not in actor_lines[0] and "_compose" not in actor_lines[0]
     assert "TaskPoolMapOperator[Map(_prepare)]" in physical
     assert "TaskPoolMapOperator[Map(_compose_commit)]" in physical
+
+
+def test_worker_thread_pools_match_their_cpu_share(ray_local):
+    import ray
+
+    from instsynth.pipeline import fit_threads
+
+    def probe():
+        import cv2
+        import torch
+
+        fit_threads()
+        return cv2.getNumThreads(), torch.get_num_threads()
+    assert ray.get(ray.remote(num_cpus=1)(probe).remote()) == (1, 1)
+    assert ray.get(ray.remote(num_cpus=2)(probe).remote()) == (2, 2)
+    assert ray.get(ray.remote(num_cpus=0.5)(probe).remote()) == (1, 1)
 
 
 def test_config_change_refused_execution_keys_allowed(recolor_out, sample_root):
@@ -236,3 +254,28 @@ def test_originals_stats_preview_export(recolor_out, sample_root, tmp_path, caps
     direct = sum((visible_instances(decode_ids(r["instance_ids"], "x")) for r in o.to_pylist()),
                  start=__import__("collections").Counter())
     assert class_stats([orig])["original"]["visible"] == direct
+
+
+def test_generator_lock_covers_only_the_model_call(sample_root, monkeypatch):
+    """Host work (scoring) runs outside the lock, so a GPU actor's second thread can use the model then."""
+    import threading
+
+    from instsynth import stages
+    from instsynth.plan import make_plan
+
+    cfg = _cfg()
+    table, _, _ = make_plan(sample_root, cfg)
+    unit = stages.prepare(stages.Unit("u", table.to_pylist()[:3]), sample_root, cfg.compose)
+    lock = threading.Lock()
+    held = {"model": [], "score": []}
+
+    class Model:
+        name = "fake"
+
+        def __call__(self, items):
+            held["model"].append(lock.locked())
+            return [{"image": it["crop"][:, ::-1].copy()} for it in items]
+    score = stages._score
+    monkeypatch.setattr(stages, "_score", lambda *a: held["score"].append(lock.locked()) or score(*a))
+    out = stages.generate(unit, Model(), 2, cfg.quality, None, lock)
+    assert held["model"] == [True, True] and held["score"] == [False] * 3 and len(out.items) == 3

@@ -61,9 +61,9 @@ def check_pretrained(model: str | None) -> None:
                           f"cache (fetch it with `instsynth models prefetch --config ...`)")
 
 
-def check_gpus(cfg: Config, local: bool) -> None:
-    """On a Ray started here, the GPU workers asked for must exist (a cluster may autoscale)."""
-    if not (cfg.train.use_gpu and local):
+def check_gpus(cfg: Config) -> None:
+    """On a local Ray (no address), the GPU workers asked for must exist; a cluster may autoscale."""
+    if not cfg.train.use_gpu or cfg.run.address or os.environ.get("RAY_ADDRESS"):
         return
     import ray
 

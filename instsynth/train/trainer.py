@@ -22,9 +22,6 @@ import tempfile
 from instsynth import storage
 from instsynth.config import Config, ModelConfig, TrainConfig, grad_accum, to_dict
 
-#: steps per Ray Data stream; a new stream starts after each (bounded plan size, negligible stall)
-CHUNK_STEPS = 500
-
 
 def model_kwargs(m: ModelConfig) -> dict:
     if m.name == "fastinst":
@@ -113,7 +110,7 @@ def train_loop_per_worker(config: dict) -> None:
     from ray.train.torch import get_device, prepare_model
 
     from instsynth.config import load_config
-    from instsynth.train.data import collate, sample_stream
+    from instsynth.train.data import SampleLoader
     from instsynth.train.evaluate import evaluate_model
     from instsynth.train.models import build_model
     from instsynth.train.recipe import amp_dtype, make_optimizer, recipe, set_lr
@@ -129,6 +126,9 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(spec["name"], **spec["kwargs"])
     if bn == "sync":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    amp = amp_dtype(cfg, device.type)
+    if amp is not None and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)  # cuDNN's low-precision convolutions are NHWC
     model = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True}) if world > 1 \
         else model.to(device)
     raw = model.module if hasattr(model, "module") else model
@@ -151,48 +151,45 @@ def train_loop_per_worker(config: dict) -> None:
         storage.append_text(storage.join(run_dir, "starts.jsonl"), json.dumps(
             {"start_step": step, "world_size": world, "resumed": bool(ckpt), "recipe": spec["recipe"]}) + "\n")
         board = Board(run_dir)
-    wb, accum = grad_accum(cfg)
-    amp = amp_dtype(cfg, device.type)
+    _, accum = grad_accum(cfg)
     last_ap = {"AP": -1.0, "AP50": -1.0}
+    loader = iter(SampleLoader(catalog, cfg, step, cfg.iterations, rank, world,
+                               threads=cfg.loader_threads, ahead=2 * accum + 2))
     try:
         while step < cfg.iterations:
-            end = min(cfg.iterations, step + CHUNK_STEPS)
-            batches = iter(sample_stream(catalog, cfg, step, end, rank, world).iter_torch_batches(
-                batch_size=wb, collate_fn=collate, prefetch_batches=2 * accum))
-            while step < end:
-                lr = set_lr(opt, step, cfg)
-                micro = []
-                for _ in range(accum):
-                    images, targets = next(batches)
-                    micro.append((images.to(device, non_blocking=True),
-                                  [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]))
-                losses = train_step(model, opt, micro, cfg.grad_clip, amp)
-                step += 1
-                metrics = {"step": step, "lr": lr, **{f"loss_{k}": v for k, v in losses.items()}}
-                if board:
-                    board.scalars({f"train/{k}": v for k, v in losses.items()} | {"train/lr": lr}, step)
-                evaluate = cfg.eval_root and (step % cfg.eval_every == 0 or step == cfg.iterations)
-                if evaluate and rank == 0:
-                    res = evaluate_model(raw, cfg.eval_root, cfg.eval_split, cfg.eval_max_images,
-                                         short_edge=cfg.eval_short_edge)
-                    last_ap = {"AP": res["cityscapes"]["AP"] or 0.0, "AP50": res["cityscapes"]["AP50"] or 0.0}
-                    board.scalars({"val/AP": last_ap["AP"], "val/AP50": last_ap["AP50"]}, step)
-                    if last_ap["AP50"] > best:
-                        best = last_ap["AP50"]
-                        with tempfile.TemporaryDirectory() as tmp:
-                            save_checkpoint(tmp, model, opt, step, spec, {**last_ap, "best_AP50": best})
-                            storage.upload_dir(tmp, storage.join(run_dir, "best"))
-                metrics.update({"AP": last_ap["AP"], "AP50": last_ap["AP50"], "best_AP50": best})
-                if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+            lr = set_lr(opt, step, cfg)
+            micro = []
+            for _ in range(accum):
+                images, targets = next(loader)
+                micro.append((images.to(device, non_blocking=True),
+                              [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]))
+            losses = train_step(model, opt, micro, cfg.grad_clip, amp)
+            step += 1
+            metrics = {"step": step, "lr": lr, **{f"loss_{k}": v for k, v in losses.items()}}
+            if board:
+                board.scalars({f"train/{k}": v for k, v in losses.items()} | {"train/lr": lr}, step)
+            evaluate = cfg.eval_root and (step % cfg.eval_every == 0 or step == cfg.iterations)
+            if evaluate and rank == 0:
+                res = evaluate_model(raw, cfg.eval_root, cfg.eval_split, cfg.eval_max_images,
+                                     short_edge=cfg.eval_short_edge)
+                last_ap = {"AP": res["cityscapes"]["AP"] or 0.0, "AP50": res["cityscapes"]["AP50"] or 0.0}
+                board.scalars({"val/AP": last_ap["AP"], "val/AP50": last_ap["AP50"]}, step)
+                if last_ap["AP50"] > best:
+                    best = last_ap["AP50"]
                     with tempfile.TemporaryDirectory() as tmp:
-                        if rank == 0:
-                            save_checkpoint(tmp, model, opt, step, spec, metrics)
-                            board.flush(upload=True)
-                        train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None)
-                else:
-                    if board:
-                        board.flush()
-                    train.report(metrics)
+                        save_checkpoint(tmp, model, opt, step, spec, {**last_ap, "best_AP50": best})
+                        storage.upload_dir(tmp, storage.join(run_dir, "best"))
+            metrics.update({"AP": last_ap["AP"], "AP50": last_ap["AP50"], "best_AP50": best})
+            if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+                with tempfile.TemporaryDirectory() as tmp:
+                    if rank == 0:
+                        save_checkpoint(tmp, model, opt, step, spec, metrics)
+                        board.flush(upload=True)
+                    train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None)
+            elif step % cfg.log_every == 0 or evaluate:
+                if board:
+                    board.flush()
+                train.report(metrics)
     finally:
         if board:
             board.close()
@@ -218,7 +215,7 @@ def make_trainer(cfg: Config):
         train_loop_config={"train": to_dict(cfg)["train"], "run_dir": run_dir, "catalog": catalog},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=t.name, storage_path=t.storage_path,
-                             checkpoint_config=CheckpointConfig(num_to_keep=3)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints)),
     )
 
 
@@ -231,7 +228,7 @@ def run_training(cfg: Config, log=print):
     check_inputs(cfg, cfg.train.dirs)
     started = init_ray(cfg.run.address, cfg.run.log_level)
     try:
-        check_gpus(cfg, started)
+        check_gpus(cfg)
         result = make_trainer(cfg).fit()
         run_dir = storage.join(cfg.train.storage_path, cfg.train.name)
         log(f"trained {cfg.train.model.name} to step {result.metrics.get('step')}; "

@@ -14,7 +14,6 @@ import tempfile
 import time
 
 import pyarrow as pa
-import pytest
 
 from instsynth import shards, storage
 from instsynth.config import load_config
@@ -33,25 +32,6 @@ def _free_port() -> int:
 
 def _rows(out):
     return pa.concat_tables(list(shards.iter_tables(out))).sort_by("work_id")
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    """A moto S3 server on 127.0.0.1 (the real HTTP protocol, not a client mock)."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    import boto3
-
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="bucket")
-    yield env
-    server.stop()
 
 
 def _upload(local_root, uri):

@@ -155,3 +155,78 @@ def test_gligen_box_in_crop_coordinates():
     from instsynth.generators.diffusion import GLIGEN
 
     assert GLIGEN.box({"crop_box": [100, 50, 300, 250], "bbox": [150, 100, 250, 200]}) == [0.25, 0.25, 0.75, 0.75]
+
+
+# -- speed switches: each equal to the plain path within tolerance ---------------------------------
+
+PLAIN = {"fuse_qkv": False, "channels_last": False, "prompt_cache": 0, "compile": False}
+
+
+def _images(gen, items):
+    out = gen(items)
+    assert all("image" in r for r in out), out
+    return np.stack([r["image"] for r in out]).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["sdxl-inpaint", "blended-sdxl", "gligen"])
+def test_speed_switches_keep_the_output(name, tiny_models):
+    items = _items(1 if name == "gligen" else 2)
+    plain = _images(_gen(tiny_models, name, **PLAIN), items)
+    fast = _gen(tiny_models, name, fuse_qkv=True, channels_last=True, prompt_cache=8)
+    assert fast.fused and fast.pipe.unet.attn_processors  # the switches were applied
+    got = _images(fast, items)
+    # fp32 on CPU: fused GEMMs and another memory layout reorder sums; outputs agree to rounding in 8 bits
+    assert np.abs(got - plain).max() <= 2.0, np.abs(got - plain).max()
+
+
+def test_prompt_embeddings_are_encoded_once_per_pair(tiny_models):
+    gen = _gen(tiny_models, "sdxl-inpaint", prompt_cache=4)
+    items = _items(3)
+    items[1]["prompt"] = "A photo of a blue car"
+    calls = []
+    encode = gen.encode
+    gen.encode = lambda p, n: calls.append((p, n)) or encode(p, n)
+    gen(items)
+    gen(items)
+    assert sorted(calls) == [("A photo of a blue car", ""), ("A photo of a red car", "")]
+    assert (gen.embeddings.hits, gen.embeddings.misses) == (4, 2)
+    for i in range(6):  # bounded: the least recently used pair goes first
+        gen.embeddings.get((f"p{i}", ""), lambda p, n: p)
+    assert len(gen.embeddings.data) == 4 and ("A photo of a red car", "") not in gen.embeddings.data
+
+
+def test_switch_values_are_checked(tiny_models):
+    with pytest.raises(GeneratorError, match="generator.params.compile"):
+        _gen(tiny_models, "sdxl-inpaint", compile="max")
+    with pytest.raises(GeneratorError, match="generator.params.prompt_cache"):
+        _gen(tiny_models, "sdxl-inpaint", prompt_cache=-1)
+
+
+@pytest.mark.slow
+def test_regional_compile_keeps_the_output(tiny_models, tmp_path):
+    items = _items(1)
+    plain = _images(_gen(tiny_models, "sdxl-inpaint", **PLAIN), items)
+    gen = _gen(tiny_models, "sdxl-inpaint", **{**PLAIN, "compile": "regional",
+                                                "compile_cache": str(tmp_path / "inductor")})
+    got = _images(gen, items)
+    assert np.abs(got - plain).max() <= 2.0
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor") and os.listdir(tmp_path / "inductor")
+
+
+def test_full_size_benchmark_pipelines_build_under_a_non_cpu_device():
+    """The GPU benchmark builds under ``torch.device("cuda")``; ``meta`` exercises the same code here,
+    so schedulers (host-side tables) cannot land on the device again."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_generate", os.path.join(ROOT, "scripts", "bench_generate.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for kind in ("sdxl-inpaint", "gligen"):
+        pipe = bench.build_full(kind, torch.float32, "meta")
+        assert next(pipe.unet.parameters()).device.type == "meta"
+        pipe.scheduler.set_timesteps(30)
+        assert len(pipe.scheduler.timesteps) == 30
+    from instsynth.generators import generator_class
+
+    assert bench.real_steps(generator_class("blended-sdxl"), 50) == 37  # BLD skips the first 25%
+    assert bench.real_steps(generator_class("sdxl-inpaint"), 30) == 29  # strength 0.99

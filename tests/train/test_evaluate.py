@@ -62,7 +62,7 @@ def test_overfit_two_images_reaches_ap50(small_root, tmp_path):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     best = 0.0
     for step in range(1, 201):  # step cap
-        train_step(model, opt, images, targets)
+        train_step(model, opt, [(images, targets)])
         if step % 50 == 0:
             res = evaluate_model(model, small_root, "val", max_images=2)
             best = max(best, res["cityscapes"]["AP50"] or 0.0)

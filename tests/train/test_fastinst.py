@@ -1,7 +1,11 @@
-"""FastInst unit tests: query selection, GT-mask-guided attention, location-aware matching, shapes."""
+"""FastInst unit tests, one per published design point: query selection, the proposal loss over every
+E4 pixel, masks from the updated pixel path, shared positions, GT-mask-guided learning with the last
+layer's matching, location-aware matching, ``num_points``, FrozenBN."""
 
 import torch
+import torch.nn.functional as F
 
+from instsynth.train.models import fastinst as fi
 from instsynth.train.models.fastinst import FastInst, FastInstConfig, select_queries
 
 
@@ -20,51 +24,102 @@ def _targets(b=2, h=128, w=256):
     return out
 
 
-def test_query_selection_takes_top_scoring_local_maxima():
-    logits = torch.full((1, 3, 8, 8), -10.0)
-    logits[0, 2] = 0.0  # no-object everywhere...
-    for (y, x), v in {(1, 1): 9.0, (5, 6): 8.0, (3, 3): 7.0}.items():  # ...except three peaks
-        logits[0, 0, y, x] = v
-    logits[0, 1, 1, 2] = 8.9  # neighbour of the strongest peak: not a local maximum
+def _images(b=2, h=128, w=256):
+    return torch.randint(0, 255, (b, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+
+
+def test_query_selection_ranks_per_class_local_maxima_first():
+    logits = torch.full((1, 3, 8, 8), -30.0)
+    logits[0, 2] = 0.0  # no-object everywhere (foreground below the 1e-6 floor of a maximum), except:
+    logits[0, 0, 1, 1] = 3.0  # a class-0 peak
+    logits[0, 0, 1, 2] = 2.5  # its class-0 neighbour: not a maximum of the class-0 map
+    logits[0, 1, 5, 5] = 1.0  # a weaker class-1 peak: a maximum of its own class map
     idx = select_queries(logits, 3)
-    assert idx.shape == (1, 3)
-    assert [int(i) for i in idx[0]] == [1 * 8 + 1, 5 * 8 + 6, 3 * 8 + 3]
+    assert [int(i) for i in idx[0][:2]] == [1 * 8 + 1, 5 * 8 + 5]  # both maxima before the stronger non-maximum
+    assert int(idx[0][2]) == 1 * 8 + 2
+    # a pixel next to a stronger pixel of *another* class is still a maximum of its own class
+    logits[0, 1, 1, 2], logits[0, 0, 1, 2] = 2.9, -30.0
+    logits[0, 0, 1, 1] = 3.0
+    idx = select_queries(logits, 3)
+    assert set(int(i) for i in idx[0][:3]) == {9, 10, 45}
     assert select_queries(logits, 100).shape == (1, 64)  # capped at the number of pixels
 
 
-def test_output_shapes_for_a_two_image_batch():
+def test_output_shapes_and_losses():
     m = _model()
     m.eval()
-    out = m(torch.randint(0, 255, (2, 3, 128, 256), dtype=torch.uint8))
+    out = m(_images())
     assert len(out) == 2
     assert out[0]["masks"].shape == (20, 128, 256) and out[0]["masks"].dtype == torch.bool
     assert out[0]["scores"].shape == (20,) and int(out[0]["labels"].max()) < 8
     m.train()
-    losses = m(torch.randint(0, 255, (2, 3, 128, 256), dtype=torch.uint8), _targets())
+    losses = m(_images(), _targets())
     assert {"loss", "ce", "bce", "dice", "proposal"} <= set(losses) and losses["loss"].requires_grad
 
 
-def test_gt_mask_guided_pass_uses_gt_masks_as_attention_masks():
-    m = _model(dec_layers=1)
+def test_proposal_loss_supervises_every_e4_pixel():
+    m = _model()
+    aux = torch.zeros(2, 9, 16, 32, requires_grad=True)
+    m.proposal_loss(aux, _targets()).backward()
+    per_pixel = aux.grad.abs().sum(1)  # (B, H4, W4)
+    assert bool((per_pixel > 0).all())  # every pixel gets a target (matched class or no-object)
+    # the matched pixels are one per GT and lie inside their GT masks
+    (pi, ti), _ = m.match_pixels(aux.detach(), _targets())
+    inside = fi._on_grid(_targets()[0]["masks"], (16, 32))
+    assert len(pi) == 2 and all(bool(inside[t, p]) for p, t in zip(pi.tolist(), ti.tolist()))
+
+
+def test_masks_follow_the_updated_pixel_path():
+    m = _model(dec_layers=2)
+    m.eval()
+    seen = {}
+    m.layers[-1].register_forward_hook(lambda mod, inp, out: seen.__setitem__("layer", out[0]))
+    m.heads[-1].register_forward_hook(lambda mod, inp, out: seen.__setitem__("head", inp[1]))
+    preds, *_ = m.decode(_images())
+    assert torch.equal(seen["head"], seen["layer"])  # the last head projects the last layer's pixels
+    # changing the pixel path (its FFN) changes the masks predicted from it
+    with torch.no_grad():
+        m.layers[-1].pix_ffn[2].weight.mul_(1.5)
+    preds2, *_ = m.decode(_images())
+    assert not torch.allclose(preds[-1][1], preds2[-1][1])
+
+
+def test_query_and_pixel_positions_come_from_one_embedding():
+    m = _model()
+    e4 = torch.randn(1, 64, 16, 32)
+    q, pos, idx, _ = m.initial_queries(e4)
+    grid = m.positions((16, 32))[0]
+    assert torch.equal(pos[0, : m.cfg.num_queries], grid[idx[0]])
+    assert m.positions((32, 64)).shape == (1, 32 * 64, 64)  # the pixel grid: same embedding, resized
+
+
+def test_gt_mask_guided_pass_reuses_the_last_layers_matching():
+    m = _model(dec_layers=2)
     m.train()
-    seen = []
-    layer = m.layers[0]
-    orig = layer.forward
+    seen, calls = [], []
+    for i, layer in enumerate(m.layers):
+        orig = layer.forward
 
-    def spy(pix, pix_pos, q, q_pos, attn_mask):
-        seen.append(attn_mask.clone())
-        return orig(pix, pix_pos, q, q_pos, attn_mask)
+        def spy(pix, pix_pos, q, q_pos, attn_mask, orig=orig, i=i):
+            seen.append((i, attn_mask.clone()))
+            return orig(pix, pix_pos, q, q_pos, attn_mask)
+        layer.forward = spy
+    match = m.match
 
-    layer.forward = spy
+    def match_spy(preds, *a, **k):
+        calls.append(len(preds))
+        return match(preds, *a, **k)
+    m.match = match_spy
     targets = _targets()
-    m(torch.randint(0, 255, (2, 3, 128, 256), dtype=torch.uint8), targets)
-    assert len(seen) == 2  # the guided pass, then the normal pass
-    guided, normal = seen
-    gt0 = torch.nn.functional.interpolate(targets[0]["masks"][:, None].float(), size=(16, 32), mode="nearest")[:, 0]
+    m(_images(), targets)
+    assert [i for i, _ in seen] == [0, 1, 0, 1]  # the normal pass, then every layer again, guided
+    assert calls == [1, 2]  # last layer matched once (for guidance); the two earlier stages in one batch
+    guided = seen[2][1]
+    assert torch.equal(seen[2][1], seen[3][1])  # one GT attention mask from the last layer's matching
+    gt0 = F.interpolate(targets[0]["masks"][:, None].float(), size=(16, 32), mode="nearest")[:, 0]
     rows = [guided[0, q] for q in range(m.cfg.num_queries)]
-    for t in range(2):  # every GT mask appears as some query's attention mask in the guided pass
+    for t in range(2):  # every GT mask appears as some query's attention mask
         assert any(torch.equal(r, gt0[t].flatten() > 0.5) for r in rows)
-    assert not torch.equal(guided, normal)
 
 
 def test_location_penalty_steers_matching():
@@ -77,11 +132,44 @@ def test_location_penalty_steers_matching():
     idx = torch.tensor([outside, inside] + [1] * (m.cfg.num_queries - 2))
     cost = m.location_cost(idx, masks, (h4, w4))
     assert cost[0, 0] == 1e4 and cost[1, 0] == 0
-    # equal class/mask predictions: the penalty alone decides which query is matched
     cls = torch.zeros(1, m.cfg.num_queries, 9)
     mask_logits = torch.zeros(1, m.cfg.num_queries, 16, 32)
-    (qi, ti), = m.match(cls, mask_logits, [{"masks": masks, "labels": torch.tensor([2])}], idx[None], (h4, w4))
+    tgt = [{"masks": masks, "labels": torch.tensor([2])}]
+    ((qi, ti),), = m.match([(cls, mask_logits)], tgt, idx[None], (h4, w4))
     assert qi.tolist() == [1] and ti.tolist() == [0]
     m.cfg.location_penalty = 0.0
-    (qi0, _), = m.match(cls, mask_logits, [{"masks": masks, "labels": torch.tensor([2])}], idx[None], (h4, w4))
+    ((qi0, _),), = m.match([(cls, mask_logits)], tgt, idx[None], (h4, w4))
     assert qi0.tolist() == [0]  # without the penalty the first (outside) query wins the tie
+
+
+def test_num_points_is_honoured_and_importance_sampled(monkeypatch):
+    logits = torch.full((3, 1, 64, 64), 8.0)
+    logits[:, :, :, 30:34] = 0.0  # an uncertain band
+    pts = fi.importance_points(logits, 12544, 3.0, 0.75)
+    assert pts.shape == (3, 12544, 2)
+    in_band = ((pts[..., 0] * 64 >= 29.5) & (pts[..., 0] * 64 <= 34.5)).float().mean()
+    # the band is 5/64 of the map: uniform points would put ~8% there; importance sampling keeps every
+    # uncertain candidate of the 3x oversampled set (3 x 8% = 23%) plus its share of the uniform 25%
+    assert 0.22 < in_band < 0.3
+    m = _model(num_points=5000)
+    asked = []
+    real = fi.importance_points
+    monkeypatch.setattr(fi, "importance_points", lambda *a: asked.append(a[1]) or real(*a))
+    m.train()
+    m(_images(), _targets())
+    assert asked and set(asked) == {5000}
+
+
+def test_frozen_bn_with_backbone_weights(tmp_path):
+    import torchvision
+
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    m = _model(backbone_weights=str(path))
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in m.backbone.modules())
+    before = {k: v.clone() for k, v in m.backbone.state_dict().items() if "running" in k}
+    m.train()
+    m(_images(), _targets())["loss"].backward()
+    after = m.backbone.state_dict()
+    assert before and all(torch.equal(v, after[k]) for k, v in before.items())
+    assert any(isinstance(x, torch.nn.BatchNorm2d) for x in _model().backbone.modules())  # trains without weights

@@ -44,6 +44,8 @@ def test_fastinst_trains_with_2_workers_and_resumes(ray_local, originals, tmp_pa
     starts = [json.loads(ln) for ln in open(os.path.join(storage, "fi", "starts.jsonl"))]
     assert [(s["start_step"], s["resumed"]) for s in starts] == [(0, False), (2, True)]  # continued, not from 0
     assert os.path.isdir(os.path.join(storage, "fi", "tensorboard"))
+    assert starts[0]["recipe"]["grad_accum"] == 1 and starts[0]["recipe"]["workers"] == 2
+    assert meta["recipe"]["batchnorm"] == "batch" and meta["data"]["rows_original"] > 0
 
 
 @pytest.mark.parametrize("name", ["mask2former", "oneformer", "fastinst"])
@@ -57,8 +59,8 @@ def test_models_train_in_process(name):
     images, targets = collate({"image": np.random.default_rng(0).integers(0, 255, (2, 64, 128, 3), dtype=np.uint8),
                                "ids": np.stack([ids, ids])})
     assert targets[0]["labels"].tolist() == [0, 2]
-    l1 = train_step(model, opt, images, targets)
-    l2 = train_step(model, opt, images, targets)
+    l1 = train_step(model, opt, [(images, targets)])
+    l2 = train_step(model, opt, [(images[:1], targets[:1]), (images[1:], targets[1:])])  # accumulated
     assert np.isfinite(l1["loss"]) and np.isfinite(l2["loss"])
     model.eval()
     out = model(images)
@@ -72,19 +74,10 @@ def test_targets_ignore_groups_and_unevaluated():
     assert lab.tolist() == [2, 7] and m.shape == (2, 4, 4)
 
 
-def test_paired_experiment_reports_both_arms(ray_local, sample_root, originals, tmp_path):
-    from instsynth.synth import run_synth
-    from instsynth.train.experiment import run_experiment
-
-    synth = str(tmp_path / "recolor")
-    run_synth(sample_root, synth, load_config(DEBUG, ["generator.name=recolor", "run.executor=local",
-                                                      "run.progress=false"]), log=lambda *a: None)
-    exp_cfg = os.path.join(os.path.dirname(DEBUG), "experiments", "debug.yaml")
-    cfg = load_config(exp_cfg, [f"experiment.originals=[{originals}]", f"experiment.synthetic=[{synth}]",
-                                f"experiment.out={tmp_path / 'exp'}", f"train.eval_root={sample_root}",
-                                f"train.storage_path={tmp_path / 'runs'}"])
-    report = run_experiment(cfg, log=lambda *a: None)
-    assert set(report) >= {"baseline", "augmented", "delta"}
-    for arm in ("baseline", "augmented"):
-        assert report[arm]["images"] == 2 and "per_class" in report[arm]["cityscapes"]
-    assert os.path.exists(tmp_path / "exp" / "report.md") and os.path.exists(tmp_path / "exp" / "report.json")
+def test_one_worker_rerun_logs_identical_losses(ray_local, originals, tmp_path):
+    storage = str(tmp_path / "runs")
+    extra = {"train.num_workers": 1, "train.cpus_per_worker": 1, "train.checkpoint_every": 3}
+    a = make_trainer(_train_cfg(originals, storage, "a", 3, **extra)).fit()
+    b = make_trainer(_train_cfg(originals, storage, "b", 3, **extra)).fit()
+    losses = [{k: v for k, v in r.metrics.items() if k.startswith("loss_")} for r in (a, b)]
+    assert losses[0] and losses[0] == losses[1]

@@ -1,0 +1,254 @@
+"""Training benchmarks: can the shipped trainer make a model learn, and how fast is a step.
+
+    python scripts/bench_train.py [--scale tiny] [--iterations 1500] [--every 500] [--out DIR]
+    python scripts/bench_train.py --scale full [--iters 30]      # on a GPU machine
+
+``--scale tiny`` (learnability, CPU): the unmodified ``write_sample(images=80, size=1024x512, seed=0)``;
+the shipped trainer (Ray Train, tiny FastInst from scratch) on its train rows; at fixed checkpoints,
+AP50 on every train image (does the model fit?) and on every val image (does it generalise?), per
+class and class-agnostic, plus seconds per iteration.  Targets (30 minutes, 2-core CPU): train-split
+AP50 >= 0.5 and held-out AP50 >= 0.25.  Writes ``curve.json`` and ``curve.png`` into ``--out``.
+
+``--scale full`` (GPU): FastInst R50-D3 at 360x720, batch 4, random weights, on crops of full-size
+sample scenes: seconds per iteration in fp32 and under bf16 autocast, and GPU utilisation sampled
+with nvidia-smi.  Target: bf16 not slower than fp32, <= 0.066 s/iter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def machine() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPUs"
+    except Exception:  # noqa: BLE001
+        pass
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, no GPU"
+
+
+# -- learnability ------------------------------------------------------------------------------
+
+def tiny(args) -> dict:
+    from instsynth.config import load_config
+    from instsynth.originals import write_originals
+    from instsynth.sample import write_sample
+    from instsynth.train.evaluate import evaluate_checkpoint
+    from instsynth.train.trainer import run_training
+
+    out = os.path.abspath(args.out)
+    root = os.path.join(out, "cityscapes")
+    if not os.path.isdir(root):
+        write_sample(root, images=80, size=(1024, 512), seed=0)
+    orig = os.path.join(out, "original")
+    if not os.path.isdir(orig):
+        write_originals(root, orig, load_config(None), log=lambda *a: None)
+    sets = [f"train.dirs=[{orig}]", f"train.storage_path={out}/runs", f"train.name={args.name}",
+            "train.model.name=fastinst", "train.model.tiny=true", f"train.iterations={args.iterations}",
+            f"train.checkpoint_every={args.every}", "train.keep_checkpoints=100", "train.num_workers=1",
+            f"train.cpus_per_worker={os.cpu_count() or 2}", f"train.batch_size={args.batch}", f"train.lr={args.lr}",
+            "train.backbone_lr_mult=1.0", f"train.warmup_iters={args.warmup}", "train.crop=384x192",
+            "train.short_edge=[288, 480]", "train.eval_short_edge=384", "train.eval_every=1000000",
+            *args.set]
+    cfg = load_config(None, sets)
+    import ray
+
+    # the trainer takes every core; one extra logical CPU lets the Ray Data decode tasks run beside it
+    ray.init(num_cpus=(os.cpu_count() or 2) + 1, include_dashboard=False, logging_level="ERROR")
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    t0 = time.time()
+    result = run_training(cfg, log=print)
+    train_s = time.time() - t0
+    ckpts = sorted((c for c, _ in result.best_checkpoints), key=lambda c: c.path)
+    curve = []
+    for c in ckpts:
+        step = json.load(open(os.path.join(c.path, "model.json")))["step"]
+        point = {"step": step}
+        for split in ("train", "val"):
+            r = evaluate_checkpoint(c.path, root, split)
+            point[split] = {"AP50": r["cityscapes"]["AP50"], "AP": r["cityscapes"]["AP"],
+                            "agnostic_AP50": r["agnostic"]["AP50"], "images": r["images"],
+                            "per_class_AP50": {k: v["ap50"] for k, v in r["cityscapes"]["per_class"].items()}}
+        curve.append(point)
+        print(f"step {step:>5}: train AP50 {point['train']['AP50'] or 0:.3f} (agnostic "
+              f"{point['train']['agnostic_AP50']:.3f}), val AP50 {point['val']['AP50'] or 0:.3f} "
+              f"(agnostic {point['val']['agnostic_AP50']:.3f})", flush=True)
+    report = {"machine": machine(), "config": sets, "train_seconds": train_s,
+              "s_per_iter": train_s / args.iterations, "total_seconds": time.time() - t0, "curve": curve}
+    with open(os.path.join(out, "curve.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    plot(report, os.path.join(out, "curve.png"))
+    last = curve[-1]
+    print(f"\n{report['machine']}: {args.iterations} iterations in {train_s:.0f} s "
+          f"({report['s_per_iter']:.2f} s/iter, incl. start-up); total {report['total_seconds']:.0f} s")
+    print(f"final: train-split AP50 {last['train']['AP50'] or 0:.3f} (target >= 0.5), "
+          f"held-out AP50 {last['val']['AP50'] or 0:.3f} (target >= 0.25)")
+    return report
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [p["step"] for p in report["curve"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for split, style in (("train", "-"), ("val", "--")):
+        ax.plot(steps, [p[split]["AP50"] or 0 for p in report["curve"]], "o" + style, label=f"{split} AP50")
+        ax.plot(steps, [p[split]["agnostic_AP50"] for p in report["curve"]], "x" + style,
+                label=f"{split} class-agnostic AP50")
+    ax.axhline(0.5, color="grey", lw=0.5)
+    ax.axhline(0.25, color="grey", lw=0.5)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("AP50")
+    ax.set_title(f"tiny FastInst on the 80-image sample ({report['machine']})", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+# -- full-size step time on a GPU ----------------------------------------------------------------
+
+class GpuSampler:
+    """nvidia-smi utilisation every 0.1 s while running."""
+
+    def __init__(self):
+        self.values, self._stop = [], threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                r = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                    "-i", "0"], capture_output=True, text=True, timeout=5)
+                self.values.append(float(r.stdout.strip().splitlines()[0]))
+            except Exception:  # noqa: BLE001
+                return
+            time.sleep(0.1)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join(timeout=10)
+
+    @property
+    def mean(self):
+        return sum(self.values) / len(self.values) if self.values else None
+
+
+def full(args) -> dict:
+    import numpy as np
+    import torch
+
+    from instsynth.cityscapes import discover
+    from instsynth.config import load_config
+    from instsynth.sample import write_sample
+    from instsynth.train.data import augment, collate, crop_rng
+    from instsynth.train.models import build_model
+    from instsynth.train.recipe import make_optimizer
+    from instsynth.train.trainer import train_step
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size = (2048, 1024) if dev.type == "cuda" else (512, 256)
+    crop = (720, 360) if dev.type == "cuda" else (256, 128)
+    root = tempfile.mkdtemp(prefix="bench-train-")
+    write_sample(root, images=8, size=size, seed=0)
+    from instsynth import storage
+
+    rows = []
+    for i, rec in enumerate(discover(root, "train")):
+        row = {"work_id": rec.image, "image": storage.read_bytes(storage.join(root, rec.image)),
+               "instance_ids": storage.read_bytes(storage.join(root, rec.instance_ids))}
+        rows.append(augment(row, (size[1], size[1]), crop, True, crop_rng(0, 0, f"{i}")))
+    batches = []
+    for k in range(4):
+        pick = [rows[(k * 4 + j) % len(rows)] for j in range(4)]
+        images, targets = collate({"image": np.stack([p["image"] for p in pick]),
+                                   "ids": np.stack([p["ids"] for p in pick])})
+        batches.append((images.to(dev), [{kk: v.to(dev) for kk, v in t.items()} for t in targets]))
+    cfg = load_config(None).train
+    out = {"machine": machine(), "crop": f"{crop[0]}x{crop[1]}", "batch": 4, "model": "FastInst R50-D3 (random weights)"}
+    tiny_model = dev.type != "cuda"
+    runs = (("fp32", None, False), ("bf16", torch.bfloat16, False), ("bf16_channels_last", torch.bfloat16, True))
+    for name, amp, nhwc in runs:
+        torch.manual_seed(0)
+        model = build_model("fastinst", tiny=tiny_model).to(dev)
+        if nhwc:
+            model = model.to(memory_format=torch.channels_last)
+        opt = make_optimizer(model, cfg)
+        for i in range(3):
+            train_step(model, opt, [batches[i % 4]], cfg.grad_clip, amp)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        with GpuSampler() as gpu:
+            t = time.perf_counter()
+            for i in range(args.iters):
+                train_step(model, opt, [batches[i % 4]], cfg.grad_clip, amp)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            dt = (time.perf_counter() - t) / args.iters
+        out[name] = {"s_per_iter": dt, "gpu_util_pct": gpu.mean}
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+            with profile(activities=acts) as prof:
+                for i in range(3):
+                    train_step(model, opt, [batches[i % 4]], cfg.grad_clip, amp)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+            with open(os.path.join(args.profile, f"profile_{name}.txt"), "w") as f:
+                f.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
+        print(f"{name}: {dt:.4f} s/iter, GPU busy {gpu.mean if gpu.mean is not None else '-'}%", flush=True)
+        del model, opt
+    out["bf16_vs_fp32"] = out["fp32"]["s_per_iter"] / out["bf16"]["s_per_iter"]
+    print(f"{out['machine']}: bf16 is {out['bf16_vs_fp32']:.2f}x fp32 speed; target <= 0.066 s/iter, "
+          f"bf16 not slower than fp32")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", choices=["tiny", "full"], default="tiny")
+    ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "instsynth-bench-train"))
+    ap.add_argument("--name", default="learnability")
+    ap.add_argument("--iterations", type=int, default=1500)
+    ap.add_argument("--every", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--iters", type=int, default=30, help="--scale full: timed iterations per precision")
+    ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--profile", help="--scale full: write torch profiler tables (3 steps) into this dir")
+    ap.add_argument("--set", action="append", default=[], help="extra train config overrides")
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    res = tiny(args) if args.scale == "tiny" else full(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Launch: shipped configs run as shipped from any working directory; full configs refuse in one line
+what they lack; relative paths work; side files survive kills and live on S3 too."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from instsynth import storage
+from instsynth.cli import main
+from instsynth.config import load_config
+from instsynth.originals import write_originals
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = os.path.join(REPO, "configs")
+DEBUG = os.path.join(CONFIGS, "debug.yaml")
+
+
+@pytest.fixture(scope="module")
+def demo_tree(sample_root, tmp_path_factory):
+    """A copy of the repo's configs beside a demo-out built from the session sample (as `make demo` would)."""
+    from instsynth.synth import run_synth
+
+    top = tmp_path_factory.mktemp("repo")
+    shutil.copytree(CONFIGS, top / "configs")
+    demo = top / "demo-out"
+    shutil.copytree(sample_root, demo / "cityscapes")
+    write_originals(str(demo / "cityscapes"), str(demo / "original"), load_config(DEBUG), log=lambda *a: None)
+    run_synth(str(demo / "cityscapes"), str(demo / "recolor"),
+              load_config(DEBUG, ["generator.name=recolor", "run.executor=local", "run.progress=false"]),
+              log=lambda *a: None)
+    return top
+
+
+def _one_line_error(capsys, argv):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("name", ["fastinst", "mask2former", "oneformer"])
+def test_shipped_tiny_configs_run_from_another_directory(ray_local, demo_tree, tmp_path, monkeypatch, name):
+    from instsynth.train.trainer import run_training
+
+    monkeypatch.chdir(tmp_path)  # not the repo: paths in the config are relative to the config file
+    cfg = load_config(str(demo_tree / "configs" / "train" / f"{name}.tiny.yaml"))
+    result = run_training(cfg, log=lambda *a: None)
+    assert result.error is None and result.metrics["step"] == cfg.train.iterations
+    run_dir = demo_tree / "demo-out" / "runs" / cfg.train.name
+    assert (run_dir / "starts.jsonl").exists() and not (tmp_path / "demo-out").exists()
+    meta = json.load(open(os.path.join(result.checkpoint.path, "model.json")))
+    assert meta["recipe"]["eval_short_edge"] == 192 and meta["recipe"]["batch_size"] == cfg.train.batch_size
+
+
+def test_shipped_debug_experiment_and_fingerprinted_runs(ray_local, demo_tree, tmp_path, monkeypatch):
+    from instsynth.synth import run_synth
+    from instsynth.train.experiment import run_experiment
+
+    monkeypatch.chdir(tmp_path)
+    path = str(demo_tree / "configs" / "experiments" / "debug.yaml")
+    report = run_experiment(load_config(path), log=lambda *a: None)
+    assert report["baseline"]["images"] == 2 and report["test_scale"] == "short edge 192 px"
+    assert (demo_tree / "demo-out" / "experiment" / "report.md").exists()
+    assert "recolor" in open(demo_tree / "demo-out" / "experiment" / "report.md").read()
+    # the same experiment again resumes its runs (same names) ...
+    again = run_experiment(load_config(path), log=lambda *a: None)
+    assert again["runs"] == report["runs"]
+    # ... a changed one (other synthetic rows) never reuses them
+    other = demo_tree / "demo-out" / "recolor-seed1"
+    run_synth(str(demo_tree / "demo-out" / "cityscapes"), str(other),
+              load_config(DEBUG, ["generator.name=recolor", "run.executor=local", "run.progress=false", "plan.seed=1"]),
+              log=lambda *a: None)
+    changed = run_experiment(load_config(path, [f"experiment.synthetic=[{other}]"]), log=lambda *a: None)
+    assert changed["runs"]["augmented"] != report["runs"]["augmented"]
+    assert changed["runs"]["baseline"] == report["runs"]["baseline"]  # its data and config did not change
+
+
+@pytest.mark.parametrize("cmd,config,key", [
+    ("train", "train/fastinst.yaml", "train.dirs"),
+    ("train", "train/mask2former.yaml", "train.dirs"),
+    ("train", "train/oneformer.yaml", "train.dirs"),
+    ("experiment", "experiments/fastinst-sdxl.yaml", "train.dirs"),
+])
+def test_full_configs_refuse_at_launch_in_one_line(capsys, tmp_path, cmd, config, key):
+    err = _one_line_error(capsys, [cmd, "--config", os.path.join(CONFIGS, config)])
+    assert key in err and "/data/is-cityscapes" in err
+    assert not os.path.exists("/data/runs")
+
+
+def test_full_config_names_missing_weights_then_gpus(ray_local, capsys, demo_tree):
+    demo = demo_tree / "demo-out"
+    have = [f"train.dirs=[{demo / 'original'}]", f"train.eval_root={demo / 'cityscapes'}", "train.eval_split=val"]
+    fastinst = os.path.join(CONFIGS, "train", "fastinst.yaml")
+    err = _one_line_error(capsys, ["train", "--config", fastinst, *sum((["--set", s] for s in have), [])])
+    assert "train.model.backbone_weights: /models/resnet50-imagenet.pth: no such file" in err
+    err = _one_line_error(capsys, ["train", "--config", os.path.join(CONFIGS, "train", "mask2former.yaml"),
+                                   *sum((["--set", s] for s in have), [])])
+    assert "train.model.pretrained" in err and "facebook/mask2former-swin-tiny-coco-instance" in err
+    weights = demo_tree / "r50.pth"
+    weights.write_bytes(b"not read at launch")
+    err = _one_line_error(capsys, ["train", "--config", fastinst, *sum((["--set", s] for s in have), []),
+                                   "--set", f"train.model.backbone_weights={weights}"])
+    assert "train.use_gpu: 4 GPU worker(s) asked for, this machine has 0 GPU(s)" in err
+
+
+def test_config_file_paths_are_relative_to_the_file(tmp_path, monkeypatch):
+    d = tmp_path / "a" / "b"
+    d.mkdir(parents=True)
+    (d / "c.yaml").write_text("train:\n  dirs: [../x, /abs/y, s3://bucket/z]\n  eval_root: ../../root\n")
+    monkeypatch.chdir(tmp_path / "a")
+    cfg = load_config("b/c.yaml", ["train.storage_path=runs"])
+    assert cfg.train.dirs == [str(tmp_path / "a" / "x"), "/abs/y", "s3://bucket/z"]
+    assert cfg.train.eval_root == str(tmp_path / "root")
+    assert cfg.train.storage_path == "runs"  # the command line stays relative to the current dir
+    from instsynth.train.launch import resolve_paths
+
+    assert resolve_paths(cfg).train.storage_path == str(tmp_path / "a" / "runs")
+
+
+def test_evaluate_takes_relative_paths(sample_root, tmp_path, monkeypatch, capsys):
+    from instsynth.train.models import build_model
+    from instsynth.train.trainer import save_checkpoint
+
+    model = build_model("fastinst", tiny=True)
+    ckpt = tmp_path / "ckpt"
+    spec = {"name": "fastinst", "kwargs": {"tiny": True}, "recipe": {"eval_short_edge": 128}}
+    import torch
+
+    save_checkpoint(str(ckpt), model, torch.optim.AdamW(model.parameters()), 3, spec, {})
+    shutil.copytree(sample_root, tmp_path / "cs")
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--checkpoint", "ckpt", "--data-root", "cs", "--max-images", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "test scale: short edge 128 px" in out
+    res = json.load(open(tmp_path / "ckpt" / "eval_val.json"))
+    assert res["images"] == 1 and res["step"] == 3
+    err = _one_line_error(capsys, ["evaluate", "--checkpoint", "ckpt", "--data-root", "nowhere"])
+    assert "--data-root: " in err and "nowhere" in err
+
+
+def test_tensorboard_scalars_survive_a_killed_run(tmp_path):
+    code = ("import os; from instsynth.train.trainer import Board\n"
+            f"b = Board({str(tmp_path)!r}); b.scalars({{'train/loss': 1.5}}, 1); b.flush(); os._exit(9)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 9, r.stderr
+    files = os.listdir(tmp_path / "tensorboard")
+    assert len(files) == 1
+    data = open(tmp_path / "tensorboard" / files[0], "rb").read()
+    assert b"train/loss" in data  # flushed at the report, not only at close
+
+
+def test_side_files_on_s3(s3, tmp_path):
+    from instsynth.train.trainer import Board
+
+    run = "s3://bucket/runs/x"
+    storage.append_text(storage.join(run, "starts.jsonl"), '{"start_step": 0}\n')
+    storage.append_text(storage.join(run, "starts.jsonl"), '{"start_step": 5}\n')
+    lines = storage.read_bytes(storage.join(run, "starts.jsonl")).decode().splitlines()
+    assert [json.loads(ln)["start_step"] for ln in lines] == [0, 5]
+    b = Board(run)
+    b.scalars({"train/loss": 2.0}, 1)
+    b.flush(upload=True)
+    names = storage.list_names(storage.join(run, "tensorboard"))
+    assert len(names) == 1 and b"train/loss" in storage.read_bytes(storage.join(run, "tensorboard", names[0]))
+    b.close()
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "model.json").write_text("{}")
+    storage.upload_dir(str(tmp_path / "best"), storage.join(run, "best"))
+    assert storage.read_bytes(storage.join(run, "best", "model.json")) == b"{}"
