@@ -34,6 +34,12 @@ for s in $steps; do
                     --compile-cache "$cache" --json "$out/compile_warm.json" ;;
     gligen) run_step $s 100 "${gen[@]}" --generator gligen --profile "$out" --json "$out/gligen.json" ;;
     blended) run_step $s 90 "${gen[@]}" --generator blended-sdxl --skip-naive --json "$out/blended.json" ;;
+    sdxl_ladder_long) run_step $s 150 "${gen[@]}" --generator sdxl-inpaint --ladder --skip-naive --probe 4,12 \
+                        --json "$out/sdxl_ladder_long.json" ;;
+    compile_cold_long) rm -rf "$cache"; run_step $s 130 "${gen[@]}" --generator sdxl-inpaint --skip-naive --compile \
+                         --probe 4,12 --compile-cache "$cache" --json "$out/compile_cold_long.json" ;;
+    compile_warm_long) run_step $s 80 "${gen[@]}" --generator sdxl-inpaint --skip-naive --compile --probe 4,12 \
+                         --compile-cache "$cache" --json "$out/compile_warm_long.json" ;;
     train_full) run_step $s 120 $py "$here/scripts/bench_train.py" --scale full --iters "${ITERS:-30}" \
                   --json "$out/bench_train_full.json" ;;
     *) echo "unknown step $s (skipped)" ;;

@@ -70,26 +70,34 @@ def save_checkpoint(path: str, model, optimizer, step: int, spec: dict, metrics:
 
 
 class Board:
-    """TensorBoard scalars: written locally, flushed at every report, mirrored to a URI run dir."""
+    """TensorBoard scalars, written synchronously (tensorboardX's SummaryWriter queues events to a
+    background thread, so a flush can miss them and a killed run keeps an empty file): each report is
+    on disk when ``flush`` returns; a URI run dir gets a mirror at checkpoints and at close."""
 
     def __init__(self, run_dir: str):
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
 
         self.dest = storage.join(run_dir, "tensorboard")
         self.local = self.dest if not storage.is_uri(run_dir) else tempfile.mkdtemp(prefix="instsynth-tb-")
-        self.writer = SummaryWriter(self.local, flush_secs=10)
+        os.makedirs(self.local, exist_ok=True)
+        self.events = EventsWriter(os.path.join(self.local, "events"))
 
     def scalars(self, values: dict, step: int) -> None:
-        for k, v in values.items():
-            self.writer.add_scalar(k, v, step)
+        import time
+
+        from tensorboardX.proto import event_pb2, summary_pb2
+
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+                                             for k, v in values.items()])
+        self.events.write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
     def flush(self, upload: bool = False) -> None:
-        self.writer.flush()
+        self.events.flush()
         if upload and self.local != self.dest:
             storage.upload_dir(self.local, self.dest)
 
     def close(self) -> None:
-        self.writer.close()
+        self.events.close()
         if self.local != self.dest:
             storage.upload_dir(self.local, self.dest)
             shutil.rmtree(self.local, ignore_errors=True)

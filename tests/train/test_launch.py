@@ -58,7 +58,9 @@ def test_shipped_tiny_configs_run_from_another_directory(ray_local, demo_tree, t
 
 def test_shipped_debug_experiment_and_fingerprinted_runs(ray_local, demo_tree, tmp_path, monkeypatch):
     from instsynth.synth import run_synth
-    from instsynth.train.experiment import run_experiment
+    from instsynth.train.data import build_catalog
+    from instsynth.train.experiment import run_experiment, run_name
+    from instsynth.train.launch import resolve_paths
 
     monkeypatch.chdir(tmp_path)
     path = str(demo_tree / "configs" / "experiments" / "debug.yaml")
@@ -66,17 +68,26 @@ def test_shipped_debug_experiment_and_fingerprinted_runs(ray_local, demo_tree, t
     assert report["baseline"]["images"] == 2 and report["test_scale"] == "short edge 192 px"
     assert (demo_tree / "demo-out" / "experiment" / "report.md").exists()
     assert "recolor" in open(demo_tree / "demo-out" / "experiment" / "report.md").read()
-    # the same experiment again resumes its runs (same names) ...
-    again = run_experiment(load_config(path), log=lambda *a: None)
-    assert again["runs"] == report["runs"]
-    # ... a changed one (other synthetic rows) never reuses them
-    other = demo_tree / "demo-out" / "recolor-seed1"
+    runs = demo_tree / "demo-out" / "runs"
+    assert {p.name for p in runs.iterdir()} >= set(report["runs"].values())
+
+    def names(cfg):
+        cfg = resolve_paths(cfg)
+        e = cfg.experiment
+        out = {}
+        for arm, dirs in (("baseline", e.originals), ("augmented", e.originals + e.synthetic)):
+            cfg.train.dirs = dirs
+            out[arm] = run_name(cfg, arm, build_catalog(dirs, cfg.train.synthetic_ratio, cfg.train.seed))
+        return out
+    assert names(load_config(path)) == report["runs"]  # the same experiment again resumes its runs
+    other = demo_tree / "demo-out" / "recolor-seed1"  # other synthetic rows: never the stale runs
     run_synth(str(demo_tree / "demo-out" / "cityscapes"), str(other),
               load_config(DEBUG, ["generator.name=recolor", "run.executor=local", "run.progress=false", "plan.seed=1"]),
               log=lambda *a: None)
-    changed = run_experiment(load_config(path, [f"experiment.synthetic=[{other}]"]), log=lambda *a: None)
-    assert changed["runs"]["augmented"] != report["runs"]["augmented"]
-    assert changed["runs"]["baseline"] == report["runs"]["baseline"]  # its data and config did not change
+    changed = names(load_config(path, [f"experiment.synthetic=[{other}]"]))
+    assert changed["augmented"] != report["runs"]["augmented"] and changed["baseline"] == report["runs"]["baseline"]
+    longer = names(load_config(path, ["train.iterations=3"]))  # a changed config: new names for both arms
+    assert longer["baseline"] != report["runs"]["baseline"] and longer["augmented"] != report["runs"]["augmented"]
 
 
 @pytest.mark.parametrize("cmd,config,key", [
