@@ -71,10 +71,10 @@ class GeneratorActor:
     """Holds one generator (one model) per actor; runs it over whole units."""
 
     def __init__(self, gen_cfg: GeneratorConfig, quality_cfg=None):
+        import threading
+
         from instsynth.generators import build_generator
         from instsynth.quality.filter import build_scorer
-
-        import threading
 
         fit_threads()
         self.lock = threading.Lock()  # one batch on the model at a time; host work of another unit overlaps

@@ -12,7 +12,6 @@ reason}`` carried with the unit and written to ``_failures/<unit>.parquet``.
 from __future__ import annotations
 
 import contextlib
-
 import json
 import traceback
 from dataclasses import dataclass, field

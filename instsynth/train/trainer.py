@@ -49,7 +49,7 @@ def train_step(model, optimizer, micro_batches, grad_clip: float = 0.0, amp=None
             with cast:
                 losses = model(images, targets)
             (losses["loss"] / n).backward()
-        vec = torch.stack([v.detach().float() for v in losses.values()])
+        vec = torch.stack([v.detach().float().mean() for v in losses.values()])  # some heads return (1,)
         total = vec if total is None else total + vec
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
