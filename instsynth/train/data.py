@@ -24,6 +24,7 @@ per-instance masks are made in ``collate``.
 
 from __future__ import annotations
 
+import threading
 import zlib
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from instsynth.config import ConfigError, TrainConfig, parse_size
 
 CLASS_INDEX = {cid: THING_CLASSES.index(name) for cid, name in THING_IDS.items()}
 COLUMNS = ["work_id", "image", "instance_ids"]
+_MEMO_LOCK = threading.Lock()
 
 
 @dataclass
@@ -57,7 +59,17 @@ class Catalog:
         return len(self.orig) + self.synth_per_epoch
 
     def epoch(self, e: int) -> list[tuple[str, int, str]]:
-        """The rows of epoch ``e`` in training order (a pure function of seed and epoch)."""
+        """The rows of epoch ``e`` in training order (a pure function of seed and epoch; the last two
+        epochs are memoised, since every micro-batch asks)."""
+        with _MEMO_LOCK:  # the loader's decode threads share the catalog
+            memo = self.__dict__.setdefault("_memo", {})
+            if e not in memo:
+                if len(memo) >= 2:
+                    memo.pop(min(memo))
+                memo[e] = self._epoch(e)
+            return memo[e]
+
+    def _epoch(self, e: int) -> list[tuple[str, int, str]]:
         rng = np.random.default_rng([self.seed, e, 0xE90C])
         k, n = self.synth_per_epoch, len(self.synth)
         picks = np.concatenate([rng.permutation(n) for _ in range(-(-k // n))])[:k] if n and k else np.zeros(0, int)
