@@ -391,6 +391,12 @@ def _anchor_paths(cfg: Config, data: dict, base: str) -> None:
                 os.path.join(base, v))
         value = getattr(node, leaf)
         setattr(node, leaf, [anchor(v) for v in value] if isinstance(value, list) else anchor(value))
+    # a model given as ./ or ../ is a local directory beside the config (a bare name is a hub id)
+    params = (data.get("generator") or {}).get("params") if isinstance(data.get("generator"), dict) else None
+    for key in ("model", "vae"):
+        v = (params or {}).get(key)
+        if isinstance(v, str) and v.startswith(("./", "../")):
+            cfg.generator.params[key] = os.path.normpath(os.path.join(base, v))
 
 
 def validate(cfg: Config) -> None:

@@ -182,3 +182,13 @@ def test_side_files_on_s3(s3, tmp_path):
     (tmp_path / "best" / "model.json").write_text("{}")
     storage.upload_dir(str(tmp_path / "best"), storage.join(run, "best"))
     assert storage.read_bytes(storage.join(run, "best", "model.json")) == b"{}"
+
+
+def test_generator_model_paths_relative_to_the_config(tmp_path, monkeypatch):
+    d = tmp_path / "configs"
+    d.mkdir()
+    (d / "g.yaml").write_text("generator:\n  name: sdxl-inpaint\n  params: {model: ../models/m, vae: org/vae}\n")
+    (d / "h.yaml").write_text("generator:\n  name: sdxl-inpaint\n  params: {model: org/some-model}\n")
+    monkeypatch.chdir(tmp_path / "configs")
+    assert load_config("g.yaml").generator.params == {"model": str(tmp_path / "models" / "m"), "vae": "org/vae"}
+    assert load_config("h.yaml").generator.params["model"] == "org/some-model"  # a hub id stays as it is
