@@ -42,9 +42,10 @@ def run_experiment(cfg: Config, log=print) -> dict:
     for arm, dirs in (("baseline", e.originals), ("augmented", e.originals + e.synthetic)):
         c = copy.deepcopy(cfg)  # both arms: same seed, schedule, model and evaluation
         c.train.dirs = list(dirs)
-        c.train.name = names[arm] = run_name(c, arm, build_catalog(dirs, t.synthetic_ratio, t.seed))
+        catalog = build_catalog(dirs, t.synthetic_ratio, t.seed)
+        c.train.name = names[arm] = run_name(c, arm, catalog)
         log(f"== {arm}: training {c.train.name} on {len(dirs)} dir(s)")
-        result = run_training(c, log)
+        result = run_training(c, log, catalog)
         res = evaluate_checkpoint(result.checkpoint.path, t.eval_root, t.eval_split, t.eval_max_images,
                                   short_edge=t.eval_short_edge)
         results[arm] = res

@@ -203,8 +203,11 @@ def train_loop_per_worker(config: dict) -> None:
             board.close()
 
 
-def make_trainer(cfg: Config):
-    """The TorchTrainer for ``cfg.train`` (same name + storage path = resume); paths resolved here."""
+def make_trainer(cfg: Config, catalog=None):
+    """The TorchTrainer for ``cfg.train`` (same name + storage path = resume); paths resolved here.
+
+    ``catalog``: the data's row catalog when the caller already built it (the experiment names its runs
+    from it), so the committed parts are listed once."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -213,7 +216,7 @@ def make_trainer(cfg: Config):
 
     cfg = resolve_paths(cfg)
     t = cfg.train
-    catalog = build_catalog(t.dirs, t.synthetic_ratio, t.seed)
+    catalog = catalog if catalog is not None else build_catalog(t.dirs, t.synthetic_ratio, t.seed)
     run_dir = storage.join(t.storage_path, t.name)
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
@@ -227,7 +230,7 @@ def make_trainer(cfg: Config):
     )
 
 
-def run_training(cfg: Config, log=print):
+def run_training(cfg: Config, log=print, catalog=None):
     """Check, then fit (or resume) the run; returns the Ray Train Result."""
     from instsynth.pipeline import init_ray
     from instsynth.train.launch import check_gpus, check_inputs, resolve_paths
@@ -237,7 +240,7 @@ def run_training(cfg: Config, log=print):
     started = init_ray(cfg.run.address, cfg.run.log_level)
     try:
         check_gpus(cfg)
-        result = make_trainer(cfg).fit()
+        result = make_trainer(cfg, catalog).fit()
         run_dir = storage.join(cfg.train.storage_path, cfg.train.name)
         log(f"trained {cfg.train.model.name} to step {result.metrics.get('step')}; "
             f"checkpoint {result.checkpoint.path if result.checkpoint else '-'}; "
