@@ -90,7 +90,9 @@ class GeneratorConfig:
     """Which generator runs Phase 2 and how its actor pool is sized."""
 
     name: str = "identity"
-    batch_size: int = 4
+    #: images per model call; ``auto``: the largest batch that fits the GPU's free memory (probed at
+    #: actor start-up, ``generators.resolve_batch_size``), 4 off-GPU
+    batch_size: int | str = 4
     num_gpus: float = 0.0
     num_cpus: float = 0.5
     min_actors: int = 1
@@ -415,8 +417,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"run.rows_per_unit must be >= 1, got {cfg.run.rows_per_unit}")
     if cfg.run.executor not in ("ray", "local"):
         raise ConfigError(f"run.executor must be 'ray' or 'local', got {cfg.run.executor!r}")
-    if cfg.generator.batch_size < 1:
-        raise ConfigError(f"generator.batch_size must be >= 1, got {cfg.generator.batch_size}")
+    bs = cfg.generator.batch_size
+    if bs != "auto" and (isinstance(bs, str) or bs < 1):
+        raise ConfigError(f"generator.batch_size must be >= 1 or 'auto', got {bs!r}")
     if cfg.compose.resize is not None:
         parse_size(cfg.compose.resize, "compose.resize")
     parse_size(cfg.sample.size, "sample.size")

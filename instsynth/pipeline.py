@@ -73,7 +73,7 @@ class GeneratorActor:
     def __init__(self, gen_cfg: GeneratorConfig, quality_cfg=None):
         import threading
 
-        from instsynth.generators import build_generator
+        from instsynth.generators import build_generator, resolve_batch_size
         from instsynth.quality.filter import build_scorer
 
         fit_threads()
@@ -81,6 +81,7 @@ class GeneratorActor:
         self.cfg = gen_cfg
         self.quality = quality_cfg
         self.gen = build_generator(gen_cfg)
+        self.batch_size = resolve_batch_size(self.gen, gen_cfg.batch_size)
         self.scorer = build_scorer(quality_cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -89,7 +90,7 @@ class GeneratorActor:
         payloads = []
         for p in batch["payload"]:
             t0 = time.perf_counter()
-            unit = generate(pickle.loads(p), self.gen, self.cfg.batch_size, self.quality, self.scorer, self.lock)
+            unit = generate(pickle.loads(p), self.gen, self.batch_size, self.quality, self.scorer, self.lock)
             _where("generate", unit, t0)
             payloads.append(pickle.dumps(unit, protocol=5))
         return {"unit": batch["unit"], "payload": np.array(payloads, dtype=object)}

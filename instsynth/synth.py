@@ -151,16 +151,17 @@ def run_synth(source: str, out: str, cfg: Config, overwrite: bool = False, dry_r
 
 def run_local(units, root, out, cfg, log) -> dict:
     """The plain single-process loop over the same stage functions (debugging, baseline)."""
-    from instsynth.generators import build_generator
+    from instsynth.generators import build_generator, resolve_batch_size
     from instsynth.quality.filter import build_scorer
     from instsynth.stages import Unit, compose, generate, prepare
 
     gen = build_generator(cfg.generator)
+    batch_size = resolve_batch_size(gen, cfg.generator.batch_size)
     scorer = build_scorer(cfg.quality)
     results = []
     for n, (name, rows) in enumerate(units, 1):
         u = prepare(Unit(name, rows), root, cfg.compose)
-        u = compose(generate(u, gen, cfg.generator.batch_size, cfg.quality, scorer), cfg.compose)
+        u = compose(generate(u, gen, batch_size, cfg.quality, scorer), cfg.compose)
         marker = shards.commit_unit(out, u.name, u.out, u.failures)
         results.append({"unit": name, "rows": marker["rows"], "failures": marker["failures"]})
         if cfg.run.progress:
@@ -212,11 +213,12 @@ def format_run_summary(s: dict) -> str:
 def measure_cost(rows: list[dict], root: str, cfg: Config, n: int = 3) -> float:
     """Seconds per work item of the configured generator, timed here on up to ``n`` plan items
     (after one warm-up item), through the real prepare and generate stages."""
-    from instsynth.generators import build_generator
+    from instsynth.generators import build_generator, resolve_batch_size
     from instsynth.quality.filter import build_scorer
     from instsynth.stages import Unit, generate, prepare
 
     gen = build_generator(cfg.generator)
+    batch_size = resolve_batch_size(gen, cfg.generator.batch_size)
     scorer = build_scorer(cfg.quality)
     unit = prepare(Unit("dry-run", rows[: n + 1]), root, cfg.compose)
     if len(unit.items) < 2:
@@ -225,7 +227,7 @@ def measure_cost(rows: list[dict], root: str, cfg: Config, n: int = 3) -> float:
     generate(warm, gen, 1, cfg.quality, scorer)
     timed = Unit("timed", [], items=unit.items[1:])
     t0 = time.perf_counter()
-    generate(timed, gen, cfg.generator.batch_size, cfg.quality, scorer)
+    generate(timed, gen, batch_size, cfg.quality, scorer)
     return (time.perf_counter() - t0) / len(unit.items[1:])
 
 

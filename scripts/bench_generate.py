@@ -2,6 +2,7 @@
 
     python scripts/bench_generate.py --generator sdxl-inpaint --scale full --resolution 1024 --steps 30   # GPU
     python scripts/bench_generate.py --generator sdxl-inpaint --scale tiny                              # CPU smoke
+    python scripts/bench_generate.py --generator sdxl-inpaint --scale full --e2e --skip-naive          # + the job
 
 Builds the actor's own generator class (instsynth.generators.diffusion) around a pipeline whose
 architecture comes from the published configs in configs/arch/ (full) or the tiny test models (tiny),
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -137,13 +139,14 @@ class GpuBusy:
     """Samples nvidia-smi-style utilisation through torch.cuda.utilization (needs pynvml)."""
 
     def __init__(self):
-        self.samples, self.stop = [], threading.Event()
+        self.samples, self.times, self.stop = [], [], threading.Event()
 
     def __enter__(self):
         def loop():
             while not self.stop.is_set():
                 try:
                     self.samples.append(torch.cuda.utilization())
+                    self.times.append(time.time())
                 except Exception:  # noqa: BLE001
                     return
                 time.sleep(0.05)
@@ -157,6 +160,57 @@ class GpuBusy:
     @property
     def fraction(self):
         return float(np.mean(self.samples)) / 100 if self.samples else None
+
+    def between(self, t0: float, t1: float):
+        v = [s for s, t in zip(self.samples, self.times) if t0 <= t <= t1]
+        return float(np.mean(v)) / 100 if v else None
+
+
+def e2e(gen_name: str, pipe, params: dict, batch: int, items: int, rows_per_unit: int, executor: str,
+        bare_img_s: float, log=print) -> dict:
+    """The same pipeline saved as a ``from_pretrained`` directory and run through the real job
+    (``run_synth``: plan, Ray Data stages or the local loop, commits) on a generated sample.
+
+    Steady state = from the first unit's commit to the last (actor start-up and the first unit's
+    pipeline fill excluded): rows/s there, GPU busy there, and the ratio to the bare generator."""
+    from instsynth import shards
+    from instsynth.config import load_config
+    from instsynth.sample import write_sample
+    from instsynth.synth import run_synth
+
+    work = tempfile.mkdtemp(prefix="bench-e2e-")
+    model = os.path.join(work, "model")
+    t0 = time.perf_counter()
+    pipe.save_pretrained(model)
+    log(f"e2e: pipeline saved to {model} in {time.perf_counter() - t0:.0f} s")
+    root, out = os.path.join(work, "root"), os.path.join(work, "out")
+    write_sample(root, images=max(6, items // 2), size=(1024, 512))
+    cuda = torch.cuda.is_available()
+    overrides = [f"generator.params.{k}={v}" for k, v in params.items() if v is not None] + [
+        f"generator.params.model={model}", f"generator.batch_size={batch}",
+        f"generator.num_gpus={1 if cuda else 0}", "generator.num_cpus=1", "run.progress=false",
+        "plan.min_pixels=64", f"run.limit={items}", f"run.rows_per_unit={rows_per_unit}", f"run.executor={executor}"]
+    cfg = load_config(os.path.join(os.path.dirname(ARCH), "generators", f"{gen_name}.tiny.yaml"), overrides)
+    start = time.time()
+    with GpuBusy() as busy:
+        summary = run_synth(root, out, cfg, log=lambda *a: None)
+    wall = time.time() - start
+    shutil.rmtree(model, ignore_errors=True)  # several GB at full scale
+    stamps = sorted((os.path.getmtime(shards.marker_path(out, u)), m["rows"])
+                    for u, m in shards.committed_units(out).items())
+    first, last = stamps[0][0], stamps[-1][0]
+    steady_rows = sum(r for _, r in stamps[1:])
+    steady = steady_rows / (last - first) if len(stamps) > 1 and last > first else None
+    res = {"rows": summary["committed_rows"], "failed": summary["failed_items"], "wall_s": wall,
+           "rows_per_s": summary["committed_rows"] / wall, "steady_rows_per_s": steady,
+           "gpu_busy_run": busy.fraction, "gpu_busy_steady": busy.between(first, last),
+           "bare_images_per_s": bare_img_s,
+           "ratio_to_bare": steady / bare_img_s if steady and bare_img_s else None, "executor": executor}
+    gb = res["gpu_busy_steady"]
+    log(f"e2e: {res['rows']} rows ({res['failed']} failed) in {wall:.1f} s; steady {steady or 0:.3f} rows/s = "
+        f"{100 * (res['ratio_to_bare'] or 0):.0f}% of the bare generator; GPU busy (steady) "
+        + ("-" if gb is None else f"{100 * gb:.0f}%"))
+    return res
 
 
 def make_items(batch: int, resolution: int, prompts: int = 2) -> list[dict]:
@@ -242,6 +296,10 @@ def main() -> None:
     ap.add_argument("--flops-only", action="store_true", help="print the FLOP counts (meta device) and stop")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--profile", help="write a torch profiler table of one ours call into this dir")
+    ap.add_argument("--e2e", action="store_true", help="also run ours through the real job (instsynth synth)")
+    ap.add_argument("--e2e-items", type=int, default=48, help="work items the --e2e job runs")
+    ap.add_argument("--e2e-unit", type=int, default=16, help="run.rows_per_unit of the --e2e job")
+    ap.add_argument("--e2e-executor", default="ray", choices=["ray", "local"])
     args = ap.parse_args()
     from instsynth.generators import generator_class
 
@@ -300,6 +358,10 @@ def main() -> None:
             with open(os.path.join(args.profile, f"profile_{args.generator}.txt"), "w") as f:
                 f.write(f"{probe[0]} steps, batch {batch}\n")
                 f.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
+    e2e_res = None
+    if args.e2e:
+        e2e_res = e2e(args.generator, pipe, {k: v for k, v in ours.items() if k != "device"}, batch,
+                      args.e2e_items, args.e2e_unit, args.e2e_executor, rows[-1][1]["images_per_s"])
     print(f"\n{'setting':<44}{'img/s':>9}{'s/img':>9}{'GPU busy':>10}{'MFU':>8}{'start s':>9}")
     out = {"generator": args.generator, "scale": args.scale, "resolution": res, "steps": steps,
            "denoising_steps": n_real, "device": torch.cuda.get_device_name() if cuda else "cpu",
@@ -312,6 +374,7 @@ def main() -> None:
         out["rows"].append({"name": name, "mfu": mfu, **r})
     if not args.skip_naive and len(rows) >= 2:
         print(f"\nbest ours vs naive: {max(r['images_per_s'] for _, r in rows[1:]) / rows[0][1]['images_per_s']:.2f}x images/s")
+    out["e2e"] = e2e_res
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -14,8 +14,10 @@ def _run(*args):
 
 
 def test_bench_generate_cpu_smoke():
-    out = _run("scripts/bench_generate.py", "--generator", "blended-sdxl", "--probe", "2,4", "--batch", "2")
+    out = _run("scripts/bench_generate.py", "--generator", "blended-sdxl", "--probe", "2,4", "--batch", "2",
+               "--e2e", "--e2e-items", "4", "--e2e-unit", "2", "--e2e-executor", "local")
     assert "TFLOPs/step" in out and "ours vs naive" in out
+    assert "e2e: 4 rows (0 failed)" in out  # the saved pipeline ran through the real job
 
 
 def test_bench_generate_full_flops_on_meta():

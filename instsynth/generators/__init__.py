@@ -56,3 +56,16 @@ def check_generator(cfg: GeneratorConfig) -> None:
         from instsynth.generators.diffusion import check_model
 
         check_model(model)
+
+
+#: ``batch_size: auto`` where there is no GPU memory to size it from
+AUTO_BATCH_OFF_GPU = 4
+
+
+def resolve_batch_size(gen, requested: int | str) -> int:
+    """The batch size a built generator runs at: ``requested``, or for ``auto`` what the generator's
+    ``auto_batch()`` measures (diffusion generators probe their peak GPU memory), else 4."""
+    if requested != "auto":
+        return int(requested)
+    probe = getattr(gen, "auto_batch", None)
+    return int(probe()) if probe is not None else AUTO_BATCH_OFF_GPU

@@ -230,3 +230,22 @@ def test_full_size_benchmark_pipelines_build_under_a_non_cpu_device():
 
     assert bench.real_steps(generator_class("blended-sdxl"), 50) == 37  # BLD skips the first 25%
     assert bench.real_steps(generator_class("sdxl-inpaint"), 30) == 29  # strength 0.99
+
+
+def test_batch_size_auto_is_sized_from_memory(tiny_models):
+    from instsynth.config import Config, ConfigError, validate
+    from instsynth.generators import resolve_batch_size
+    from instsynth.generators.diffusion import batch_from_memory
+
+    gib = 1 << 30
+    # 1 image peaks 6 GiB above the weights, 2 images 9 GiB: 3 GiB per image + 3 GiB fixed
+    assert batch_from_memory(100 * gib, 6 * gib, 9 * gib) == 27      # (85 - 3) // 3
+    assert batch_from_memory(100 * gib, 6 * gib, 9 * gib, cap=16) == 16
+    assert batch_from_memory(4 * gib, 6 * gib, 9 * gib) == 1          # never below one
+    gen = _gen(tiny_models, "sdxl-inpaint")
+    assert resolve_batch_size(gen, "auto") == 4 and resolve_batch_size(gen, 3) == 3  # off-GPU: 4
+    assert resolve_batch_size(_gen(tiny_models, "gligen"), "auto") == 1              # its max_batch
+    cfg = Config()
+    cfg.generator.batch_size = "many"
+    with pytest.raises(ConfigError, match="generator.batch_size must be >= 1 or 'auto', got 'many'"):
+        validate(cfg)
