@@ -82,14 +82,18 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
 
 
 def decode_ids(data: bytes, name: str) -> np.ndarray:
-    """16-bit (or 8-bit) PNG bytes -> HxW uint16 id map, lossless (uint16: half the bytes of int32
-    through every stage and the object store)."""
+    """16-bit PNG bytes -> HxW uint16 id map, lossless (uint16: half the bytes of int32 through every
+    stage and the object store).  Any other depth is refused naming the file and its bit depth."""
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if arr is None:
         raise DataError(f"{name}: cannot decode id map (truncated or not a PNG)")
-    if arr.ndim != 2 or arr.dtype not in (np.uint16, np.uint8):
-        raise DataError(f"{name}: expected a single-channel 8/16-bit id map, got shape {arr.shape} {arr.dtype}")
-    return arr.astype(np.uint16, copy=False)
+    if arr.ndim != 2:
+        raise DataError(f"{name}: expected a single-channel 16-bit instance map, got shape {arr.shape}")
+    if arr.dtype != np.uint16:  # 8 bits cannot hold classId*1000+k: its instances would silently vanish
+        bits = arr.dtype.itemsize * 8
+        raise DataError(f"{name}: instance map is {bits}-bit ({arr.dtype}); Cityscapes instanceIds are 16-bit "
+                        "(classId*1000+k)")
+    return arr
 
 
 def read_image(path: str) -> np.ndarray:

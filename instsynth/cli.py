@@ -96,7 +96,8 @@ def cmd_synth(args) -> int:
     from instsynth.synth import run_synth
 
     cfg = _config(args)
-    summary = run_synth(args.source, args.out, cfg, overwrite=args.overwrite, dry_run=args.dry_run)
+    summary = run_synth(args.source, args.out, cfg, overwrite=args.overwrite, dry_run=args.dry_run,
+                        repair=args.repair, force_unlock=args.force_unlock)
     if args.dry_run:
         return 0
     return 0 if summary["ok"] else 1
@@ -115,7 +116,7 @@ def cmd_status(args) -> int:
     _config(args)
     st = status(args.out_dir, verify=args.verify)
     print(format_status(st))
-    return 1 if st["bad_rows"] else 0
+    return 2 if st["bad_shards"] else 1 if st["bad_rows"] else 0
 
 
 def cmd_stats(args) -> int:
@@ -234,12 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", required=True, help="output dir (local path or s3:// gs:// URI)")
             p.add_argument("--dry-run", action="store_true", help="print work size and GPU-hours; write nothing")
             p.add_argument("--overwrite", action="store_true", help="discard an existing output dir")
+            p.add_argument("--repair", action="store_true",
+                           help="only redo units whose shards do not match their markers (every file hashed)")
+            p.add_argument("--force-unlock", action="store_true",
+                           help="take the writer lease even from a live-looking holder (its owner must be gone)")
         elif name == "originals":
             p.add_argument("root", help="Cityscapes root")
             p.add_argument("--out", required=True, help="output dir")
         elif name == "status":
             p.add_argument("out_dir", metavar="OUT", help="output dir")
-            p.add_argument("--verify", action="store_true", help="decode every PNG of every committed row")
+            p.add_argument("--verify", action="store_true",
+                           help="hash every shard against its marker and decode every PNG; lists every bad one")
         elif name == "stats":
             p.add_argument("dirs", nargs="+", metavar="DIR", help="output dirs (originals and generators)")
             p.add_argument("--out", help="where to write the tables and chart (default: DIR/stats)")
@@ -274,11 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from instsynth.cityscapes import DataError
     from instsynth.generators import GeneratorError
+    from instsynth.lease import LeaseError
 
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][1](args)
-    except (ConfigError, DataError, storage.StorageError, GeneratorError) as e:
+    except (ConfigError, DataError, storage.StorageError, GeneratorError, LeaseError) as e:
         print(f"instsynth {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001

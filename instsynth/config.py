@@ -217,6 +217,8 @@ class Config:
 # Keys that only say *how* a run executes, not *what* it produces: resuming with other values is fine.
 EXECUTION_ONLY = {
     "run.address",
+    "run.limit",
+    "generator.batch_size",  # outputs are batch-invariant (per-item seeds; tested on the tiny pipelines)
     "run.rows_per_unit",
     "run.num_cpus",
     "run.progress",

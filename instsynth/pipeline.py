@@ -96,7 +96,8 @@ class GeneratorActor:
         return {"unit": batch["unit"], "payload": np.array(payloads, dtype=object)}
 
 
-def _compose_commit(row: dict, out: str, compose_cfg: ComposeConfig, pause_after: int | None) -> dict:
+def _compose_commit(row: dict, out: str, compose_cfg: ComposeConfig, pause_after: int | None,
+                    writer: str | None = None) -> dict:
     from instsynth import shards
     from instsynth.stages import compose
 
@@ -104,7 +105,7 @@ def _compose_commit(row: dict, out: str, compose_cfg: ComposeConfig, pause_after
     t0 = time.perf_counter()
     unit = compose(pickle.loads(row["payload"]), compose_cfg)
     _where("commit", unit, t0)
-    marker = shards.commit_unit(out, unit.name, unit.out, unit.failures)
+    marker = shards.commit_unit(out, unit.name, unit.out, unit.failures, writer=writer)
     if pause_after is not None and len(shards.committed_units(out)) >= pause_after:
         time.sleep(3600)  # test-only: hold the run here so a test can kill the driver mid-job
     placement = unit.placement
@@ -112,7 +113,7 @@ def _compose_commit(row: dict, out: str, compose_cfg: ComposeConfig, pause_after
             "placement": pickle.dumps(placement)}
 
 
-def build_dataset(units: list[tuple[str, list[dict]]], root: str, out: str, cfg: Config):
+def build_dataset(units: list[tuple[str, list[dict]]], root: str, out: str, cfg: Config, writer: str | None = None):
     """The lazy Ray Dataset for ``units``; iterating it runs the job and yields one summary per unit."""
     import ray.data
     from ray.data import ActorPoolStrategy
@@ -136,7 +137,7 @@ def build_dataset(units: list[tuple[str, list[dict]]], root: str, out: str, cfg:
                                      if g.num_gpus else {})),
         num_gpus=g.num_gpus or None, num_cpus=g.num_cpus, resources=g.resources or None)
     ds = ds.map(_compose_commit, fn_kwargs={"out": out, "compose_cfg": cfg.compose,
-                                            "pause_after": cfg.run.pause_after_units},
+                                            "pause_after": cfg.run.pause_after_units, "writer": writer},
                 num_cpus=cfg.run.num_cpus)
     return ds
 
@@ -194,7 +195,7 @@ def configure_context(cfg: Config) -> None:
         object_store_memory=cfg.run.inflight_mb * 2**20)
 
 
-def run_ray(units, root, out, cfg: Config, log=print) -> dict:
+def run_ray(units, root, out, cfg: Config, log=print, writer: str | None = None) -> dict:
     """Run ``units`` on Ray Data; commits happen in the workers, the driver sees only summaries."""
     import ray
 
@@ -203,7 +204,7 @@ def run_ray(units, root, out, cfg: Config, log=print) -> dict:
         configure_context(cfg)
         results, hosts = [], {}
         if units:
-            ds = build_dataset(units, root, out, cfg)
+            ds = build_dataset(units, root, out, cfg, writer)
             t0 = time.time()
             for n, r in enumerate(_iter_rows(ds), 1):
                 placement = pickle.loads(r["placement"])

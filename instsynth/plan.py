@@ -47,6 +47,8 @@ PLAN_SCHEMA = pa.schema([
 ])
 
 FAILURE_SCHEMA = pa.schema([("image_id", pa.string()), ("file", pa.string()), ("reason", pa.string())])
+IMAGE_WITHOUT_MAP = "image without its gtFine instance map"
+MAP_WITHOUT_IMAGE = "instance map without its image"
 
 
 def work_id(image_id: str, instance_id: int, variant: int) -> str:
@@ -80,14 +82,33 @@ def iter_plan(root: str, cfg: Config) -> Iterator[tuple[SampleRecord, list[dict]
     recs = discover(root, cfg.plan.split)
 
     def one(rec: SampleRecord):
+        path = storage.join(root, rec.instance_ids)
         try:
-            ids = read_ids(storage.join(root, rec.instance_ids))
+            ids = read_ids(path)
         except DataError as e:
+            if not storage.exists(path):
+                return rec, None, f"{IMAGE_WITHOUT_MAP}: {rec.instance_ids} is missing"
             return rec, None, str(e)
         return rec, plan_image(rec, ids, cfg), None
 
     with ThreadPoolExecutor(max(1, cfg.plan.workers)) as pool:
         yield from pool.map(one, recs)
+
+
+def orphan_maps(root: str, split: str) -> Iterator[tuple[str, str]]:
+    """(image_id, instance map path) of every gtFine instance map whose leftImg8bit image is missing."""
+    base = storage.join(root, "gtFine", split)
+    if not storage.is_dir(base):
+        return
+    images = {r.image_id for r in discover(root, split)}
+    for path in storage.walk(base, "_gtFine_instanceIds.png"):
+        rel = storage.relpath(path, base).replace("\\", "/")
+        parts = rel.split("/")
+        if len(parts) != 2:
+            continue
+        stem = parts[1][: -len("_gtFine_instanceIds.png")]
+        if stem not in images:
+            yield stem, f"gtFine/{split}/{rel}"
 
 
 def make_plan(root: str, cfg: Config, progress=None) -> tuple[pa.Table, pa.Table, dict]:
@@ -104,11 +125,18 @@ def make_plan(root: str, cfg: Config, progress=None) -> tuple[pa.Table, pa.Table
             rows.extend(rs)
         if progress:
             progress(images)
+    orphans = 0
+    for image_id, path in orphan_maps(root, cfg.plan.split):
+        orphans += 1
+        failures.append({"image_id": image_id, "file": path,
+                         "reason": f"{MAP_WITHOUT_IMAGE}: no leftImg8bit image for {path}"})
     meta = {ROOT_KEY: str(root).encode(), CONFIG_KEY: to_yaml(cfg).encode()}
     table = pa.Table.from_pylist(rows, schema=PLAN_SCHEMA).replace_schema_metadata(meta)
     fails = pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA)
     summary = {
         "images": images, "images_without_instances": empty, "failures": len(failures),
+        "images_without_map": sum(f["reason"].startswith(IMAGE_WITHOUT_MAP) for f in failures),
+        "maps_without_image": orphans,
         "work_items": len(rows), "per_class": dict(sorted(Counter(r["class_name"] for r in rows).items())),
     }
     return table, fails, summary
@@ -140,5 +168,6 @@ def format_summary(summary: dict) -> str:
     for c, n in summary["per_class"].items():
         lines.append(f"{c:<12}{n:>12}")
     lines.append(f"images: {summary['images']}  without instances: {summary['images_without_instances']}  "
-                 f"failures: {summary['failures']}  work items: {summary['work_items']}")
+                 f"failures: {summary['failures']} (images without map: {summary.get('images_without_map', 0)}, "
+                 f"maps without image: {summary.get('maps_without_image', 0)})  work items: {summary['work_items']}")
     return "\n".join(lines)

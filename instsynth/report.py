@@ -19,19 +19,28 @@ from instsynth.cityscapes import THING_CLASSES, THING_IDS, DataError, decode_ids
 
 
 def status(out: str, verify: bool = False) -> dict:
-    """Committed vs planned units/items and failures; ``verify`` decodes every PNG of every row."""
+    """Committed vs planned items; shards that do not match their markers (sizes; ``verify``: every
+    file hashed, every PNG of every good shard decoded).  Every bad shard is listed, none stops it."""
     from instsynth.plan import read_plan
 
     markers = shards.committed_units(out)
-    planned = None
+    planned_ids = None
     if storage.exists(shards.plan_path(out)):
-        planned = read_plan(shards.plan_path(out))[0].num_rows
-    rows = sum(m["rows"] for m in markers.values())
-    fails = sum(m["failures"] for m in markers.values())
-    st = {"out": out, "units": len(markers), "rows": rows, "failed": fails, "planned": planned,
-          "pending": None if planned is None else planned - rows - fails, "bad_rows": []}
+        planned_ids = read_plan(shards.plan_path(out))[0].column("work_id").to_pylist()
+    bad = shards.verify(out, full=verify, markers=markers)
+    good = {u: m for u, m in markers.items() if u not in bad}
+    done = {w for m in good.values() for w in m["work_ids"] + m["failed"]}
+    st = {"out": out, "units": len(good), "rows": sum(m["rows"] for m in good.values()),
+          "failed": sum(m["failures"] for m in good.values()),
+          "planned": None if planned_ids is None else len(planned_ids),
+          "pending": None if planned_ids is None else sum(1 for w in planned_ids if w not in done),
+          "bad_shards": [p for u in sorted(bad) for p in bad[u]], "bad_rows": []}
     if verify:
-        for t in shards.iter_tables(out, ["work_id", "image", "instance_ids", "width", "height"]):
+        for u, m in sorted(good.items()):
+            if not m["rows"]:
+                continue
+            t = storage.read_parquet(shards.part_path(out, u)).select(["work_id", "image", "instance_ids",
+                                                                        "width", "height"])
             for r in t.to_pylist():
                 try:
                     img = decode_image(r["image"], r["work_id"] + ":image")
@@ -49,8 +58,11 @@ def format_status(st: dict) -> str:
     lines = [f"{st['out']}: {st['units']} committed units, {st['rows']} rows, {st['failed']} failed items"]
     if st["planned"] is not None:
         lines.append(f"planned {st['planned']} items: {st['pending']} pending")
+    if st["bad_shards"]:
+        lines.append(f"{len(st['bad_shards'])} damaged files (their units are re-queued by the next synth run "
+                     "or synth --repair):" + "".join(f"\n  {b}" for b in st["bad_shards"]))
     if st.get("verified"):
-        lines.append(f"verified every PNG: {len(st['bad_rows'])} bad rows" +
+        lines.append(f"verified every shard's SHA-256 and every PNG: {len(st['bad_rows'])} bad rows" +
                      "".join(f"\n  {b}" for b in st["bad_rows"][:20]))
     return "\n".join(lines)
 

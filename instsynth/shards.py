@@ -5,7 +5,10 @@ Layout of an output dir (fixed, so every tool can rely on it)::
     plan.parquet  plan.failures.parquet  config.yaml  README.md (dataset card)
     data/part-<unit>.parquet      committed rows of one unit
     _failures/<unit>.parquet      run-time failures of one unit
-    _commits/<unit>               the commit marker (JSON: work ids done and failed)
+    _commits/<unit>               the commit marker (JSON: work ids done and failed; each file's
+                                  rows, bytes and SHA-256)
+    _claims/<work_id>             who committed a work id (created atomically before the data)
+    _lease.json                   the writer lease while a run writes (lease.py)
     _runs/<run>.json              per-run record (hosts, stage placement, throughput)
     stats/                        tables and charts
 
@@ -17,10 +20,13 @@ to an uninterrupted run's.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from collections.abc import Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from instsynth import storage
 
@@ -72,6 +78,8 @@ ROW_DOCS = {
     "gen_stats": "JSON: the generator's own per-sample numbers",
 }
 
+CLAIMS = "_claims"
+
 FAILURE_SCHEMA = pa.schema([("work_id", pa.string()), ("image_id", pa.string()), ("stage", pa.string()),
                             ("reason", pa.string()), ("details", pa.string())])
 
@@ -97,14 +105,57 @@ def unit_name(first_index: int) -> str:
     return f"{first_index:08d}"
 
 
-def commit_unit(out: str, name: str, rows: list[dict], failures: list[dict]) -> dict:
-    """Write the unit's rows, then its failures, then the marker (the commit point)."""
-    if rows:
-        storage.write_parquet(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), part_path(out, name))
-    if failures:
-        storage.write_parquet(pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA), failures_path(out, name))
+def claim_path(out: str, work_id: str) -> str:
+    return storage.join(out, CLAIMS, work_id)
+
+
+def claim(out: str, work_id: str, writer: str, unit: str) -> bool:
+    """Claim ``work_id`` for ``writer`` (atomic create-if-absent); True when it is this writer's."""
+    if storage.create_exclusive(claim_path(out, work_id), json.dumps({"writer": writer, "unit": unit}).encode()):
+        return True
+    try:
+        held = json.loads(storage.read_bytes(claim_path(out, work_id)))
+    except (storage.StorageError, ValueError):
+        return False
+    return held.get("writer") == writer  # a retried commit of this writer's own unit
+
+
+def _file_entry(name: str, data: bytes, rows: int) -> dict:
+    return {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "rows": rows}
+
+
+def _parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, compression="zstd")
+    return buf.getvalue()
+
+
+def commit_unit(out: str, name: str, rows: list[dict], failures: list[dict], writer: str | None = None) -> dict:
+    """Claim the unit's work ids, write its rows, then its failures, then the marker (the commit point).
+
+    With ``writer``, each work id is first claimed (``_claims/<work_id>``, create-if-absent); ids another
+    writer holds are left out, so two writers can never commit one item twice.  A unit that lost
+    some ids is committed under ``<name>-<writer>`` (its file name cannot collide with the holder's).
+    The marker records each file's row count, size and SHA-256, which ``verify`` checks."""
+    if writer is not None:
+        ids = [r["work_id"] for r in rows] + [f["work_id"] for f in failures]
+        mine = {w for w in ids if claim(out, w, writer, name)}
+        if len(mine) < len(ids):
+            rows = [r for r in rows if r["work_id"] in mine]
+            failures = [f for f in failures if f["work_id"] in mine]
+            name = f"{name}-{writer}"
+            if not rows and not failures:
+                return {"unit": name, "rows": 0, "failures": 0, "work_ids": [], "failed": [], "lost": len(ids)}
     marker = {"unit": name, "rows": len(rows), "failures": len(failures),
               "work_ids": [r["work_id"] for r in rows], "failed": [f["work_id"] for f in failures]}
+    if rows:
+        data = _parquet_bytes(rows, ROW_SCHEMA)
+        storage.write_bytes(part_path(out, name), data)
+        marker["data"] = _file_entry(f"part-{name}.parquet", data, len(rows))
+    if failures:
+        data = _parquet_bytes(failures, FAILURE_SCHEMA)
+        storage.write_bytes(failures_path(out, name), data)
+        marker["failures_file"] = _file_entry(f"{name}.parquet", data, len(failures))
     storage.write_bytes(marker_path(out, name), json.dumps(marker).encode())
     return marker
 
@@ -127,6 +178,77 @@ def committed_work_ids(out: str) -> set[str]:
 def committed_parts(out: str) -> list[str]:
     """Paths of the data files of committed units (never a half-written or uncommitted file)."""
     return [part_path(out, u) for u, m in sorted(committed_units(out).items()) if m["rows"]]
+
+
+def _check_file(path: str, entry: dict | None, rows: int, full: bool) -> str | None:
+    """Why ``path`` does not match its marker entry (None: it does)."""
+    got = storage.size(path)
+    if got is None:
+        return f"{path}: missing"
+    if entry is not None and got != entry["bytes"]:
+        return f"{path}: {got} bytes, the marker says {entry['bytes']} (truncated or replaced)"
+    if not full:
+        return None
+    data = storage.read_bytes(path)
+    if entry is not None and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        return f"{path}: content does not match the marker's SHA-256"
+    try:
+        n = pq.read_metadata(io.BytesIO(data)).num_rows
+    except Exception as e:  # noqa: BLE001 - any parse error means a damaged shard
+        return f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})"
+    if n != rows:
+        return f"{path}: {n} rows, the marker says {rows}"
+    return None
+
+
+def verify(out: str, full: bool = True, markers: dict | None = None) -> dict[str, list[str]]:
+    """{unit: problems} for every committed unit whose files do not match its marker.
+
+    ``full``: read every file (SHA-256, Parquet footer, row count); otherwise sizes only (what a
+    resumed run checks at start: one metadata request per file)."""
+    bad: dict[str, list[str]] = {}
+    for u, m in sorted((markers if markers is not None else committed_units(out)).items()):
+        problems = []
+        if m["rows"]:
+            problems.append(_check_file(part_path(out, u), m.get("data"), m["rows"], full))
+        if m["failures"]:
+            problems.append(_check_file(failures_path(out, u), m.get("failures_file"), m["failures"], full))
+        problems = [p for p in problems if p]
+        if problems:
+            bad[u] = problems
+    return bad
+
+
+def uncommit(out: str, unit: str, marker: dict) -> None:
+    """Take a damaged unit back: marker first (so a crash here leaves only uncommitted files,
+    which ``remove_uncommitted`` clears), then its files and claims; its work ids become pending."""
+    storage.remove(marker_path(out, unit))
+    storage.remove(part_path(out, unit))
+    storage.remove(failures_path(out, unit))
+    for w in marker["work_ids"] + marker["failed"]:
+        storage.remove(claim_path(out, w))
+
+
+def remove_uncommitted(out: str) -> dict[str, int]:
+    """Delete what no marker vouches for: data and failure files of uncommitted units (a crash
+    between data and marker), temp files, and claims of uncommitted work ids.  Only under the
+    writer lease: they are never committed data, but a live writer's would be in flight."""
+    markers = committed_units(out)
+    keep_data = {f"part-{u}.parquet" for u, m in markers.items() if m["rows"]}
+    keep_fail = {f"{u}.parquet" for u, m in markers.items() if m["failures"]}
+    done = {w for m in markers.values() for w in m["work_ids"] + m["failed"]}
+    removed = {"data": 0, "failures": 0, "claims": 0, "markers": 0}
+    for sub, keep, key in (("data", keep_data, "data"), ("_failures", keep_fail, "failures"),
+                           (CLAIMS, done, "claims")):
+        for n in storage.list_names(storage.join(out, sub)):
+            if n not in keep:
+                storage.remove(storage.join(out, sub, n))
+                removed[key] += 1
+    for n in storage.list_names(storage.join(out, "_commits")):
+        if ".tmp-" in n:
+            storage.remove(storage.join(out, "_commits", n))
+            removed["markers"] += 1
+    return removed
 
 
 def iter_tables(out: str, columns: list[str] | None = None) -> Iterator[pa.Table]:

@@ -10,6 +10,7 @@ unit of output is committed by writing its data first and a marker second.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import posixpath
@@ -104,6 +105,59 @@ def write_bytes(path: str, data: bytes) -> None:
                 f.write(data)
     except Exception as e:
         raise StorageError(f"{path}: cannot write ({_why(e)})") from None
+
+
+def create_exclusive(path: str, data: bytes) -> bool:
+    """Create ``path`` with ``data`` only if it does not exist; False when it already does.
+
+    The one atomic create-if-absent every writer lease and work-id claim rests on.  Local: the full
+    file is written under a temporary name and hard-linked into place (``link`` fails if the name
+    exists, and a reader never sees a partial file).  S3: a PUT with ``If-None-Match: *`` (the server
+    answers 412 when the key exists).  GCS: refused - pyarrow's client has no precondition."""
+    fs, p = _resolve(path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.link(tmp, p)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise StorageError(f"{path}: cannot create ({_why(e)})") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+    if str(path).startswith("s3://"):
+        return _s3_create_exclusive(str(path), data)
+    raise StorageError(f"{path}: atomic create-if-absent is not supported on this filesystem "
+                       "(local paths and s3:// only); write the output locally or to s3:// and copy it")
+
+
+def _s3_create_exclusive(path: str, data: bytes) -> bool:
+    import boto3
+    from botocore.exceptions import ClientError
+
+    bucket, _, key = path[len("s3://"):].partition("/")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    client = boto3.client("s3", endpoint_url=endpoint or None)
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        return True
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+            return False
+        raise StorageError(f"{path}: cannot create ({code or e})") from None
+
+
+def size(path: str) -> int | None:
+    """Bytes in ``path``; None when it does not exist."""
+    fs, p = _resolve(path)
+    info = fs.get_file_info(p)
+    return info.size if info.type == pafs.FileType.File else None
 
 
 def exists(path: str) -> bool:

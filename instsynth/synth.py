@@ -19,6 +19,7 @@ import yaml
 from instsynth import __version__, shards, storage
 from instsynth.cityscapes import DataError
 from instsynth.config import Config, ConfigError, result_differences, to_dict, to_yaml
+from instsynth.lease import acquire
 from instsynth.plan import failures_path, make_plan, read_plan, write_plan
 
 SUMMARY_KEY = b"instsynth.summary"
@@ -53,41 +54,56 @@ def check_config(out: str, cfg: Config, overwrite: bool) -> None:
             "use a new --out, or --overwrite to discard it")
 
 
-def prepare_out(source: str, out: str, cfg: Config, overwrite: bool, log=print):
-    """Resolve the plan into ``out`` (making it from a root if needed); returns (plan table, root, summary)."""
-    if overwrite and storage.exists(out):
-        for sub in ("data", "_commits", "_failures", "_runs", "stats", "plan.parquet", "plan.failures.parquet",
-                    "config.yaml", "README.md"):
-            storage.remove(storage.join(out, sub))
-    check_config(out, cfg, overwrite)
-    plan_file = shards.plan_path(out)
+def input_root(source: str, cfg: Config) -> str:
+    """The Cityscapes root a run reads (read-only: a plan file's recorded root, or ``source``)."""
     if is_plan_file(source):
-        table, root = read_plan(source)
+        _, root = read_plan(source)
         root = cfg.run.data_root or root
         if not root:
             raise DataError(f"{source}: plan has no root in its metadata; pass --data-root")
+        return root
+    if not storage.is_dir(storage.join(source, "leftImg8bit")):
+        raise DataError(f"{source}: not a Cityscapes root (no leftImg8bit/) and not a plan .parquet file")
+    return cfg.run.data_root or source
+
+
+def preflight(source: str, out: str, cfg: Config, overwrite: bool) -> str:
+    """Every check that needs no write, before anything is written; returns the input root."""
+    from instsynth.generators import check_generator
+
+    check_generator(cfg.generator)  # bad parameters, a missing model path: the parameter object, no model
+    root = input_root(source, cfg)
+    if _under(out, root):
+        raise SynthError(f"--out {out} lies inside the input tree {root}; synth never writes there")
+    check_config(out, cfg, overwrite)
+    return root
+
+
+def prepare_out(source: str, out: str, cfg: Config, overwrite: bool, log=print):
+    """Resolve the plan into ``out`` (making it from a root if needed); returns (plan table, root, summary).
+    Runs under the writer lease, after ``preflight``."""
+    if overwrite and storage.exists(out):
+        for sub in ("data", "_commits", "_failures", "_claims", "_runs", "stats", "plan.parquet",
+                    "plan.failures.parquet", "config.yaml", "README.md"):
+            storage.remove(storage.join(out, sub))
+    plan_file = shards.plan_path(out)
+    root = input_root(source, cfg)
+    if is_plan_file(source):
+        table, _ = read_plan(source)
         if not storage.exists(plan_file):
             fails = failures_path(source)
             write_plan(plan_file, table,
                        storage.read_parquet(fails) if storage.exists(fails) else _empty_failures())
+    elif storage.exists(plan_file):
+        table, _ = read_plan(plan_file)
     else:
-        root = source
-        if not storage.is_dir(storage.join(root, "leftImg8bit")):
-            raise DataError(f"{root}: not a Cityscapes root (no leftImg8bit/) and not a plan .parquet file")
-        if storage.exists(plan_file):
-            table, _ = read_plan(plan_file)
-        else:
-            table, fails, summary = make_plan(root, cfg)
-            meta = dict(table.schema.metadata or {})
-            meta[SUMMARY_KEY] = json.dumps(summary).encode()
-            table = table.replace_schema_metadata(meta)
-            write_plan(plan_file, table, fails)
-            log(f"planned {summary['work_items']} work items from {summary['images']} images "
-                f"({summary['images_without_instances']} without instances, {summary['failures']} unreadable)")
-    if cfg.run.data_root:
-        root = cfg.run.data_root
-    if _under(out, root):
-        raise SynthError(f"--out {out} lies inside the input tree {root}; synth never writes there")
+        table, fails, summary = make_plan(source, cfg)
+        meta = dict(table.schema.metadata or {})
+        meta[SUMMARY_KEY] = json.dumps(summary).encode()
+        table = table.replace_schema_metadata(meta)
+        write_plan(plan_file, table, fails)
+        log(f"planned {summary['work_items']} work items from {summary['images']} images "
+            f"({summary['images_without_instances']} without instances, {summary['failures']} input failures)")
     storage.write_bytes(storage.join(out, "config.yaml"), to_yaml(cfg).encode())
     meta = table.schema.metadata or {}
     summary = json.loads(meta[SUMMARY_KEY]) if SUMMARY_KEY in meta else None
@@ -100,9 +116,11 @@ def _empty_failures():
     return FAILURE_SCHEMA.empty_table()
 
 
-def pending_units(plan_rows: list[dict], done: set[str], rows_per_unit: int, limit: int | None = None):
-    """[(unit name, rows)] over the plan rows not yet committed, in plan order."""
-    todo = [(i, r) for i, r in enumerate(plan_rows) if r["work_id"] not in done]
+def pending_units(plan_rows: list[dict], done: set[str], rows_per_unit: int, limit: int | None = None,
+                  index: dict[str, int] | None = None):
+    """[(unit name, rows)] over the plan rows not yet committed, in plan order; a unit is named by
+    the plan index of its first row (``index``: work id -> plan index, when ``plan_rows`` is a subset)."""
+    todo = [(index[r["work_id"]] if index else i, r) for i, r in enumerate(plan_rows) if r["work_id"] not in done]
     if limit is not None:
         todo = todo[:limit]
     units = []
@@ -113,34 +131,65 @@ def pending_units(plan_rows: list[dict], done: set[str], rows_per_unit: int, lim
 
 
 def run_synth(source: str, out: str, cfg: Config, overwrite: bool = False, dry_run: bool = False,
-              log=print) -> dict:
-    """Run (or resume) the synthesis job; returns the summary dict (``ok`` False past the failure budget)."""
+              log=print, repair: bool = False, force_unlock: bool = False, lease: bool = True) -> dict:
+    """Run (or resume) the synthesis job; returns the summary dict (``ok`` False past the failure budget).
+
+    Order: read-only checks (``preflight``), the writer lease, the config check again under it, then
+    writes.  A refused command leaves OUT as it was (a lease or folder it created is removed).  Under
+    the lease: files no marker vouches for are removed, units whose shards do not match their
+    markers are re-queued (``repair``: only those run, every file is hashed), then pending units run.
+    ``lease=False`` skips the lease (tests of the work-id claims: the second line of defence)."""
     if dry_run:
         return dry_run_report(source, out, cfg, log)
-    from instsynth.generators import check_generator
+    preflight(source, out, cfg, overwrite)
+    existed = storage.exists(out)
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    held = acquire(out, run_id, force=force_unlock) if lease else None
+    if held is not None and held.took_over:
+        log(f"took over the writer lease of {held.took_over}")
+    try:
+        try:
+            check_config(out, cfg, overwrite)  # again: another run may have finished between the checks
+        except ConfigError:
+            held.release() if held else None
+            if not existed:
+                storage.remove(out)
+            raise
+        return _run_held(source, out, cfg, overwrite, repair, run_id, held is not None, log)
+    finally:
+        if held is not None:
+            held.release()
 
-    check_generator(cfg.generator)  # e.g. a missing model path: fail before anything is written
+
+def _run_held(source, out, cfg, overwrite, repair, run_id, leased, log) -> dict:
+    if leased and storage.exists(out):
+        _tidy(out, log)
+    requeued = _requeue_damaged(out, full=repair, log=log) if storage.exists(out) else set()
     table, root, plan_summary = prepare_out(source, out, cfg, overwrite, log)
     plan_rows = table.to_pylist()
     done = shards.committed_work_ids(out)
-    units = pending_units(plan_rows, done, cfg.run.rows_per_unit, cfg.run.limit)
+    todo = [r for r in plan_rows if r["work_id"] in requeued] if repair else plan_rows
+    units = pending_units(todo, done, cfg.run.rows_per_unit, None if repair else cfg.run.limit,
+                          index={r["work_id"]: i for i, r in enumerate(plan_rows)})
     log(f"{len(plan_rows)} work items, {len(done)} already committed, {len(units)} units to run "
-        f"({cfg.generator.name}, executor {cfg.run.executor})")
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        f"({cfg.generator.name}, executor {cfg.run.executor}{', repair only' if repair else ''})")
     started = time.time()
     if cfg.run.executor == "local":
-        record = run_local(units, root, out, cfg, log)
+        record = run_local(units, root, out, cfg, log, writer=run_id)
     else:
         from instsynth.pipeline import run_ray
 
-        record = run_ray(units, root, out, cfg, log)
+        record = run_ray(units, root, out, cfg, log, writer=run_id)
     ended = time.time()
     new_rows = sum(r["rows"] for r in record.get("units", []))
     record.update({"run": run_id, "start": started, "end": ended, "generator": cfg.generator.name,
-                   "units_run": len(units), "rows_committed": new_rows,
+                   "units_run": len(units), "rows_committed": new_rows, "repair": repair,
+                   "requeued_units_ids": len(requeued),
                    "rows_per_s": new_rows / max(ended - started, 1e-9), "version": __version__,
                    "argv": sys.argv})
     storage.write_bytes(storage.join(out, "_runs", f"{run_id}.json"), json.dumps(record, indent=1).encode())
+    if leased:
+        _tidy(out, log)
     summary = summarize(out, plan_rows, plan_summary, cfg)
     from instsynth.card import write_card
 
@@ -149,7 +198,24 @@ def run_synth(source: str, out: str, cfg: Config, overwrite: bool = False, dry_r
     return summary
 
 
-def run_local(units, root, out, cfg, log) -> dict:
+def _tidy(out: str, log) -> None:
+    removed = shards.remove_uncommitted(out)
+    if any(removed.values()):
+        log("removed uncommitted files: " + ", ".join(f"{k}={v}" for k, v in removed.items() if v))
+
+
+def _requeue_damaged(out: str, full: bool, log) -> set[str]:
+    """Uncommit every unit whose files do not match its marker; returns their work ids."""
+    markers = shards.committed_units(out)
+    ids: set[str] = set()
+    for unit, problems in shards.verify(out, full=full, markers=markers).items():
+        log(f"re-queued unit {unit}: " + "; ".join(problems))
+        shards.uncommit(out, unit, markers[unit])
+        ids.update(markers[unit]["work_ids"] + markers[unit]["failed"])
+    return ids
+
+
+def run_local(units, root, out, cfg, log, writer: str | None = None) -> dict:
     """The plain single-process loop over the same stage functions (debugging, baseline)."""
     from instsynth.generators import build_generator, resolve_batch_size
     from instsynth.quality.filter import build_scorer
@@ -162,7 +228,7 @@ def run_local(units, root, out, cfg, log) -> dict:
     for n, (name, rows) in enumerate(units, 1):
         u = prepare(Unit(name, rows), root, cfg.compose)
         u = compose(generate(u, gen, batch_size, cfg.quality, scorer), cfg.compose)
-        marker = shards.commit_unit(out, u.name, u.out, u.failures)
+        marker = shards.commit_unit(out, u.name, u.out, u.failures, writer=writer)
         results.append({"unit": name, "rows": marker["rows"], "failures": marker["failures"]})
         if cfg.run.progress:
             log(f"  unit {n}/{len(units)} committed ({marker['rows']} rows, {marker['failures']} failures)")
@@ -172,21 +238,27 @@ def run_local(units, root, out, cfg, log) -> dict:
 
 
 def summarize(out: str, plan_rows: list[dict], plan_summary: dict | None, cfg: Config) -> dict:
+    """Counts from verified markers only (a unit whose files do not match is counted as damaged, not
+    committed); pending = planned work ids no good marker covers, so it is never negative."""
     markers = shards.committed_units(out)
-    committed = sum(m["rows"] for m in markers.values())
-    failures = shards.read_failures(out).to_pylist()
+    damaged = shards.verify(out, full=False, markers=markers)
+    good = {u: m for u, m in markers.items() if u not in damaged}
+    committed = sum(m["rows"] for m in good.values())
+    failures = [f for u, m in sorted(good.items()) if m["failures"]
+                for f in storage.read_parquet(shards.failures_path(out, u)).to_pylist()]
     plan_fail = storage.read_parquet(storage.join(out, "plan.failures.parquet")).num_rows \
         if storage.exists(storage.join(out, "plan.failures.parquet")) else 0
     images = plan_summary["images"] if plan_summary else len({r["image_id"] for r in plan_rows}) + plan_fail
     bad_images = len({f["image_id"] for f in failures}) + plan_fail
     frac = bad_images / images if images else 0.0
-    done = sum(m["rows"] + m["failures"] for m in markers.values())
+    done = {w for m in good.values() for w in m["work_ids"] + m["failed"]}
     return {
         "out": out, "planned": len(plan_rows), "committed_rows": committed, "failed_items": len(failures),
-        "pending_items": len(plan_rows) - done, "units": len(markers), "source_images": images,
+        "pending_items": sum(1 for r in plan_rows if r["work_id"] not in done), "units": len(good),
+        "damaged_units": sorted(damaged), "source_images": images,
         "images_without_instances": plan_summary.get("images_without_instances", 0) if plan_summary else None,
         "images_with_failures": bad_images, "failure_fraction": frac,
-        "ok": frac <= cfg.run.max_failure_fraction,
+        "ok": frac <= cfg.run.max_failure_fraction and not damaged,
         "failures_by_stage": _count(f["stage"] for f in failures),
     }
 
@@ -203,6 +275,9 @@ def format_run_summary(s: dict) -> str:
              f"{s['pending_items']} pending (of {s['planned']} planned)",
              f"source images: {s['source_images']}, with failures: {s['images_with_failures']} "
              f"({100 * s['failure_fraction']:.1f}%)"]
+    if s.get("damaged_units"):
+        lines.append(f"DAMAGED: {len(s['damaged_units'])} units do not match their markers "
+                     f"({', '.join(s['damaged_units'][:5])}); re-run synth (or synth --repair) to redo them")
     if s["failures_by_stage"]:
         lines.append("failures by stage: " + ", ".join(f"{k}={v}" for k, v in s["failures_by_stage"].items()))
     if not s["ok"]:

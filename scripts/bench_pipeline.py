@@ -78,7 +78,8 @@ def child(args) -> None:
         ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
         t_init = time.perf_counter() - s
         configure_context(cfg)
-        threading.Thread(target=poll, daemon=True).start()
+        if args.memory:  # reading every worker's smaps costs CPU: only in the memory runs, not the timed ones
+            threading.Thread(target=poll, daemon=True).start()
         # the generator actor reserves a quarter CPU; CPU stages get what is left per core
         cfg.generator.num_cpus = 0.25
         # a CPU generator (recolor + per-sample quality numbers) scales with actors, like GPUs would
@@ -102,9 +103,10 @@ def child(args) -> None:
                       "by_process_mb": {k: round(v / 2**20) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:4]}}))
 
 
-def run_child(plan: str, mode: str, cpus: int, generator: str, rows_per_unit: int, image_ids=None) -> dict:
+def run_child(plan: str, mode: str, cpus: int, generator: str, rows_per_unit: int, image_ids=None,
+              memory: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--child", "--plan", plan, "--mode", mode, "--child-cpus", str(cpus),
-           "--generator", generator, "--rows-per-unit", str(rows_per_unit)]
+           "--generator", generator, "--rows-per-unit", str(rows_per_unit)] + (["--memory"] if memory else [])
     if image_ids is not None:
         cmd += ["--image-ids", json.dumps(image_ids)]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -121,6 +123,7 @@ def main() -> None:
     ap.add_argument("--plan")
     ap.add_argument("--mode", default="ray")
     ap.add_argument("--child-cpus", dest="child_cpus", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cpus", default="1,2", help="CPU counts for the scaling runs, e.g. 1,4,16 (first = baseline)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--image-ids")
@@ -159,15 +162,16 @@ def main() -> None:
     for n, r in runs.items():
         print(f"  Ray, {n:>2} CPU{'s' if n > 1 else ' '}          {r['t_job']:7.2f} s   {r['items'] / r['t_job']:6.2f} items/s   "
               f"{r1['t_job'] / r['t_job']:5.2f}x Ray {counts[0]} CPU   (+{r['t_init']:.1f} s Ray start)")
-    print(f"  time inside stages (Ray, {counts[0]} CPU): {json.dumps({k: round(v, 2) for k, v in r1['stage_s'].items()})}")
+    for n, r in runs.items():
+        print(f"  time inside stages (Ray, {n} CPU): {json.dumps({k: round(v, 2) for k, v in r['stage_s'].items()})}")
     print(f"overhead Ray({counts[0]} CPU) vs loop: {100 * (r1['t_job'] / loop['t_job'] - 1):+.1f}% (target <= +15%)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cores": os.cpu_count(), "loop": loop, "ray": {str(n): r for n, r in runs.items()}}, f, indent=1)
 
     if args.big:
-        small = run_child(plan, "ray", 2, args.generator, args.rows_per_unit, images[: args.small])
-        big = run_child(plan, "ray", 2, args.generator, args.rows_per_unit, images[: args.big])
+        small = run_child(plan, "ray", 2, args.generator, args.rows_per_unit, images[: args.small], memory=True)
+        big = run_child(plan, "ray", 2, args.generator, args.rows_per_unit, images[: args.big], memory=True)
         print(f"\npeak RSS (driver) / USS (workers) at {args.small} vs {len(images[: args.big])} images (Ray, 2 CPUs):")
         for k, name in (("driver_rss_mb", "driver"), ("worker_rss_mb", "largest worker"),
                         ("workers_sum_mb", "all workers")):

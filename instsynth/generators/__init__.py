@@ -49,13 +49,16 @@ def build_generator(cfg: GeneratorConfig):
 
 
 def check_generator(cfg: GeneratorConfig) -> None:
-    """Cheap checks the driver runs before any work (e.g. a missing local model path)."""
+    """Cheap, read-only checks the driver runs before writing anything: unknown or out-of-range
+    parameters, a missing local model path."""
     cls = generator_class(cfg.name)
-    model = cfg.params.get("model") or getattr(cls, "default_model", "")
-    if model:
-        from instsynth.generators.diffusion import check_model
-
-        check_model(model)
+    if hasattr(cls, "check_config"):  # model generators: the parameter object, the weights' path
+        cls.check_config(cfg.params)
+        return
+    try:  # CPU generators hold no model: building one is the check
+        cls(**cfg.params)
+    except (TypeError, ValueError) as e:
+        raise GeneratorError(f"generator.params for {cfg.name!r}: {e}") from None
 
 
 #: ``batch_size: auto`` where there is no GPU memory to size it from

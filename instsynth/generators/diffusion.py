@@ -140,16 +140,7 @@ class DiffusionGenerator:
     def __init__(self, _pipeline=None, **params):
         """Load the pipeline named by ``params`` (or wrap ``_pipeline``, an already built one - the
         benchmark builds full-size architectures with random weights that way)."""
-        valid = {f.name for f in fields(DiffusionParams)}
-        unknown = sorted(set(params) - valid)
-        if unknown:
-            raise GeneratorError(f"generator.params for {self.name!r}: unknown {unknown}; valid: {sorted(valid)}")
-        merged = {**self.defaults, **params}
-        self.p = DiffusionParams(**merged)
-        self.p.model = self.p.model or self.default_model
-        if _pipeline is not None:
-            self.p.model = self.p.model if "model" in params else f"(in-memory {type(_pipeline).__name__})"
-        self.check_params(check_path=_pipeline is None)
+        self._set_params(params, in_memory=_pipeline)
         self.model_id = self.p.model
         self.model_revision = self.p.revision or ""
         import torch
@@ -169,6 +160,23 @@ class DiffusionGenerator:
             raise GeneratorError(f"generator {self.name!r}: cannot load {self.p.model!r} "
                                  f"(revision {self.p.revision or 'default'}): {str(e).splitlines()[0]}") from None
         self.configure()
+
+    def _set_params(self, params: dict, in_memory=None) -> None:
+        valid = {f.name for f in fields(DiffusionParams)}
+        unknown = sorted(set(params) - valid)
+        if unknown:
+            raise GeneratorError(f"generator.params for {self.name!r}: unknown {unknown}; valid: {sorted(valid)}")
+        merged = {**self.defaults, **params}
+        self.p = DiffusionParams(**merged)
+        self.p.model = self.p.model or self.default_model
+        if in_memory is not None:
+            self.p.model = self.p.model if "model" in params else f"(in-memory {type(in_memory).__name__})"
+        self.check_params(check_path=in_memory is None)
+
+    @classmethod
+    def check_config(cls, params: dict) -> None:
+        """Every check of ``params`` that needs no model (the driver runs it before writing anything)."""
+        cls.__new__(cls)._set_params(params)
 
     # -- checks ---------------------------------------------------------------------------------
     def check_params(self, check_path: bool = True) -> None:
