@@ -96,6 +96,18 @@ def decode_ids(data: bytes, name: str) -> np.ndarray:
     return arr
 
 
+def read_label_ids(path: str) -> np.ndarray:
+    """A gtFine labelIds map (8-bit, label ids 0-33) as HxW uint8."""
+    try:
+        data = storage.read_bytes(path)
+    except storage.StorageError as e:
+        raise DataError(str(e)) from None
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if arr is None or arr.ndim != 2:
+        raise DataError(f"{path}: cannot decode label map (truncated, not a PNG or not single-channel)")
+    return arr
+
+
 def read_image(path: str) -> np.ndarray:
     try:
         return decode_image(storage.read_bytes(path), path)

@@ -131,11 +131,16 @@ def cmd_stats(args) -> int:
 
 
 def cmd_preview(args) -> int:
-    from instsynth.report import preview
+    from instsynth.report import compare_grid, preview
 
     _config(args)
-    out = args.out or storage.join(args.out_dir, "stats", "preview.png")
-    storage.write_bytes(out, preview(args.out_dir, n=args.n))
+    if args.compare:
+        out = args.out or storage.join(args.out_dir, "stats", "compare.png")
+        png = compare_grid(args.out_dir, n=args.n, class_name=args.class_name, generator=args.generator_name)
+    else:
+        out = args.out or storage.join(args.out_dir, "stats", "preview.png")
+        png = preview(args.out_dir, n=args.n)
+    storage.write_bytes(out, png)
     print(f"wrote {out}")
     return 0
 
@@ -253,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("out_dir", metavar="OUT", help="output dir")
             p.add_argument("--out", help="PNG to write (default: OUT/stats/preview.png)")
             p.add_argument("--n", type=int, default=16, help="number of samples")
+            p.add_argument("--compare", action="store_true",
+                           help="before/after pairs: source window | synthesized window, outline, prompt, scores "
+                                "(default OUT/stats/compare.png)")
+            p.add_argument("--class", dest="class_name", help="only rows of this class (with --compare)")
+            p.add_argument("--generator", dest="generator_name", help="only rows of this generator (with --compare)")
         elif name == "export":
             p.add_argument("dirs", nargs="+", metavar="DIR", help="output dirs to export")
             p.add_argument("--format", choices=["cityscapes", "coco"], required=True)

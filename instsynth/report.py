@@ -197,3 +197,86 @@ def preview(out: str, n: int = 16, tile: tuple[int, int] = (384, 192), cols: int
     grid = np.vstack([np.hstack(r + [blank] * (cols - len(r))) for r in rows])
     ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     return buf.tobytes()
+
+
+def fit(img: np.ndarray, box: tuple[int, int]) -> np.ndarray:
+    """``img`` scaled (area) to fit inside ``box`` (w, h), aspect kept."""
+    s = min(box[0] / img.shape[1], box[1] / img.shape[0])
+    size = (max(1, int(img.shape[1] * s)), max(1, int(img.shape[0] * s)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def source_root(out: str) -> str:
+    """The Cityscapes root recorded in OUT's plan, checked reachable (one line naming it if not)."""
+    from instsynth.plan import read_plan
+
+    if not storage.exists(shards.plan_path(out)):
+        raise DataError(f"{out}: no plan.parquet, so no recorded source root (is it an InstSynth output dir?)")
+    _, root = read_plan(shards.plan_path(out))
+    if not root or not storage.is_dir(storage.join(root, "leftImg8bit")):
+        raise DataError(f"{out}: the source root recorded in its plan, {root}, is not reachable "
+                        "(no leftImg8bit/ there); the before panels need it")
+    return root
+
+
+def compare_pairs(out: str, n: int = 8, class_name: str | None = None, generator: str | None = None):
+    """(row, before, after) for the first ``n`` committed rows matching the filters: ``before`` is the
+    source window (``crop_box`` of ``source_image`` under the recorded root, at the row's size),
+    ``after`` the synthesized crop.  Streams unit by unit."""
+    from instsynth.cityscapes import read_image
+
+    root = source_root(out)
+    got = 0
+    cols = ["work_id", "image", "instance_ids", "instance_id", "class_name", "generator", "prompt",
+            "crop_box", "source_image", "gen_stats", "width", "height"]
+    for t in shards.iter_tables(out, cols):
+        for r in t.to_pylist():
+            if (class_name and r["class_name"] != class_name) or (generator and r["generator"] != generator):
+                continue
+            after = decode_image(r["image"], r["work_id"])
+            x0, y0, x1, y1 = r["crop_box"]
+            before = read_image(storage.join(root, r["source_image"]))[y0:y1, x0:x1]
+            if before.shape[:2] != after.shape[:2]:  # compose.resize: compare at the row's size
+                before = cv2.resize(before, (after.shape[1], after.shape[0]), interpolation=cv2.INTER_AREA)
+            yield r, before, after
+            got += 1
+            if got >= n:
+                return
+
+
+SCORE_KEYS = ("clip", "psnr_in", "changed_inside", "inside_share", "attempts")
+
+
+def compare_grid(out: str, n: int = 8, class_name: str | None = None, generator: str | None = None,
+                 tile: tuple[int, int] = (384, 192), cols: int = 2) -> bytes:
+    """PNG grid of before/after pairs: source window | synthesized window, the instance outlined in
+    both, the prompt and the per-sample scores under each pair - a generator judged at a glance."""
+    text_h = 40
+    tiles = []
+    for r, before, after in compare_pairs(out, n, class_name, generator):
+        ids = decode_ids(r["instance_ids"], r["work_id"])
+        canvas = np.zeros((tile[1] + text_h, 2 * tile[0] + 6, 3), np.uint8)
+        for k, img in enumerate((before, after)):
+            small = fit(img, tile)
+            mask = cv2.resize((ids == r["instance_id"]).astype(np.uint8), (small.shape[1], small.shape[0]),
+                              interpolation=cv2.INTER_NEAREST)
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            x = k * (tile[0] + 6)
+            canvas[:small.shape[0], x:x + small.shape[1]] = small
+            cv2.drawContours(canvas[:, x:x + small.shape[1]], contours, -1, (255, 255, 0), 1)
+        stats = json.loads(r["gen_stats"] or "{}")
+        scores = "  ".join(f"{k}={stats[k]:.3g}" if isinstance(stats[k], float) else f"{k}={stats[k]}"
+                           for k in SCORE_KEYS if k in stats)
+        cv2.putText(canvas, f"{r['generator']}: {r['prompt']}"[:70], (4, tile[1] + 15), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(canvas, (scores or "no per-sample scores")[:80], (4, tile[1] + 33), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, (200, 200, 200), 1, cv2.LINE_AA)
+        tiles.append(canvas)
+    if not tiles:
+        what = ", ".join(f"{k} {v}" for k, v in (("class", class_name), ("generator", generator)) if v)
+        raise DataError(f"{out}: no committed rows to compare" + (f" for {what}" if what else ""))
+    blank = np.zeros_like(tiles[0])
+    rows = [tiles[i:i + cols] for i in range(0, len(tiles), cols)]
+    grid = np.vstack([np.hstack(r + [blank] * (cols - len(r))) for r in rows])
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    return buf.tobytes()

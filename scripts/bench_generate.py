@@ -286,7 +286,7 @@ def main() -> None:
     ap.add_argument("--scale", default="tiny", choices=["tiny", "full"])
     ap.add_argument("--resolution", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", default="4", help="ours' batch size, or auto (sized from free GPU memory)")
     ap.add_argument("--probe", default="2,4", help="two step counts timed to get the per-step slope")
     ap.add_argument("--compile", action="store_true", help="ours with regional compilation (compile: regional)")
     ap.add_argument("--compile-cache", help="inductor cache dir (warm starts reuse it)")
@@ -330,8 +330,13 @@ def main() -> None:
             torch.cuda.empty_cache()
     dtype = torch.bfloat16 if cuda else torch.float32
     pipe = build_full(args.generator, dtype, dev) if args.scale == "full" else build_tiny(args.generator, dtype)
-    batch = 1 if cls.max_batch == 1 else args.batch
     ours = {**common, "dtype": "bf16" if cuda else "fp32"}
+    if args.batch == "auto":  # what generator.batch_size: auto picks in the actor
+        t0 = time.perf_counter()
+        batch = cls(_pipeline=pipe, **ours).auto_batch()
+        print(f"batch_size auto -> {batch} ({time.perf_counter() - t0:.1f} s probe)", flush=True)
+    else:
+        batch = 1 if cls.max_batch == 1 else int(args.batch)
     if args.ladder:
         settings = {}
         for name, extra in LADDER:

@@ -6,6 +6,8 @@
    (``run.executor: local``) on the same plan.  Target: <= 15% slower.
 2. scaling: items/s of Ray at each ``--cpus`` count vs the first.  Targets: Ray 2 CPUs >= 1.5x Ray 1 CPU
    on a 2-core machine; Ray 16 >= 8x Ray 1 on a 16-core one (a plan giving each worker >= 10 items).
+   Each configuration (and the plain loop, on 1) is pinned to that many cores (``sched_setaffinity``,
+   inherited by Ray's processes): N logical CPUs alone still let Ray run on every core.
 3. memory: peak RSS of the driver and peak USS (private memory; RSS would also count the shared
    object-store pages a worker has touched) of the largest Ray worker and of all workers together,
    at ``--small`` vs ``--big`` images.  Target: flat within 10% (the job streams; nothing is collected).
@@ -27,9 +29,22 @@ import threading
 import time
 
 
+def pin_cores(n: int) -> str:
+    """Pin this process (and so Ray's raylet and workers, which inherit it) to ``n`` cores, so that
+    "Ray with N CPUs" uses N cores: Ray's logical CPUs alone do not stop a 1-CPU run's actor and
+    tasks from running on every core of the machine (which made 1 CPU look as fast as 2 here)."""
+    have = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not have or n >= len(have):
+        return f"all {len(have) or os.cpu_count()} cores"
+    os.sched_setaffinity(0, have[:n])
+    return f"cores {have[:n]}"
+
+
 def child(args) -> None:
     """Run one configuration and print a JSON line with its timings and peak RSS."""
     import psutil
+
+    pinned = pin_cores(args.cpus)
 
     from instsynth.config import load_config
     from instsynth.plan import read_plan
@@ -96,7 +111,8 @@ def child(args) -> None:
         t_job = time.perf_counter() - t0
         stop.set()
         ray.shutdown()
-    print(json.dumps({"mode": args.mode, "cpus": args.cpus, "items": len(rows), "t_job": t_job, "t_init": t_init,
+    print(json.dumps({"mode": args.mode, "cpus": args.cpus, "pinned": pinned, "items": len(rows), "t_job": t_job,
+                      "t_init": t_init,
                       "driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "worker_rss_mb": peak["workers"] / 2**20, "workers_sum_mb": peak["workers_sum"] / 2**20,
                       "stage_s": stage_s,
@@ -161,7 +177,7 @@ def main() -> None:
     print(f"  plain loop            {loop['t_job']:7.2f} s   {loop['items'] / loop['t_job']:6.2f} items/s")
     for n, r in runs.items():
         print(f"  Ray, {n:>2} CPU{'s' if n > 1 else ' '}          {r['t_job']:7.2f} s   {r['items'] / r['t_job']:6.2f} items/s   "
-              f"{r1['t_job'] / r['t_job']:5.2f}x Ray {counts[0]} CPU   (+{r['t_init']:.1f} s Ray start)")
+              f"{r1['t_job'] / r['t_job']:5.2f}x Ray {counts[0]} CPU   (+{r['t_init']:.1f} s Ray start; {r['pinned']})")
     for n, r in runs.items():
         print(f"  time inside stages (Ray, {n} CPU): {json.dumps({k: round(v, 2) for k, v in r['stage_s'].items()})}")
     print(f"overhead Ray({counts[0]} CPU) vs loop: {100 * (r1['t_job'] / loop['t_job'] - 1):+.1f}% (target <= +15%)")

@@ -22,7 +22,7 @@ run_step() {  # run_step NAME SECONDS CMD...
   tail -n 12 "$out/$name.log"
   [ -n "$pack" ] && tar -czf "$pack" -C "$out" . 2>/dev/null
 }
-steps=${*:-"sdxl_ladder compile_cold compile_warm gligen blended train_full"}
+steps=${*:-"sdxl_ladder gligen e2e compile_cold compile_warm pipeline_cpus blended auto_batch train_full"}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$out/gpu.txt" 2>&1 || echo "no GPU" > "$out/gpu.txt"
 cat "$out/gpu.txt"
 for s in $steps; do
@@ -40,6 +40,11 @@ for s in $steps; do
                          --probe 4,12 --compile-cache "$cache" --json "$out/compile_cold_long.json" ;;
     compile_warm_long) run_step $s 80 "${gen[@]}" --generator sdxl-inpaint --skip-naive --compile --probe 4,12 \
                          --compile-cache "$cache" --json "$out/compile_warm_long.json" ;;
+    e2e) run_step $s 240 "${gen[@]}" --generator sdxl-inpaint --skip-naive --e2e --e2e-items "${E2E_ITEMS:-48}" \
+           --json "$out/e2e.json" ;;
+    auto_batch) run_step $s 150 "${gen[@]}" --generator sdxl-inpaint --skip-naive --batch auto --json "$out/auto_batch.json" ;;
+    pipeline_cpus) run_step $s 240 $py "$here/scripts/bench_pipeline.py" --cpus "${CPUS:-1,4,16}" --images "${IMAGES:-48}" \
+                     --big 0 --json "$out/pipeline_cpus.json" ;;
     train_full) run_step $s 120 $py "$here/scripts/bench_train.py" --scale full --iters "${ITERS:-30}" \
                   --json "$out/bench_train_full.json" ;;
     *) echo "unknown step $s (skipped)" ;;

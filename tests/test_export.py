@@ -4,7 +4,7 @@ import os
 import numpy as np
 
 from instsynth import storage
-from instsynth.cityscapes import discover, read_ids
+from instsynth.cityscapes import discover, read_ids, read_label_ids
 from instsynth.cli import main
 from instsynth.config import load_config
 from instsynth.sample import maps_from_polygons
@@ -32,7 +32,7 @@ def test_cityscapes_export_roundtrips_through_official_converter(sample_root, tm
         redrawn, labels, _ = maps_from_polygons(poly)  # cityscapesscripts' json2instanceImg/json2labelImg
         agree = (redrawn.astype(np.int32) == ids).mean()
         assert agree >= 0.99, (rec.image_id, agree)
-        assert (labels == read_ids(storage.join(exp, rec.label_ids))).mean() >= 0.99
+        assert (labels == read_label_ids(storage.join(exp, rec.label_ids))).mean() >= 0.99
     index = storage.read_bytes(storage.join(exp, "export_index.csv")).decode().splitlines()
     assert len(index) == len(recs) + 1
 

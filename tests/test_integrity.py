@@ -271,3 +271,16 @@ def test_bad_generator_params_write_nothing(sample_root, tmp_path, capsys):
     assert main(["synth", sample_root, "--out", out, "--config", DEBUG, "--generator", "recolor",
                  "--set", "generator.params.bogus=1"]) == 2
     assert tree(out) == existing
+
+
+def test_compare_with_an_unreachable_root_writes_nothing(sample_root, tmp_path, capsys):
+    root = str(tmp_path / "root")
+    shutil.copytree(sample_root, root)
+    out = str(tmp_path / "out")
+    run_synth(root, out, _cfg("run.limit=2"), **QUIET)
+    shutil.rmtree(root)
+    before = tree(out)
+    assert main(["preview", out, "--compare"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and root in err and "not reachable" in err
+    assert tree(out) == before

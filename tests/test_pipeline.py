@@ -11,6 +11,7 @@ import tempfile
 import time
 
 import cv2
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
@@ -90,6 +91,29 @@ def test_readable_by_pyarrow_ray_and_hf_datasets(recolor_out, ray_local):
 
     ds = datasets.load_dataset("parquet", data_files=parts, split="train")
     assert len(ds) == n and "image" in ds.column_names
+
+
+def test_load_dataset_of_the_output_dir_decodes_images(recolor_out, tmp_path):
+    """One line: load_dataset(OUT) reads the committed shards only (not plan/failure files), with
+    images decoded and the 16-bit instance map lossless."""
+    import datasets
+    import numpy as np
+
+    out, _ = recolor_out
+    ds = datasets.load_dataset(out, split="train", cache_dir=str(tmp_path / "hf"))
+    rows = _rows(out)
+    assert sorted(ds["work_id"]) == rows.column("work_id").to_pylist()  # exactly the committed rows
+    assert isinstance(ds.features["image"], datasets.Image) and isinstance(ds.features["instance_ids"], datasets.Image)
+    by_id = {r["work_id"]: r for r in rows.to_pylist()}
+    for i in (0, len(ds) - 1):
+        got = ds[i]
+        ref = by_id[got["work_id"]]
+        assert np.array_equal(np.asarray(got["image"].convert("RGB")), decode_image(ref["image"], "x"))
+        ids = np.asarray(got["instance_ids"])
+        assert ids.dtype == np.uint16 and np.array_equal(ids, decode_ids(ref["instance_ids"], "x"))
+        assert got["bbox"] == ref["bbox"]
+    card = open(os.path.join(out, "README.md")).read()
+    assert card.startswith("---\n") and "may not be redistributed" in card
 
 
 @pytest.mark.parametrize("sets", [[], ["generator.num_cpus=1", "run.num_cpus=1"]])
@@ -248,6 +272,21 @@ def test_originals_stats_preview_export(recolor_out, sample_root, tmp_path, caps
     assert png is not None and png.shape[0] > 100
     assert main(["preview", out]) == 0
     assert cv2.imread(storage.join(out, "stats", "preview.png")) is not None
+    # before/after: each pair's before panel is the row's source window, read through the recorded root
+    from instsynth.report import compare_pairs, fit
+
+    assert main(["preview", out, "--compare", "--n", "3", "--class", "car"]) == 0
+    grid = cv2.cvtColor(cv2.imread(storage.join(out, "stats", "compare.png")), cv2.COLOR_BGR2RGB)
+    pairs = list(compare_pairs(out, 3, class_name="car"))
+    assert len(pairs) == 3 and all(r["class_name"] == "car" for r, _, _ in pairs)
+    for r, before, after in pairs:
+        x0, y0, x1, y1 = r["crop_box"]
+        src = decode_image(storage.read_bytes(os.path.join(sample_root, r["source_image"])), "x")
+        assert (before == src[y0:y1, x0:x1]).all() and before.shape == after.shape
+    small = fit(pairs[0][1], (384, 192))
+    panel = grid[:small.shape[0], :small.shape[1]].astype(int)
+    assert np.mean(np.abs(panel - small)) < 2  # the first tile's left panel is that window (outline aside)
+    assert main(["preview", out, "--compare", "--class", "bus", "--generator", "nope"]) == 2
     # visible instances are counted from the maps: originals' totals match a direct count
     from instsynth.report import class_stats, visible_instances
 

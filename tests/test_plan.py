@@ -1,3 +1,4 @@
+import numpy as np
 import pyarrow.parquet as pq
 
 from instsynth import storage
@@ -19,7 +20,7 @@ def test_plan_rows_deterministic_unique(sample_root, small_cfg):
     rows = t1.to_pylist()
     assert all(r["image_path"].startswith("leftImg8bit/train/") for r in rows)
     for r in rows:
-        assert r["prompt"].startswith("A photo of a ")
+        assert r["prompt"].startswith(("A photo of a ", "A photo of an "))
         x0, y0, x1, y1 = r["crop_box"]
         assert x1 - x0 == y1 - y0
 
@@ -38,6 +39,19 @@ def test_prompts_follow_templates():
             assert r["prompt"] in ("A photo of a man", "A photo of a woman")
         if r["class_name"] == "rider":
             assert r["prompt"] in ("A photo of a male rider", "A photo of a female rider")
+
+
+def test_prompts_read_naturally():
+    from instsynth.phases.prompts import make_prompt
+
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(60):
+        p, w = make_prompt("car", {"car": "A photo of a {colour} car"}, {"colour": ["orange", "red", "ivory"]}, rng)
+        seen.add(p)
+    assert seen == {"A photo of an orange car", "A photo of a red car", "A photo of an ivory car"}
+    p, _ = make_prompt("rider", {"rider": "a {x} rider on an {y} bike"}, {"x": ["uniformed"], "y": ["old"]}, rng)
+    assert p == "a uniformed rider on an old bike"
 
 
 def test_class_variants_multiplier():

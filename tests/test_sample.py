@@ -3,7 +3,7 @@ import json
 import numpy as np
 
 from instsynth import storage
-from instsynth.cityscapes import THING_CLASSES, discover, gt_paths, read_ids
+from instsynth.cityscapes import THING_CLASSES, discover, gt_paths, read_ids, read_label_ids
 from instsynth.sample import maps_from_polygons, write_sample
 
 
@@ -13,7 +13,7 @@ def test_label_pngs_equal_official_converter(sample_root):
             poly = json.loads(storage.read_bytes(storage.join(sample_root, rec.polygons)))
             inst, lab, _ = maps_from_polygons(poly)  # cityscapesscripts' createInstanceImage/createLabelImage
             assert np.array_equal(read_ids(storage.join(sample_root, rec.instance_ids)), inst)
-            assert np.array_equal(read_ids(storage.join(sample_root, rec.label_ids)), lab)
+            assert np.array_equal(read_label_ids(storage.join(sample_root, rec.label_ids)), lab)
 
 
 def test_sample_has_what_the_tests_need(sample_root):

@@ -6,9 +6,33 @@ using the work item's own 'prompt' random stream, so prompts do not depend on pr
 
 from __future__ import annotations
 
+import re
 import string
 
 import numpy as np
+
+_ARTICLE = re.compile(r"\b([Aa])n? (?=([A-Za-z]+))")
+# words whose spelling misleads the vowel rule: "a uniform", "a one-way", "an hour", "an honest"
+_CONSONANT_SOUND = ("uni", "use", "one", "eu", "ur")
+_VOWEL_SOUND = ("hour", "honest", "honour", "honor", "heir")
+
+
+def article_for(word: str) -> str:
+    """'a' or 'an' by how ``word`` sounds ("an orange car", "a uniformed rider", "an hour")."""
+    w = word.lower()
+    if w.startswith(_VOWEL_SOUND):
+        return "an"
+    if w.startswith(_CONSONANT_SOUND):
+        return "a"
+    return "an" if w[:1] in "aeiou" else "a"
+
+
+def with_articles(text: str) -> str:
+    """Fix every indefinite article in ``text`` to its following word ("a orange" -> "an orange")."""
+    def fix(m: re.Match) -> str:
+        art = article_for(m.group(2))
+        return (art.capitalize() if m.group(1) == "A" else art) + " "
+    return _ARTICLE.sub(fix, text)
 
 
 class PromptError(ValueError):
@@ -21,7 +45,8 @@ def slots(template: str) -> list[str]:
 
 def make_prompt(class_name: str, templates: dict[str, str], vocab: dict[str, list[str]],
                 rng: np.random.Generator) -> tuple[str, dict[str, str]]:
-    """(prompt, {slot: word}) for ``class_name``; raises PromptError naming a missing template/slot."""
+    """(prompt, {slot: word}) for ``class_name``; raises PromptError naming a missing template/slot.
+    Articles follow the drawn word in every template: "A photo of an orange car"."""
     if class_name not in templates:
         raise PromptError(f"prompts.templates: no template for class {class_name!r}")
     template = templates[class_name]
@@ -30,13 +55,13 @@ def make_prompt(class_name: str, templates: dict[str, str], vocab: dict[str, lis
         if not vocab.get(s):
             raise PromptError(f"prompts.vocab: template for {class_name!r} uses {{{s}}} but vocab.{s} is empty or missing")
         words[s] = vocab[s][int(rng.integers(len(vocab[s])))]
-    return template.format(**words), words
+    return with_articles(template.format(**words)), words
 
 
 def prompt_object(prompt: str) -> str:
     """The object phrase of a prompt ("A photo of a red car" -> "a red car"), e.g. for GLIGEN phrases."""
     low = prompt.strip()
-    for lead in ("A photo of ", "a photo of "):
+    for lead in ("A photo of ", "a photo of "):  # the article stays: "an orange car"
         if low.startswith(lead):
             return low[len(lead):]
     return low
