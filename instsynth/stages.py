@@ -138,13 +138,19 @@ def generate(unit: Unit, generator, batch_size: int, quality=None, scorer=None, 
     """
     kept = []
     tries = max(1, quality.max_tries) if quality is not None else 1
+    # a generator with a ``model_lock`` takes the lock itself, around its model call only (its own
+    # host work - resizing to the working resolution and back, checks - then overlaps the other thread's)
+    inner = lock is not None and hasattr(generator, "model_lock")
+    if inner:
+        generator.model_lock = lock
+    outer = lock if lock is not None and not inner else contextlib.nullcontext()
     pending = unit.items
     for attempt in range(tries):
         retry = []
         for start in range(0, len(pending), batch_size):
             batch = pending[start:start + batch_size]
             try:
-                with lock if lock is not None else contextlib.nullcontext():
+                with outer:
                     results = generator(generator_inputs(batch))
             except Exception as e:  # noqa: BLE001 - a crashing batch fails its items, not the job
                 results = [{"error": _reason(e)} for _ in batch]

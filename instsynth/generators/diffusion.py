@@ -28,6 +28,7 @@ batch down to 1) come back as per-item errors, never as exceptions that kill the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field, fields
@@ -141,6 +142,7 @@ class DiffusionGenerator:
         """Load the pipeline named by ``params`` (or wrap ``_pipeline``, an already built one - the
         benchmark builds full-size architectures with random weights that way)."""
         self._set_params(params, in_memory=_pipeline)
+        self.model_lock = contextlib.nullcontext()  # the GPU actor's lock (stages.generate sets it)
         self.model_id = self.p.model
         self.model_revision = self.p.revision or ""
         import torch
@@ -377,8 +379,9 @@ class DiffusionGenerator:
         t0 = time.perf_counter()
         size = self.max_batch or len(batch)
         outs: list = []
-        for s in range(0, len(batch), size):
-            outs += self._run_split(batch[s:s + size], images[s:s + size], masks[s:s + size])
+        with self.model_lock:  # only the model call: to_working above and from_working below overlap it
+            for s in range(0, len(batch), size):
+                outs += self._run_split(batch[s:s + size], images[s:s + size], masks[s:s + size])
         per = (time.perf_counter() - t0) / max(1, len(batch))
         results = []
         for it, out in zip(batch, outs):

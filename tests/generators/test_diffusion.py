@@ -249,3 +249,21 @@ def test_batch_size_auto_is_sized_from_memory(tiny_models):
     cfg.generator.batch_size = "many"
     with pytest.raises(ConfigError, match="generator.batch_size must be >= 1 or 'auto', got 'many'"):
         validate(cfg)
+
+
+def test_generator_holds_the_actor_lock_only_around_the_pipeline(tiny_models, monkeypatch):
+    """Resizing to the working resolution and back runs outside the lock: in a GPU actor the other
+    thread's batch keeps the GPU busy meanwhile."""
+    import threading
+
+    gen = _gen(tiny_models, "sdxl-inpaint")
+    lock = threading.Lock()
+    seen = {"to": [], "run": [], "from": []}
+    for name, key in (("to_working", "to"), ("run", "run"), ("from_working", "from")):
+        real = getattr(gen, name)
+        monkeypatch.setattr(gen, name, lambda *a, _r=real, _k=key: seen[_k].append(lock.locked()) or _r(*a))
+    unit = Unit("u", [], items=[{"row": it, "crop": it["crop"], "mask": it["mask"], "gen_seed": it["gen_seed"]}
+                                for it in _items(2)])
+    out = generate(unit, gen, 2, None, None, lock)
+    assert len(out.items) == 2 and not lock.locked()
+    assert seen["run"] == [True] and seen["to"] == [False, False] and seen["from"] == [False, False]
