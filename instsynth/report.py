@@ -264,6 +264,8 @@ def compare_grid(out: str, n: int = 8, class_name: str | None = None, generator:
             x = k * (tile[0] + 6)
             canvas[:small.shape[0], x:x + small.shape[1]] = small
             cv2.drawContours(canvas[:, x:x + small.shape[1]], contours, -1, (255, 255, 0), 1)
+            cv2.putText(canvas, ("source", "synthesized")[k], (x + 4, 12),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1, cv2.LINE_AA)
         stats = json.loads(r["gen_stats"] or "{}")
         scores = "  ".join(f"{k}={stats[k]:.3g}" if isinstance(stats[k], float) else f"{k}={stats[k]}"
                            for k in SCORE_KEYS if k in stats)
