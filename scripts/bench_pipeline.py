@@ -144,6 +144,9 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--image-ids")
     ap.add_argument("--images", type=int, default=24, help="images for the overhead/scaling runs")
+    ap.add_argument("--images2", type=int, default=0,
+                    help="also run every configuration at this many images: the difference gives the steady-state "
+                         "s/item, free of fixed start-up costs (0: skip)")
     ap.add_argument("--small", type=int, default=40)
     ap.add_argument("--big", type=int, default=400, help="images for the memory run (0: skip it)")
     ap.add_argument("--size", default="2048x1024")
@@ -158,7 +161,7 @@ def main() -> None:
     from instsynth.plan import make_plan, write_plan
     from instsynth.sample import write_sample
 
-    n_sample = max(args.images, args.big, args.small)
+    n_sample = max(args.images, args.images2, args.big, args.small)
     root = tempfile.mkdtemp(prefix="bench-pipe-")
     t0 = time.perf_counter()
     write_sample(root, n_sample, parse_size(args.size, "--size"), seed=0, val_fraction=0.0)
@@ -170,20 +173,34 @@ def main() -> None:
 
     subset = images[: args.images]
     counts = [int(c) for c in args.cpus.split(",")]
-    loop = run_child(plan, "local", 1, args.generator, args.rows_per_unit, subset)
-    runs = {n: run_child(plan, "ray", n, args.generator, args.rows_per_unit, subset) for n in counts}
-    r1 = runs[counts[0]]
-    print(f"\n{loop['items']} work items from {len(subset)} images, generator {args.generator}, {os.cpu_count()} cores")
-    print(f"  plain loop            {loop['t_job']:7.2f} s   {loop['items'] / loop['t_job']:6.2f} items/s")
-    for n, r in runs.items():
-        print(f"  Ray, {n:>2} CPU{'s' if n > 1 else ' '}          {r['t_job']:7.2f} s   {r['items'] / r['t_job']:6.2f} items/s   "
-              f"{r1['t_job'] / r['t_job']:5.2f}x Ray {counts[0]} CPU   (+{r['t_init']:.1f} s Ray start; {r['pinned']})")
-    for n, r in runs.items():
-        print(f"  time inside stages (Ray, {n} CPU): {json.dumps({k: round(v, 2) for k, v in r['stage_s'].items()})}")
-    print(f"overhead Ray({counts[0]} CPU) vs loop: {100 * (r1['t_job'] / loop['t_job'] - 1):+.1f}% (target <= +15%)")
+    sizes = [subset] + ([images[: args.images2]] if args.images2 > args.images else [])
+    configs = [("loop", "local", 1)] + [(f"ray{n}", "ray", n) for n in counts]
+    res = {name: [run_child(plan, mode, n, args.generator, args.rows_per_unit, sub) for sub in sizes]
+           for name, mode, n in configs}
+
+    def marginal(name):  # s/item between the two sizes: fixed start-up costs (worker imports, actor) cancel
+        a, b = res[name][0], res[name][-1]
+        return (b["t_job"] - a["t_job"]) / (b["items"] - a["items"]) if len(res[name]) > 1 else None
+
+    loop, r1 = res["loop"][0], res[f"ray{counts[0]}"][0]
+    print(f"\n{loop['items']} work items from {len(subset)} images, generator {args.generator}, {os.cpu_count()} cores"
+          + (f"; steady state from a second run at {res['loop'][-1]['items']} items" if len(sizes) > 1 else ""))
+    print(f"  {'':<16}{'job s':>8}{'items/s':>9}{'vs Ray ' + str(counts[0]):>10}{'steady s/item':>15}{'steady vs Ray ' + str(counts[0]):>17}")
+    m1 = marginal(f"ray{counts[0]}")
+    for name, mode, n in configs:
+        r, m = res[name][0], marginal(name)
+        label = "plain loop (1)" if mode == "local" else f"Ray, {n} CPU{'s' if n > 1 else ''}"
+        print(f"  {label:<16}{r['t_job']:8.2f}{r['items'] / r['t_job']:9.2f}{r1['t_job'] / r['t_job']:9.2f}x"
+              + (f"{m:15.3f}{m1 / m:16.2f}x" if m else "") + (f"   ({r['pinned']})" if mode == "ray" else ""))
+    for n in counts:
+        print(f"  time inside stages (Ray, {n} CPU): "
+              f"{json.dumps({k: round(v, 2) for k, v in res[f'ray{n}'][0]['stage_s'].items()})}")
+    print(f"overhead Ray({counts[0]} CPU) vs loop: whole job {100 * (r1['t_job'] / loop['t_job'] - 1):+.1f}%"
+          + (f", steady state {100 * (m1 / marginal('loop') - 1):+.1f}%" if m1 else "") + " (target <= +15%)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cores": os.cpu_count(), "loop": loop, "ray": {str(n): r for n, r in runs.items()}}, f, indent=1)
+            json.dump({"cores": os.cpu_count(), "runs": res,
+                       "steady_s_per_item": {name: marginal(name) for name, _, _ in configs}}, f, indent=1)
 
     if args.big:
         small = run_child(plan, "ray", 2, args.generator, args.rows_per_unit, images[: args.small], memory=True)
