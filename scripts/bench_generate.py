@@ -207,8 +207,9 @@ def e2e(gen_name: str, pipe, params: dict, batch: int, items: int, rows_per_unit
            "bare_images_per_s": bare_img_s,
            "ratio_to_bare": steady / bare_img_s if steady and bare_img_s else None, "executor": executor}
     gb = res["gpu_busy_steady"]
-    log(f"e2e: {res['rows']} rows ({res['failed']} failed) in {wall:.1f} s; steady {steady or 0:.3f} rows/s = "
-        f"{100 * (res['ratio_to_bare'] or 0):.0f}% of the bare generator; GPU busy (steady) "
+    steady_txt = (f"steady {steady:.3f} rows/s = {100 * res['ratio_to_bare']:.0f}% of the bare generator"
+                  if steady else "no steady state (one unit committed: raise --e2e-items)")
+    log(f"e2e: {res['rows']} rows ({res['failed']} failed) in {wall:.1f} s; {steady_txt}; GPU busy (steady) "
         + ("-" if gb is None else f"{100 * gb:.0f}%"))
     return res
 

@@ -43,7 +43,7 @@ for s in $steps; do
     e2e) run_step $s 240 "${gen[@]}" --generator sdxl-inpaint --skip-naive --e2e --e2e-items "${E2E_ITEMS:-48}" \
            --json "$out/e2e.json" ;;
     auto_batch) run_step $s 150 "${gen[@]}" --generator sdxl-inpaint --skip-naive --batch auto --json "$out/auto_batch.json" ;;
-    pipeline_cpus) run_step $s 240 $py "$here/scripts/bench_pipeline.py" --cpus "${CPUS:-1,4,16}" --images "${IMAGES:-16}" \
+    pipeline_cpus) run_step $s 300 $py "$here/scripts/bench_pipeline.py" --cpus "${CPUS:-1,4,16}" --images "${IMAGES:-16}" \
                      --images2 "${IMAGES2:-48}" --big 0 --json "$out/pipeline_cpus.json" ;;
     train_full) run_step $s 120 $py "$here/scripts/bench_train.py" --scale full --iters "${ITERS:-30}" \
                   --json "$out/bench_train_full.json" ;;
