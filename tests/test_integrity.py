@@ -284,3 +284,28 @@ def test_compare_with_an_unreachable_root_writes_nothing(sample_root, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and root in err and "not reachable" in err
     assert tree(out) == before
+
+
+def test_on_s3_refused_writer_bypassing_writers_and_repair(s3, sample_root, reference, capsys):
+    """The same guarantees on the S3 server: lease by conditional PUT, claims, verify, repair."""
+    out = "s3://bucket/integrity"
+    run_synth(sample_root, out, _cfg("run.limit=0"), **QUIET)  # plan only
+    threads = [threading.Thread(target=run_synth, args=(sample_root, out, _cfg(f"run.rows_per_unit={r}")),
+                                kwargs={**QUIET, "lease": False}) for r in (2, 3)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    ids = _rows(out).column("work_id").to_pylist()
+    assert len(ids) == len(set(ids)) and _rows(out).equals(_rows(reference))
+    held = lease.acquire(out, "other-run")
+    try:
+        with pytest.raises(LeaseError, match="other-run"):
+            run_synth(sample_root, out, _cfg(), **QUIET)
+    finally:
+        held.release()
+    part = shards.committed_parts(out)[0]
+    data = storage.read_bytes(part)
+    storage.write_bytes(part, data[: len(data) // 3])
+    assert main(["status", out]) == 2 and part in capsys.readouterr().out
+    s = run_synth(sample_root, out, _cfg(), **QUIET)
+    assert s["pending_items"] == 0 and _rows(out).equals(_rows(reference))
+    assert main(["status", out, "--verify"]) == 0
