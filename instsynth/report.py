@@ -23,13 +23,11 @@ def status(out: str, verify: bool = False) -> dict:
     file hashed, every PNG of every good shard decoded).  Every bad shard is listed, none stops it."""
     from instsynth.plan import read_plan
 
-    markers = shards.committed_units(out)
     planned_ids = None
     if storage.exists(shards.plan_path(out)):
         planned_ids = read_plan(shards.plan_path(out))[0].column("work_id").to_pylist()
-    bad = shards.verify(out, full=verify, markers=markers)
-    good = {u: m for u, m in markers.items() if u not in bad}
-    done = {w for m in good.values() for w in m["work_ids"] + m["failed"]}
+    good, bad = shards.verified(out, full=verify)
+    done = shards.covered_ids(good)
     st = {"out": out, "units": len(good), "rows": sum(m["rows"] for m in good.values()),
           "failed": sum(m["failures"] for m in good.values()),
           "planned": None if planned_ids is None else len(planned_ids),

@@ -168,11 +168,7 @@ def committed_units(out: str) -> dict[str, dict]:
 
 
 def committed_work_ids(out: str) -> set[str]:
-    done = set()
-    for m in committed_units(out).values():
-        done.update(m["work_ids"])
-        done.update(m["failed"])
-    return done
+    return covered_ids(committed_units(out))
 
 
 def committed_parts(out: str) -> list[str]:
@@ -219,6 +215,19 @@ def verify(out: str, full: bool = True, markers: dict | None = None) -> dict[str
     return bad
 
 
+def verified(out: str, full: bool = False) -> tuple[dict[str, dict], dict[str, list[str]]]:
+    """({unit: marker} of units whose files match, {unit: problems} of those that do not): what
+    every count (status, run summary, dataset card) is made from."""
+    markers = committed_units(out)
+    bad = verify(out, full=full, markers=markers)
+    return {u: m for u, m in markers.items() if u not in bad}, bad
+
+
+def covered_ids(markers: dict[str, dict]) -> set[str]:
+    """Work ids the given units account for (committed rows and recorded failures)."""
+    return {w for m in markers.values() for w in m["work_ids"] + m["failed"]}
+
+
 def uncommit(out: str, unit: str, marker: dict) -> None:
     """Take a damaged unit back: marker first (so a crash here leaves only uncommitted files,
     which ``remove_uncommitted`` clears), then its files and claims; its work ids become pending."""
@@ -236,7 +245,7 @@ def remove_uncommitted(out: str) -> dict[str, int]:
     markers = committed_units(out)
     keep_data = {f"part-{u}.parquet" for u, m in markers.items() if m["rows"]}
     keep_fail = {f"{u}.parquet" for u, m in markers.items() if m["failures"]}
-    done = {w for m in markers.values() for w in m["work_ids"] + m["failed"]}
+    done = covered_ids(markers)
     removed = {"data": 0, "failures": 0, "claims": 0, "markers": 0}
     for sub, keep, key in (("data", keep_data, "data"), ("_failures", keep_fail, "failures"),
                            (CLAIMS, done, "claims")):

@@ -151,7 +151,8 @@ def run_synth(source: str, out: str, cfg: Config, overwrite: bool = False, dry_r
         try:
             check_config(out, cfg, overwrite)  # again: another run may have finished between the checks
         except ConfigError:
-            held.release() if held else None
+            if held is not None:
+                held.release()
             if not existed:
                 storage.remove(out)
             raise
@@ -184,7 +185,7 @@ def _run_held(source, out, cfg, overwrite, repair, run_id, leased, log) -> dict:
     new_rows = sum(r["rows"] for r in record.get("units", []))
     record.update({"run": run_id, "start": started, "end": ended, "generator": cfg.generator.name,
                    "units_run": len(units), "rows_committed": new_rows, "repair": repair,
-                   "requeued_units_ids": len(requeued),
+                   "requeued_items": len(requeued),
                    "rows_per_s": new_rows / max(ended - started, 1e-9), "version": __version__,
                    "argv": sys.argv})
     storage.write_bytes(storage.join(out, "_runs", f"{run_id}.json"), json.dumps(record, indent=1).encode())
@@ -240,9 +241,7 @@ def run_local(units, root, out, cfg, log, writer: str | None = None) -> dict:
 def summarize(out: str, plan_rows: list[dict], plan_summary: dict | None, cfg: Config) -> dict:
     """Counts from verified markers only (a unit whose files do not match is counted as damaged, not
     committed); pending = planned work ids no good marker covers, so it is never negative."""
-    markers = shards.committed_units(out)
-    damaged = shards.verify(out, full=False, markers=markers)
-    good = {u: m for u, m in markers.items() if u not in damaged}
+    good, damaged = shards.verified(out)
     committed = sum(m["rows"] for m in good.values())
     failures = [f for u, m in sorted(good.items()) if m["failures"]
                 for f in storage.read_parquet(shards.failures_path(out, u)).to_pylist()]
@@ -251,7 +250,7 @@ def summarize(out: str, plan_rows: list[dict], plan_summary: dict | None, cfg: C
     images = plan_summary["images"] if plan_summary else len({r["image_id"] for r in plan_rows}) + plan_fail
     bad_images = len({f["image_id"] for f in failures}) + plan_fail
     frac = bad_images / images if images else 0.0
-    done = {w for m in good.values() for w in m["work_ids"] + m["failed"]}
+    done = shards.covered_ids(good)
     return {
         "out": out, "planned": len(plan_rows), "committed_rows": committed, "failed_items": len(failures),
         "pending_items": sum(1 for r in plan_rows if r["work_id"] not in done), "units": len(good),
