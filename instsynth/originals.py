@@ -1,17 +1,21 @@
 """The original training images as IS-Cityscapes rows (generator ``original``, no crop).
 
 Why: "original + synthetic" training is then just a list of output dirs with one schema, and the
-originals are written once, not once per generator.  Same unit commits and resume as ``synth``.
+originals are written once, not once per generator.  Same unit commits, resume, writer lease and
+work-id claims as ``synth``.
 """
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
 
 from instsynth import shards, storage
 from instsynth.cityscapes import DataError, decode_image, discover
 from instsynth.config import Config, to_yaml
-from instsynth.synth import check_config, pending_units
+from instsynth.lease import acquire
+from instsynth.synth import SynthError, check_config, path_inside, pending_units
 
 
 def png_size(data: bytes, name: str) -> tuple[int, int]:
@@ -39,25 +43,32 @@ def original_row(root: str, rec) -> dict:
 
 
 def write_originals(root: str, out: str, cfg: Config, log=print) -> dict:
-    """Write (or resume writing) the split's original images into ``out``."""
+    """Write (or resume writing) the split's original images into ``out``, under the same writer
+    lease, work-id claims and tidy-up as ``synth`` (checks first, nothing written if they fail)."""
+    if path_inside(out, root):
+        raise SynthError(f"--out {out} lies inside the input tree {root}; originals never writes there")
     check_config(out, cfg, overwrite=False)
-    storage.write_bytes(storage.join(out, "config.yaml"), to_yaml(cfg).encode())
     recs = list(discover(root, cfg.plan.split))
-    rows = [{"work_id": r.image_id, "rec": r} for r in recs]
-    done = shards.committed_work_ids(out)
-    units = pending_units(rows, done, cfg.run.rows_per_unit)
-    for name, chunk in units:
-        out_rows, failures = [], []
-        for r in chunk:
-            try:
-                out_rows.append(original_row(root, r["rec"]))
-            except (DataError, storage.StorageError) as e:
-                failures.append({"work_id": r["work_id"], "image_id": r["work_id"], "stage": "originals",
-                                 "reason": str(e), "details": ""})
-        shards.commit_unit(out, name, out_rows, failures)
-    markers = shards.committed_units(out)
-    summary = {"images": len(recs), "rows": sum(m["rows"] for m in markers.values()),
-               "failures": sum(m["failures"] for m in markers.values())}
-    storage.write_bytes(storage.join(out, "_runs", "originals.json"), json.dumps(summary).encode())
+    writer = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    with acquire(out, writer):
+        check_config(out, cfg, overwrite=False)
+        shards.remove_uncommitted(out)
+        storage.write_bytes(storage.join(out, "config.yaml"), to_yaml(cfg).encode())
+        rows = [{"work_id": r.image_id, "rec": r} for r in recs]
+        done = shards.committed_work_ids(out)
+        for name, chunk in pending_units(rows, done, cfg.run.rows_per_unit):
+            out_rows, failures = [], []
+            for r in chunk:
+                try:
+                    out_rows.append(original_row(root, r["rec"]))
+                except (DataError, storage.StorageError) as e:
+                    failures.append({"work_id": r["work_id"], "image_id": r["work_id"], "stage": "originals",
+                                     "reason": str(e), "details": ""})
+            shards.commit_unit(out, name, out_rows, failures, writer=writer)
+        shards.remove_uncommitted(out)
+        good, _ = shards.verified(out)
+        summary = {"images": len(recs), "rows": sum(m["rows"] for m in good.values()),
+                   "failures": sum(m["failures"] for m in good.values())}
+        storage.write_bytes(storage.join(out, "_runs", "originals.json"), json.dumps(summary).encode())
     log(f"originals: {summary['rows']} images committed to {out} ({summary['failures']} failures)")
     return summary

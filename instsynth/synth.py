@@ -29,7 +29,7 @@ class SynthError(RuntimeError):
     pass
 
 
-def _under(child: str, parent: str) -> bool:
+def path_inside(child: str, parent: str) -> bool:
     if storage.is_uri(child) != storage.is_uri(parent):
         return False
     c = child if storage.is_uri(child) else os.path.realpath(child)
@@ -73,7 +73,7 @@ def preflight(source: str, out: str, cfg: Config, overwrite: bool) -> str:
 
     check_generator(cfg.generator)  # bad parameters, a missing model path: the parameter object, no model
     root = input_root(source, cfg)
-    if _under(out, root):
+    if path_inside(out, root):
         raise SynthError(f"--out {out} lies inside the input tree {root}; synth never writes there")
     check_config(out, cfg, overwrite)
     return root

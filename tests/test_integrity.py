@@ -309,3 +309,21 @@ def test_on_s3_refused_writer_bypassing_writers_and_repair(s3, sample_root, refe
     s = run_synth(sample_root, out, _cfg(), **QUIET)
     assert s["pending_items"] == 0 and _rows(out).equals(_rows(reference))
     assert main(["status", out, "--verify"]) == 0
+
+
+def test_originals_share_the_lease_and_claims(sample_root, tmp_path):
+    from instsynth.originals import write_originals
+
+    out = str(tmp_path / "orig")
+    held = lease.acquire(out, "synth-run")
+    try:
+        with pytest.raises(LeaseError, match="synth-run"):
+            write_originals(sample_root, out, _cfg(), **QUIET)
+    finally:
+        held.release()
+    s = write_originals(sample_root, out, _cfg("run.rows_per_unit=2"), **QUIET)
+    again = write_originals(sample_root, out, _cfg("run.rows_per_unit=3"), **QUIET)
+    assert s == again and s["rows"] == len(os.listdir(os.path.join(out, shards.CLAIMS)))
+    with pytest.raises(SynthError, match="inside the input tree"):
+        write_originals(sample_root, os.path.join(sample_root, "orig"), _cfg(), **QUIET)
+    assert not os.path.exists(os.path.join(sample_root, "orig"))
