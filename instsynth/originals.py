@@ -12,6 +12,7 @@ import time
 import uuid
 
 from instsynth import shards, storage
+from instsynth.card import write_card
 from instsynth.cityscapes import DataError, decode_image, discover
 from instsynth.config import Config, to_yaml
 from instsynth.lease import acquire
@@ -70,5 +71,8 @@ def write_originals(root: str, out: str, cfg: Config, log=print) -> dict:
         summary = {"images": len(recs), "rows": sum(m["rows"] for m in good.values()),
                    "failures": sum(m["failures"] for m in good.values())}
         storage.write_bytes(storage.join(out, "_runs", "originals.json"), json.dumps(summary).encode())
+        write_card(out, cfg, {"committed_rows": summary["rows"], "planned": len(recs),
+                              "failed_items": summary["failures"],
+                              "pending_items": len(recs) - len(shards.covered_ids(good))}, generator="original")
     log(f"originals: {summary['rows']} images committed to {out} ({summary['failures']} failures)")
     return summary

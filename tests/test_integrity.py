@@ -324,6 +324,10 @@ def test_originals_share_the_lease_and_claims(sample_root, tmp_path):
     s = write_originals(sample_root, out, _cfg("run.rows_per_unit=2"), **QUIET)
     again = write_originals(sample_root, out, _cfg("run.rows_per_unit=3"), **QUIET)
     assert s == again and s["rows"] == len(os.listdir(os.path.join(out, shards.CLAIMS)))
+    import datasets  # the originals dir opens in one line too
+
+    ds = datasets.load_dataset(out, split="train", cache_dir=str(tmp_path / "hf"))
+    assert len(ds) == s["rows"] and set(ds["generator"]) == {"original"} and ds[0]["image"].size[0] > 0
     with pytest.raises(SynthError, match="inside the input tree"):
         write_originals(sample_root, os.path.join(sample_root, "orig"), _cfg(), **QUIET)
     assert not os.path.exists(os.path.join(sample_root, "orig"))
