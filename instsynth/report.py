@@ -162,6 +162,15 @@ def write_stats(dirs: list[str], out: str) -> tuple[str, dict]:
     return text, stats
 
 
+def grid_png(tiles: list[np.ndarray], cols: int) -> bytes:
+    """Equal-size RGB tiles laid out ``cols`` per row (the last row padded black), as PNG bytes."""
+    blank = np.zeros_like(tiles[0])
+    rows = [tiles[i:i + cols] for i in range(0, len(tiles), cols)]
+    grid = np.vstack([np.hstack(r + [blank] * (cols - len(r))) for r in rows])
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    return buf.tobytes()
+
+
 def preview(out: str, n: int = 16, tile: tuple[int, int] = (384, 192), cols: int = 4) -> bytes:
     """A grid PNG of the first ``n`` committed rows: crop, instance outline, prompt."""
     tiles = []
@@ -190,11 +199,7 @@ def preview(out: str, n: int = 16, tile: tuple[int, int] = (384, 192), cols: int
             break
     if not tiles:
         raise DataError(f"{out}: no committed rows to preview")
-    rows = [tiles[i:i + cols] for i in range(0, len(tiles), cols)]
-    blank = np.zeros_like(tiles[0])
-    grid = np.vstack([np.hstack(r + [blank] * (cols - len(r))) for r in rows])
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    return buf.tobytes()
+    return grid_png(tiles, cols)
 
 
 def fit(img: np.ndarray, box: tuple[int, int]) -> np.ndarray:
@@ -275,8 +280,4 @@ def compare_grid(out: str, n: int = 8, class_name: str | None = None, generator:
     if not tiles:
         what = ", ".join(f"{k} {v}" for k, v in (("class", class_name), ("generator", generator)) if v)
         raise DataError(f"{out}: no committed rows to compare" + (f" for {what}" if what else ""))
-    blank = np.zeros_like(tiles[0])
-    rows = [tiles[i:i + cols] for i in range(0, len(tiles), cols)]
-    grid = np.vstack([np.hstack(r + [blank] * (cols - len(r))) for r in rows])
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    return buf.tobytes()
+    return grid_png(tiles, cols)

@@ -1,6 +1,7 @@
 """Output you can bet a GPU-week on: one writer per OUT, claims, damaged shards redone, bad inputs
 recorded, nothing written before the checks pass (one test per case of issue 12's table)."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -46,6 +47,29 @@ def tree(path):
     return out
 
 
+@contextlib.contextmanager
+def held_by(out, owner):
+    """Another (live) run holds OUT's lease for the duration."""
+    held = lease.acquire(out, owner)
+    try:
+        yield held
+    finally:
+        held.release()
+
+
+def together(calls):
+    """Run ``calls`` (zero-argument functions) at the same time in threads; wait for all."""
+    threads = [threading.Thread(target=c) for c in calls]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+
+
+def bypassing_writers(sample_root, out, rpus):
+    """Writers that skip the lease (only the work-id claims stand between them)."""
+    together([lambda r=r: run_synth(sample_root, out, _cfg(f"run.rows_per_unit={r}"), **QUIET, lease=False)
+              for r in rpus])
+
+
 @pytest.fixture(scope="module")
 def reference(sample_root, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ref") / "out")
@@ -57,17 +81,14 @@ def reference(sample_root, tmp_path_factory):
 def test_second_writer_is_refused_naming_the_holder(sample_root, tmp_path, capsys):
     out = str(tmp_path / "out")
     run_synth(sample_root, out, _cfg("run.limit=2"), **QUIET)
-    held = lease.acquire(out, "first-run")  # a live run holds OUT
-    before = tree(out)
-    try:
+    with held_by(out, "first-run"):  # a live run holds OUT
+        before = tree(out)
         with pytest.raises(LeaseError, match="being written by run first-run .*pid"):
             run_synth(sample_root, out, _cfg("run.rows_per_unit=3"), **QUIET)
         code = main(["synth", sample_root, "--out", out, "--config", DEBUG, "--set", "run.executor=local"])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and "first-run" in err and "--force-unlock" in err
         assert tree(out) == before  # refused: nothing written, the holder's lease untouched
-    finally:
-        held.release()
     assert not storage.exists(lease.lease_path(out))
     s = run_synth(sample_root, out, _cfg(), **QUIET)  # released: the next run goes ahead
     assert s["pending_items"] == 0 and not storage.exists(lease.lease_path(out))
@@ -101,9 +122,7 @@ def test_two_concurrent_runs_each_unit_once(sample_root, reference, tmp_path):
         except LeaseError as e:
             errors.append(str(e))
 
-    threads = [threading.Thread(target=one, args=(rpu,)) for rpu in (2, 3)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
+    together([lambda: one(2), lambda: one(3)])
     runs = [json.loads(storage.read_bytes(p)) for p in storage.walk(storage.join(out, "_runs"), ".json")]
     planned = read_plan(shards.plan_path(out))[0].num_rows
     assert sum(sum(u["rows"] + u["failures"] for u in r["units"]) for r in runs) == planned  # no unit twice
@@ -127,10 +146,7 @@ def test_writers_bypassing_the_lease_never_commit_a_duplicate(sample_root, refer
 
     shards.commit_unit = commit
     try:
-        threads = [threading.Thread(target=run_synth, args=(sample_root, out, _cfg(f"run.rows_per_unit={r}")),
-                                    kwargs={**QUIET, "lease": False}) for r in rpus]
-        [t.start() for t in threads]
-        [t.join() for t in threads]
+        bypassing_writers(sample_root, out, rpus)
     finally:
         shards.commit_unit = real
     rows = _rows(out)
@@ -148,11 +164,10 @@ def test_lease_and_claims_on_s3(s3):
         lease.acquire(out, "b")
     held.release()
     assert not storage.exists(lease.lease_path(out))
-    row = {"work_id": "w1"}
     assert shards.claim(out, "w1", "writer-a", "u0") and shards.claim(out, "w1", "writer-a", "u0")  # own retry
     assert not shards.claim(out, "w1", "writer-b", "u0")
     assert storage.create_exclusive(f"{out}/x", b"1") and not storage.create_exclusive(f"{out}/x", b"2")
-    assert storage.read_bytes(f"{out}/x") == b"1" and row
+    assert storage.read_bytes(f"{out}/x") == b"1"
 
 
 def test_gcs_output_is_refused_in_one_line(tmp_path):
@@ -290,18 +305,11 @@ def test_on_s3_refused_writer_bypassing_writers_and_repair(s3, sample_root, refe
     """The same guarantees on the S3 server: lease by conditional PUT, claims, verify, repair."""
     out = "s3://bucket/integrity"
     run_synth(sample_root, out, _cfg("run.limit=0"), **QUIET)  # plan only
-    threads = [threading.Thread(target=run_synth, args=(sample_root, out, _cfg(f"run.rows_per_unit={r}")),
-                                kwargs={**QUIET, "lease": False}) for r in (2, 3)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
+    bypassing_writers(sample_root, out, (2, 3))
     ids = _rows(out).column("work_id").to_pylist()
     assert len(ids) == len(set(ids)) and _rows(out).equals(_rows(reference))
-    held = lease.acquire(out, "other-run")
-    try:
-        with pytest.raises(LeaseError, match="other-run"):
-            run_synth(sample_root, out, _cfg(), **QUIET)
-    finally:
-        held.release()
+    with held_by(out, "other-run"), pytest.raises(LeaseError, match="other-run"):
+        run_synth(sample_root, out, _cfg(), **QUIET)
     part = shards.committed_parts(out)[0]
     data = storage.read_bytes(part)
     storage.write_bytes(part, data[: len(data) // 3])
@@ -315,12 +323,8 @@ def test_originals_share_the_lease_and_claims(sample_root, tmp_path):
     from instsynth.originals import write_originals
 
     out = str(tmp_path / "orig")
-    held = lease.acquire(out, "synth-run")
-    try:
-        with pytest.raises(LeaseError, match="synth-run"):
-            write_originals(sample_root, out, _cfg(), **QUIET)
-    finally:
-        held.release()
+    with held_by(out, "synth-run"), pytest.raises(LeaseError, match="synth-run"):
+        write_originals(sample_root, out, _cfg(), **QUIET)
     s = write_originals(sample_root, out, _cfg("run.rows_per_unit=2"), **QUIET)
     again = write_originals(sample_root, out, _cfg("run.rows_per_unit=3"), **QUIET)
     assert s == again and s["rows"] == len(os.listdir(os.path.join(out, shards.CLAIMS)))
