@@ -7,16 +7,12 @@ work-id claims as ``synth``.
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
-
 from instsynth import shards, storage
 from instsynth.card import write_card
 from instsynth.cityscapes import DataError, decode_image, discover
 from instsynth.config import Config, to_yaml
-from instsynth.lease import acquire
-from instsynth.synth import SynthError, check_config, path_inside, pending_units
+from instsynth.session import WriterSession, check_config, path_inside
+from instsynth.synth import SynthError, pending_units
 
 
 def png_size(data: bytes, name: str) -> tuple[int, int]:
@@ -44,20 +40,16 @@ def original_row(root: str, rec) -> dict:
 
 
 def write_originals(root: str, out: str, cfg: Config, log=print) -> dict:
-    """Write (or resume writing) the split's original images into ``out``, under the same writer
-    lease, work-id claims and tidy-up as ``synth`` (checks first, nothing written if they fail)."""
+    """Write (or resume writing) the split's original images into ``out``, in the same writer session
+    (lease, work-id claims, tidy-up, run record) as ``synth`` (checks first, nothing written if they fail)."""
     if path_inside(out, root):
         raise SynthError(f"--out {out} lies inside the input tree {root}; originals never writes there")
     check_config(out, cfg, overwrite=False)
     recs = list(discover(root, cfg.plan.split))
-    writer = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    with acquire(out, writer):
-        check_config(out, cfg, overwrite=False)
-        shards.remove_uncommitted(out)
+    with WriterSession(out, cfg, log) as session:
         storage.write_bytes(storage.join(out, "config.yaml"), to_yaml(cfg).encode())
         rows = [{"work_id": r.image_id, "rec": r} for r in recs]
-        done = shards.committed_work_ids(out)
-        for name, chunk in pending_units(rows, done, cfg.run.rows_per_unit):
+        for name, chunk in pending_units(rows, session.ledger.covered_ids(), cfg.run.rows_per_unit):
             out_rows, failures = [], []
             for r in chunk:
                 try:
@@ -65,14 +57,14 @@ def write_originals(root: str, out: str, cfg: Config, log=print) -> dict:
                 except (DataError, storage.StorageError) as e:
                     failures.append({"work_id": r["work_id"], "image_id": r["work_id"], "stage": "originals",
                                      "reason": str(e), "details": ""})
-            shards.commit_unit(out, name, out_rows, failures, writer=writer)
-        shards.remove_uncommitted(out)
-        good, _ = shards.verified(out)
+            session.on_commit(shards.commit_unit(out, name, out_rows, failures, writer=session.run_id))
+        session.finish({"executor": "originals", "generator": "original"})
+        good, bad = session.verified()
         summary = {"images": len(recs), "rows": sum(m["rows"] for m in good.values()),
                    "failures": sum(m["failures"] for m in good.values())}
-        storage.write_bytes(storage.join(out, "_runs", "originals.json"), json.dumps(summary).encode())
         write_card(out, cfg, {"committed_rows": summary["rows"], "planned": len(recs),
-                              "failed_items": summary["failures"],
-                              "pending_items": len(recs) - len(shards.covered_ids(good))}, generator="original")
+                              "failed_items": summary["failures"], "damaged_units": sorted(bad),
+                              "pending_items": len(recs) - len(session.ledger.covered_ids(good))},
+                   session.ledger, generator="original")
     log(f"originals: {summary['rows']} images committed to {out} ({summary['failures']} failures)")
     return summary

@@ -18,36 +18,40 @@ from instsynth import shards, storage
 from instsynth.cityscapes import THING_CLASSES, THING_IDS, DataError, decode_ids, decode_image
 
 
+class NotAnOutput(DataError):
+    """A path given to a read-only command is missing or is not an InstSynth output dir."""
+
+
+def check_output_dir(out: str) -> None:
+    """One line naming ``out`` when it is missing or holds neither a plan nor commits."""
+    if not storage.exists(out):
+        raise NotAnOutput(f"{out}: no such output dir")
+    names = set(storage.list_names(out))
+    if not names & {"plan.parquet", "_commits", "data", "config.yaml"}:
+        raise NotAnOutput(f"{out}: not an InstSynth output dir (no plan.parquet, _commits/ or data/)")
+
+
 def status(out: str, verify: bool = False) -> dict:
-    """Committed vs planned items; shards that do not match their markers (sizes; ``verify``: every
-    file hashed, every PNG of every good shard decoded).  Every bad shard is listed, none stops it."""
+    """Committed vs planned items; shards that do not match their markers (sizes, from one LIST per
+    folder; ``verify``: every file read once - SHA-256, Parquet footer, row count and every PNG of
+    every shard decoded from the same bytes, units in parallel).  Every bad shard is listed."""
     from instsynth.plan import read_plan
 
+    check_output_dir(out)
     planned_ids = None
     if storage.exists(shards.plan_path(out)):
         planned_ids = read_plan(shards.plan_path(out))[0].column("work_id").to_pylist()
-    good, bad = shards.verified(out, full=verify)
+    ledger = shards.Ledger(out)
+    ledger.scan()
+    bad, bad_rows = shards.verify_full(out, ledger.markers, decode=True) if verify else (ledger.verify_sizes(), [])
+    good = {u: m for u, m in ledger.markers.items() if u not in bad}
     done = shards.covered_ids(good)
     st = {"out": out, "units": len(good), "rows": sum(m["rows"] for m in good.values()),
           "failed": sum(m["failures"] for m in good.values()),
           "planned": None if planned_ids is None else len(planned_ids),
           "pending": None if planned_ids is None else sum(1 for w in planned_ids if w not in done),
-          "bad_shards": [p for u in sorted(bad) for p in bad[u]], "bad_rows": []}
+          "bad_shards": [p for u in sorted(bad) for p in bad[u]], "bad_rows": bad_rows}
     if verify:
-        for u, m in sorted(good.items()):
-            if not m["rows"]:
-                continue
-            t = storage.read_parquet(shards.part_path(out, u)).select(["work_id", "image", "instance_ids",
-                                                                        "width", "height"])
-            for r in t.to_pylist():
-                try:
-                    img = decode_image(r["image"], r["work_id"] + ":image")
-                    ids = decode_ids(r["instance_ids"], r["work_id"] + ":instance_ids")
-                    if img.shape[:2] != ids.shape or ids.shape != (r["height"], r["width"]):
-                        raise DataError(f"{r['work_id']}: image {img.shape[:2]}, ids {ids.shape}, "
-                                        f"row says {r['height']}x{r['width']}")
-                except DataError as e:
-                    st["bad_rows"].append(str(e))
         st["verified"] = True
     return st
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections import Counter
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -130,13 +131,27 @@ def _parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
     return buf.getvalue()
 
 
+#: Marker format: 2 carries ``stats`` (below), so nothing downstream re-reads a unit's files.
+MARKER_VERSION = 2
+
+
+def unit_stats(rows: list[dict], failures: list[dict]) -> dict:
+    """What the card, summary and run record need of a unit, computed once at commit time:
+    class counts, (generator, model, revision) triples, failures by stage and the failed images."""
+    return {"classes": dict(sorted(Counter(r["class_name"] for r in rows).items())),
+            "models": sorted([list(m) for m in {(r["generator"], r["model_id"], r["model_revision"]) for r in rows}]),
+            "failure_stages": dict(sorted(Counter(f["stage"] for f in failures).items())),
+            "failed_images": sorted({f["image_id"] for f in failures})}
+
+
 def commit_unit(out: str, name: str, rows: list[dict], failures: list[dict], writer: str | None = None) -> dict:
     """Claim the unit's work ids, write its rows, then its failures, then the marker (the commit point).
 
     With ``writer``, each work id is first claimed (``_claims/<work_id>``, create-if-absent); ids another
     writer holds are left out, so two writers can never commit one item twice.  A unit that lost
     some ids is committed under ``<name>-<writer>`` (its file name cannot collide with the holder's).
-    The marker records each file's row count, size and SHA-256, which ``verify`` checks."""
+    The marker records each file's row count, size and SHA-256, which ``verify`` checks, and the unit's
+    ``unit_stats``; it is returned whole, so the driver learns all of it with the commit result."""
     if writer is not None:
         ids = [r["work_id"] for r in rows] + [f["work_id"] for f in failures]
         mine = {w for w in ids if claim(out, w, writer, name)}
@@ -145,9 +160,11 @@ def commit_unit(out: str, name: str, rows: list[dict], failures: list[dict], wri
             failures = [f for f in failures if f["work_id"] in mine]
             name = f"{name}-{writer}"
             if not rows and not failures:
-                return {"unit": name, "rows": 0, "failures": 0, "work_ids": [], "failed": [], "lost": len(ids)}
-    marker = {"unit": name, "rows": len(rows), "failures": len(failures),
-              "work_ids": [r["work_id"] for r in rows], "failed": [f["work_id"] for f in failures]}
+                return {"unit": name, "rows": 0, "failures": 0, "work_ids": [], "failed": [], "lost": len(ids),
+                        "committed": False}
+    marker = {"unit": name, "v": MARKER_VERSION, "rows": len(rows), "failures": len(failures),
+              "work_ids": [r["work_id"] for r in rows], "failed": [f["work_id"] for f in failures],
+              "stats": unit_stats(rows, failures)}
     if rows:
         data = _parquet_bytes(rows, ROW_SCHEMA)
         storage.write_bytes(part_path(out, name), data)
@@ -160,11 +177,123 @@ def commit_unit(out: str, name: str, rows: list[dict], failures: list[dict], wri
     return marker
 
 
+def _is_marker_name(n: str) -> bool:
+    return not n.startswith(".") and ".tmp-" not in n
+
+
+class Ledger:
+    """Every commit marker of one output dir, fetched at most once per run and handed to everything
+    that needs it (resume, tidy-up, size checks, summary, card).
+
+    Why: at 100k items an output has 12.5k units; re-reading ``_commits/`` for each of those readers
+    cost seven full marker scans per run.  ``scan`` LISTs the layout folders (names and sizes: one
+    request per 1,000 files) and fetches only markers it has not seen, in parallel; commits made by
+    this run are ``add``-ed from their commit results.  Because a writer that bypasses the lease may
+    commit during a run, callers ``scan`` again before tidy-up and before the card: only its new
+    markers are fetched.  Markers written before format 2 lack ``stats``: their files are read once,
+    column-projected, when ``stats`` is first asked for (the markers are never rewritten)."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.markers: dict[str, dict] = {}
+        self.listing: dict[str, dict[str, int | None]] = {}
+        self._stats: dict[str, dict] = {}
+
+    # -- reading --------------------------------------------------------------------------------------
+    def scan(self, folders: tuple[str, ...] = ("_commits", "data", "_failures")) -> list[str]:
+        """LIST ``folders``; fetch markers not yet known, drop those gone; returns the new unit names."""
+        for sub in folders:
+            self.listing[sub] = storage.list_sizes(storage.join(self.out, sub))
+        names = {n for n in self.listing.get("_commits", {}) if _is_marker_name(n)}
+        for gone in set(self.markers) - names:
+            self.markers.pop(gone)
+            self._stats.pop(gone, None)
+        new = sorted(names - set(self.markers))
+        for n, raw in zip(new, storage.read_many([marker_path(self.out, n) for n in new])):
+            if raw is not None:
+                try:
+                    self.markers[n] = json.loads(raw)
+                except ValueError:
+                    raise storage.StorageError(f"{marker_path(self.out, n)}: not a readable commit marker") from None
+        return new
+
+    def add(self, marker: dict) -> None:
+        """A unit this process just committed (the marker came back with the commit result)."""
+        if marker.get("committed", True):
+            self.markers[marker["unit"]] = marker
+            for sub, key, name in (("data", "data", f"part-{marker['unit']}.parquet"),
+                                   ("_failures", "failures_file", f"{marker['unit']}.parquet")):
+                if key in marker and sub in self.listing:
+                    self.listing[sub][name] = marker[key]["bytes"]
+
+    def drop(self, unit: str) -> None:
+        self.markers.pop(unit, None)
+        self._stats.pop(unit, None)
+
+    def covered_ids(self, units=None) -> set[str]:
+        return covered_ids(self.markers if units is None else {u: self.markers[u] for u in units})
+
+    def verify_sizes(self) -> dict[str, list[str]]:
+        """{unit: problems} from the listing's sizes (no request per file)."""
+        bad: dict[str, list[str]] = {}
+        for u, m in sorted(self.markers.items()):
+            problems = []
+            for sub, key, name, n in (("data", "data", f"part-{u}.parquet", m["rows"]),
+                                      ("_failures", "failures_file", f"{u}.parquet", m["failures"])):
+                if not n:
+                    continue
+                got = self.listing.get(sub, {}).get(name)
+                path = storage.join(self.out, sub, name)
+                if got is None:
+                    problems.append(f"{path}: missing")
+                elif key in m and got != m[key]["bytes"]:
+                    problems.append(f"{path}: {got} bytes, the marker says {m[key]['bytes']} (truncated or replaced)")
+            if problems:
+                bad[u] = problems
+        return bad
+
+    def stats(self, unit: str) -> dict:
+        """``unit_stats`` of a unit: from its marker, or (old markers) from its files, read once."""
+        m = self.markers[unit]
+        if "stats" in m:
+            return m["stats"]
+        if unit not in self._stats:
+            rows = storage.read_parquet(part_path(self.out, unit), columns=[
+                "class_name", "generator", "model_id", "model_revision"]).to_pylist() if m["rows"] else []
+            fails = storage.read_parquet(failures_path(self.out, unit), columns=[
+                "image_id", "stage"]).to_pylist() if m["failures"] else []
+            self._stats[unit] = unit_stats(rows, fails)
+        return self._stats[unit]
+
+    def totals(self, units) -> dict:
+        """Summed stats of ``units``: rows, failures, classes, models, failures by stage, failed images."""
+        classes: Counter = Counter()
+        stages: Counter = Counter()
+        models, images = set(), set()
+        rows = fails = 0
+        for u in units:
+            m, st = self.markers[u], self.stats(u)
+            rows += m["rows"]
+            fails += m["failures"]
+            classes.update(st["classes"])
+            stages.update(st["failure_stages"])
+            models.update(tuple(x) for x in st["models"])
+            images.update(st["failed_images"])
+        return {"rows": rows, "failures": fails, "classes": dict(sorted(classes.items())),
+                "models": sorted(models), "failure_stages": dict(sorted(stages.items())),
+                "failed_images": images}
+
+    def parts(self, units=None) -> list[str]:
+        """Paths of the data files of ``units`` (default: every committed unit), in unit order."""
+        return [part_path(self.out, u) for u in sorted(self.markers if units is None else units)
+                if self.markers[u]["rows"]]
+
+
 def committed_units(out: str) -> dict[str, dict]:
-    """{unit: marker} for every committed unit of ``out``."""
-    base = storage.join(out, "_commits")
-    return {n: json.loads(storage.read_bytes(storage.join(base, n))) for n in storage.list_names(base)
-            if not n.startswith(".") and ".tmp-" not in n}
+    """{unit: marker} for every committed unit of ``out`` (one LIST + parallel GETs)."""
+    ledger = Ledger(out)
+    ledger.scan(("_commits",))
+    return ledger.markers
 
 
 def committed_work_ids(out: str) -> set[str]:
@@ -176,16 +305,11 @@ def committed_parts(out: str) -> list[str]:
     return [part_path(out, u) for u, m in sorted(committed_units(out).items()) if m["rows"]]
 
 
-def _check_file(path: str, entry: dict | None, rows: int, full: bool) -> str | None:
-    """Why ``path`` does not match its marker entry (None: it does)."""
-    got = storage.size(path)
-    if got is None:
+def _check_bytes(path: str, data: bytes | None, entry: dict | None, rows: int) -> str | None:
+    if data is None:
         return f"{path}: missing"
-    if entry is not None and got != entry["bytes"]:
-        return f"{path}: {got} bytes, the marker says {entry['bytes']} (truncated or replaced)"
-    if not full:
-        return None
-    data = storage.read_bytes(path)
+    if entry is not None and len(data) != entry["bytes"]:
+        return f"{path}: {len(data)} bytes, the marker says {entry['bytes']} (truncated or replaced)"
     if entry is not None and hashlib.sha256(data).hexdigest() != entry["sha256"]:
         return f"{path}: content does not match the marker's SHA-256"
     try:
@@ -197,30 +321,87 @@ def _check_file(path: str, entry: dict | None, rows: int, full: bool) -> str | N
     return None
 
 
+def _bad_pngs(data: bytes) -> list[str]:
+    """Rows of a part whose PNGs do not decode or disagree with the row's size."""
+    from instsynth.cityscapes import DataError, decode_ids, decode_image
+
+    bad = []
+    t = pq.read_table(io.BytesIO(data), columns=["work_id", "image", "instance_ids", "width", "height"])
+    for r in t.to_pylist():
+        try:
+            img = decode_image(r["image"], r["work_id"] + ":image")
+            ids = decode_ids(r["instance_ids"], r["work_id"] + ":instance_ids")
+            if img.shape[:2] != ids.shape or ids.shape != (r["height"], r["width"]):
+                raise DataError(f"{r['work_id']}: image {img.shape[:2]}, ids {ids.shape}, "
+                                f"row says {r['height']}x{r['width']}")
+        except DataError as e:
+            bad.append(str(e))
+    return bad
+
+
+def _read_or_none(path: str) -> bytes | None:
+    try:
+        return storage.read_bytes(path)
+    except storage.StorageError as e:
+        if "no such file" in str(e):
+            return None
+        raise
+
+
+def scan_unit(out: str, unit: str, marker: dict, decode: bool = False) -> tuple[list[str], list[str]]:
+    """(problems, bad rows) of one unit from one read of each file: SHA-256, Parquet footer, row
+    count and (``decode``) every PNG, all from the same bytes."""
+    problems, bad_rows = [], []
+    if marker["rows"]:
+        path = part_path(out, unit)
+        data = _read_or_none(path)
+        why = _check_bytes(path, data, marker.get("data"), marker["rows"])
+        if why:
+            problems.append(why)
+        elif decode:
+            bad_rows = _bad_pngs(data)
+    if marker["failures"]:
+        path = failures_path(out, unit)
+        why = _check_bytes(path, _read_or_none(path), marker.get("failures_file"), marker["failures"])
+        if why:
+            problems.append(why)
+    return problems, bad_rows
+
+
+def verify_full(out: str, markers: dict[str, dict], decode: bool = False,
+                workers: int = 8) -> tuple[dict[str, list[str]], list[str]]:
+    """({unit: problems}, bad rows) over ``markers``: every file read once, units checked in parallel
+    (hashing and PNG decoding release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    units = sorted(markers)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(units) or 1))) as pool:
+        results = list(pool.map(lambda u: scan_unit(out, u, markers[u], decode), units))
+    bad = {u: p for u, (p, _) in zip(units, results) if p}
+    return bad, [r for _, rows in results for r in rows]
+
+
 def verify(out: str, full: bool = True, markers: dict | None = None) -> dict[str, list[str]]:
     """{unit: problems} for every committed unit whose files do not match its marker.
 
-    ``full``: read every file (SHA-256, Parquet footer, row count); otherwise sizes only (what a
-    resumed run checks at start: one metadata request per file)."""
-    bad: dict[str, list[str]] = {}
-    for u, m in sorted((markers if markers is not None else committed_units(out)).items()):
-        problems = []
-        if m["rows"]:
-            problems.append(_check_file(part_path(out, u), m.get("data"), m["rows"], full))
-        if m["failures"]:
-            problems.append(_check_file(failures_path(out, u), m.get("failures_file"), m["failures"], full))
-        problems = [p for p in problems if p]
-        if problems:
-            bad[u] = problems
-    return bad
+    ``full``: read every file once (SHA-256, Parquet footer, row count); otherwise sizes only, from
+    one LIST per folder."""
+    ledger = Ledger(out)
+    ledger.scan()
+    if markers is not None:
+        ledger.markers = dict(markers)
+    if full:
+        return verify_full(out, ledger.markers)[0]
+    return ledger.verify_sizes()
 
 
 def verified(out: str, full: bool = False) -> tuple[dict[str, dict], dict[str, list[str]]]:
     """({unit: marker} of units whose files match, {unit: problems} of those that do not): what
     every count (status, run summary, dataset card) is made from."""
-    markers = committed_units(out)
-    bad = verify(out, full=full, markers=markers)
-    return {u: m for u, m in markers.items() if u not in bad}, bad
+    ledger = Ledger(out)
+    ledger.scan()
+    bad = verify_full(out, ledger.markers)[0] if full else ledger.verify_sizes()
+    return {u: m for u, m in ledger.markers.items() if u not in bad}, bad
 
 
 def covered_ids(markers: dict[str, dict]) -> set[str]:
@@ -232,39 +413,41 @@ def uncommit(out: str, unit: str, marker: dict) -> None:
     """Take a damaged unit back: marker first (so a crash here leaves only uncommitted files,
     which ``remove_uncommitted`` clears), then its files and claims; its work ids become pending."""
     storage.remove(marker_path(out, unit))
-    storage.remove(part_path(out, unit))
-    storage.remove(failures_path(out, unit))
-    for w in marker["work_ids"] + marker["failed"]:
-        storage.remove(claim_path(out, w))
+    storage.remove_many([part_path(out, unit), failures_path(out, unit)] +
+                        [claim_path(out, w) for w in marker["work_ids"] + marker["failed"]])
 
 
-def remove_uncommitted(out: str) -> dict[str, int]:
+def remove_uncommitted(out: str, ledger: Ledger | None = None) -> dict[str, int]:
     """Delete what no marker vouches for: data and failure files of uncommitted units (a crash
     between data and marker), temp files, and claims of uncommitted work ids.  Only under the
-    writer lease: they are never committed data, but a live writer's would be in flight."""
-    markers = committed_units(out)
-    keep_data = {f"part-{u}.parquet" for u, m in markers.items() if m["rows"]}
-    keep_fail = {f"{u}.parquet" for u, m in markers.items() if m["failures"]}
-    done = covered_ids(markers)
+    writer lease: they are never committed data, but a live writer's would be in flight.
+    With ``ledger``, it is re-scanned (names, plus only new markers) and reused."""
+    ledger = ledger or Ledger(out)
+    ledger.scan(("_commits", "data", "_failures", CLAIMS))
+    markers = ledger.markers
+    keep = {"data": {f"part-{u}.parquet" for u, m in markers.items() if m["rows"]},
+            "_failures": {f"{u}.parquet" for u, m in markers.items() if m["failures"]},
+            CLAIMS: ledger.covered_ids()}
     removed = {"data": 0, "failures": 0, "claims": 0, "markers": 0}
-    for sub, keep, key in (("data", keep_data, "data"), ("_failures", keep_fail, "failures"),
-                           (CLAIMS, done, "claims")):
-        for n in storage.list_names(storage.join(out, sub)):
-            if n not in keep:
-                storage.remove(storage.join(out, sub, n))
-                removed[key] += 1
-    for n in storage.list_names(storage.join(out, "_commits")):
-        if ".tmp-" in n:
-            storage.remove(storage.join(out, "_commits", n))
-            removed["markers"] += 1
+    doomed = []
+    for sub, key in (("data", "data"), ("_failures", "failures"), (CLAIMS, "claims")):
+        gone = [n for n in ledger.listing.get(sub, {}) if n not in keep[sub]]
+        doomed += [storage.join(out, sub, n) for n in gone]
+        removed[key] += len(gone)
+        ledger.listing[sub] = {n: v for n, v in ledger.listing.get(sub, {}).items() if n in keep[sub]}
+    tmp = [n for n in ledger.listing.get("_commits", {}) if ".tmp-" in n]
+    doomed += [storage.join(out, "_commits", n) for n in tmp]
+    removed["markers"] += len(tmp)
+    storage.remove_many(doomed)
+    ledger.listing.pop(CLAIMS, None)  # large and needed only here
     return removed
 
 
 def iter_tables(out: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
     """Stream committed rows one unit at a time (memory stays flat as the dataset grows)."""
     for p in committed_parts(out):
-        t = storage.read_parquet(p)
-        yield t.select(columns) if columns else t
+        yield storage.read_parquet(p, columns) if columns and storage.is_uri(p) else \
+            (storage.read_parquet(p).select(columns) if columns else storage.read_parquet(p))
 
 
 def iter_rows(out: str, columns: list[str] | None = None) -> Iterator[dict]:

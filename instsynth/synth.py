@@ -8,19 +8,16 @@ plain loop (``run.executor: local``) or on Ray Data (``pipeline``); only the exe
 from __future__ import annotations
 
 import json
-import os
 import socket
-import sys
 import time
-import uuid
 
-import yaml
-
-from instsynth import __version__, shards, storage
+from instsynth import shards, storage
 from instsynth.cityscapes import DataError
-from instsynth.config import Config, ConfigError, result_differences, to_dict, to_yaml
-from instsynth.lease import acquire
+from instsynth.config import Config, to_yaml
 from instsynth.plan import failures_path, make_plan, read_plan, write_plan
+from instsynth.session import WriterSession, check_config, path_inside
+
+__all__ = ["SynthError", "run_synth", "summarize", "pending_units", "path_inside", "check_config"]
 
 SUMMARY_KEY = b"instsynth.summary"
 
@@ -29,29 +26,8 @@ class SynthError(RuntimeError):
     pass
 
 
-def path_inside(child: str, parent: str) -> bool:
-    if storage.is_uri(child) != storage.is_uri(parent):
-        return False
-    c = child if storage.is_uri(child) else os.path.realpath(child)
-    p = parent if storage.is_uri(parent) else os.path.realpath(parent)
-    return c.rstrip("/") == p.rstrip("/") or c.startswith(p.rstrip("/") + "/")
-
-
 def is_plan_file(source: str) -> bool:
     return str(source).endswith(".parquet") and not storage.is_dir(source)
-
-
-def check_config(out: str, cfg: Config, overwrite: bool) -> None:
-    """Refuse to mix configs in one output dir (execution-only keys aside)."""
-    path = storage.join(out, "config.yaml")
-    if not storage.exists(path):
-        return
-    old = yaml.safe_load(storage.read_bytes(path).decode()) or {}
-    diffs = result_differences(old, to_dict(cfg))
-    if diffs and not overwrite:
-        raise ConfigError(
-            f"{out} was made with a different config (differing keys: {', '.join(diffs)}); "
-            "use a new --out, or --overwrite to discard it")
 
 
 def input_root(source: str, cfg: Config) -> str:
@@ -83,9 +59,9 @@ def prepare_out(source: str, out: str, cfg: Config, overwrite: bool, log=print):
     """Resolve the plan into ``out`` (making it from a root if needed); returns (plan table, root, summary).
     Runs under the writer lease, after ``preflight``."""
     if overwrite and storage.exists(out):
-        for sub in ("data", "_commits", "_failures", "_claims", "_runs", "stats", "plan.parquet",
+        for sub in ("data", "_commits", "_failures", "_claims", "_runs", "stats", "report", "plan.parquet",
                     "plan.failures.parquet", "config.yaml", "README.md"):
-            storage.remove(storage.join(out, sub))
+            storage.remove_tree(storage.join(out, sub))
     plan_file = shards.plan_path(out)
     root = input_root(source, cfg)
     if is_plan_file(source):
@@ -134,139 +110,85 @@ def run_synth(source: str, out: str, cfg: Config, overwrite: bool = False, dry_r
               log=print, repair: bool = False, force_unlock: bool = False, lease: bool = True) -> dict:
     """Run (or resume) the synthesis job; returns the summary dict (``ok`` False past the failure budget).
 
-    Order: read-only checks (``preflight``), the writer lease, the config check again under it, then
-    writes.  A refused command leaves OUT as it was (a lease or folder it created is removed).  Under
-    the lease: files no marker vouches for are removed, units whose shards do not match their
-    markers are re-queued (``repair``: only those run, every file is hashed), then pending units run.
+    Order: read-only checks (``preflight``), then a writer session (``session.py``: lease, config check
+    again, tidy-up).  A refused command leaves OUT as it was.  Under the lease, units whose shards do
+    not match their markers are re-queued (``repair``: only those run, every file is read once and
+    hashed), then pending units run.  The driver never re-reads data: markers are fetched once, commits
+    arrive with their markers, and the summary and card are made from them.
     ``lease=False`` skips the lease (tests of the work-id claims: the second line of defence)."""
     if dry_run:
         return dry_run_report(source, out, cfg, log)
     preflight(source, out, cfg, overwrite)
-    existed = storage.exists(out)
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    held = acquire(out, run_id, force=force_unlock) if lease else None
-    if held is not None and held.took_over:
-        log(f"took over the writer lease of {held.took_over}")
-    try:
-        try:
-            check_config(out, cfg, overwrite)  # again: another run may have finished between the checks
-        except ConfigError:
-            if held is not None:
-                held.release()
-            if not existed:
-                storage.remove(out)
-            raise
-        return _run_held(source, out, cfg, overwrite, repair, run_id, held is not None, log)
-    finally:
-        if held is not None:
-            held.release()
+    with WriterSession(out, cfg, log, lease=lease, force_unlock=force_unlock, overwrite=overwrite) as session:
+        return _run_held(source, out, cfg, overwrite, repair, session, log)
 
 
-def _run_held(source, out, cfg, overwrite, repair, run_id, leased, log) -> dict:
-    if leased and storage.exists(out):
-        _tidy(out, log)
-    requeued = _requeue_damaged(out, full=repair, log=log) if storage.exists(out) else set()
-    table, root, plan_summary = prepare_out(source, out, cfg, overwrite, log)
-    plan_rows = table.to_pylist()
-    done = shards.committed_work_ids(out)
-    todo = [r for r in plan_rows if r["work_id"] in requeued] if repair else plan_rows
-    units = pending_units(todo, done, cfg.run.rows_per_unit, None if repair else cfg.run.limit,
-                          index={r["work_id"]: i for i, r in enumerate(plan_rows)})
-    log(f"{len(plan_rows)} work items, {len(done)} already committed, {len(units)} units to run "
-        f"({cfg.generator.name}, executor {cfg.run.executor}{', repair only' if repair else ''})")
-    started = time.time()
-    if cfg.run.executor == "local":
-        record = run_local(units, root, out, cfg, log, writer=run_id)
-    else:
-        from instsynth.pipeline import run_ray
-
-        record = run_ray(units, root, out, cfg, log, writer=run_id)
-    ended = time.time()
-    new_rows = sum(r["rows"] for r in record.get("units", []))
-    record.update({"run": run_id, "start": started, "end": ended, "generator": cfg.generator.name,
-                   "units_run": len(units), "rows_committed": new_rows, "repair": repair,
-                   "requeued_items": len(requeued),
-                   "rows_per_s": new_rows / max(ended - started, 1e-9), "version": __version__,
-                   "argv": sys.argv})
-    storage.write_bytes(storage.join(out, "_runs", f"{run_id}.json"), json.dumps(record, indent=1).encode())
-    if leased:
-        _tidy(out, log)
-    summary = summarize(out, plan_rows, plan_summary, cfg)
+def _run_held(source, out, cfg, overwrite, repair, session: WriterSession, log) -> dict:
     from instsynth.card import write_card
+    from instsynth.executors import run_units
 
-    write_card(out, cfg, summary)
+    requeued = session.requeue_damaged(full=repair) if session.ledger.markers else set()
+    table, root, plan_summary = prepare_out(source, out, cfg, overwrite, log)
+    if overwrite:
+        session.ledger.scan()
+    work_ids = table.column("work_id").to_pylist()
+    done = session.ledger.covered_ids()
+    todo = [i for i, w in enumerate(work_ids) if w not in done and (not repair or w in requeued)]
+    if not repair and cfg.run.limit is not None:
+        todo = todo[:cfg.run.limit]
+    units = [(shards.unit_name(chunk[0]), table.take(chunk).to_pylist())
+             for chunk in (todo[s:s + cfg.run.rows_per_unit] for s in range(0, len(todo), cfg.run.rows_per_unit))]
+    log(f"{len(work_ids)} work items, {len(done)} already committed, {len(units)} units to run "
+        f"({cfg.generator.name}, executor {cfg.run.executor}{', repair only' if repair else ''})")
+    if units:  # a card naming only committed shards while new part files appear
+        write_card(out, cfg, summarize(out, work_ids, plan_summary, cfg, session), session.ledger, glob=False)
+    record = run_units(units, root, out, cfg, log, session.run_id, session.on_commit)
+    record.update({"generator": cfg.generator.name, "units_run": len(units), "repair": repair,
+                   "requeued_items": len(requeued)})
+    session.finish(record)
+    summary = summarize(out, work_ids, plan_summary, cfg, session)
+    write_card(out, cfg, summary, session.ledger)
     log(format_run_summary(summary))
     return summary
 
 
-def _tidy(out: str, log) -> None:
-    removed = shards.remove_uncommitted(out)
-    if any(removed.values()):
-        log("removed uncommitted files: " + ", ".join(f"{k}={v}" for k, v in removed.items() if v))
+def _plan_failures(out: str) -> int:
+    try:
+        return storage.read_parquet(storage.join(out, "plan.failures.parquet")).num_rows
+    except storage.StorageError:
+        return 0
 
 
-def _requeue_damaged(out: str, full: bool, log) -> set[str]:
-    """Uncommit every unit whose files do not match its marker; returns their work ids."""
-    markers = shards.committed_units(out)
-    ids: set[str] = set()
-    for unit, problems in shards.verify(out, full=full, markers=markers).items():
-        log(f"re-queued unit {unit}: " + "; ".join(problems))
-        shards.uncommit(out, unit, markers[unit])
-        ids.update(markers[unit]["work_ids"] + markers[unit]["failed"])
-    return ids
-
-
-def run_local(units, root, out, cfg, log, writer: str | None = None) -> dict:
-    """The plain single-process loop over the same stage functions (debugging, baseline)."""
-    from instsynth.generators import build_generator, resolve_batch_size
-    from instsynth.quality.filter import build_scorer
-    from instsynth.stages import Unit, compose, generate, prepare
-
-    gen = build_generator(cfg.generator)
-    batch_size = resolve_batch_size(gen, cfg.generator.batch_size)
-    scorer = build_scorer(cfg.quality)
-    results = []
-    for n, (name, rows) in enumerate(units, 1):
-        u = prepare(Unit(name, rows), root, cfg.compose)
-        u = compose(generate(u, gen, batch_size, cfg.quality, scorer), cfg.compose)
-        marker = shards.commit_unit(out, u.name, u.out, u.failures, writer=writer)
-        results.append({"unit": name, "rows": marker["rows"], "failures": marker["failures"]})
-        if cfg.run.progress:
-            log(f"  unit {n}/{len(units)} committed ({marker['rows']} rows, {marker['failures']} failures)")
-    host = socket.gethostname()
-    return {"executor": "local", "hosts": {"prepare": [host], "generate": [host], "compose": [host],
-                                           "commit": [host]}, "units": results}
-
-
-def summarize(out: str, plan_rows: list[dict], plan_summary: dict | None, cfg: Config) -> dict:
+def summarize(out: str, plan, plan_summary: dict | None, cfg: Config, session: WriterSession | None = None) -> dict:
     """Counts from verified markers only (a unit whose files do not match is counted as damaged, not
-    committed); pending = planned work ids no good marker covers, so it is never negative."""
-    good, damaged = shards.verified(out)
-    committed = sum(m["rows"] for m in good.values())
-    failures = [f for u, m in sorted(good.items()) if m["failures"]
-                for f in storage.read_parquet(shards.failures_path(out, u)).to_pylist()]
-    plan_fail = storage.read_parquet(storage.join(out, "plan.failures.parquet")).num_rows \
-        if storage.exists(storage.join(out, "plan.failures.parquet")) else 0
-    images = plan_summary["images"] if plan_summary else len({r["image_id"] for r in plan_rows}) + plan_fail
-    bad_images = len({f["image_id"] for f in failures}) + plan_fail
+    committed); pending = planned work ids no good marker covers, so it is never negative.
+    ``plan``: the planned work ids (or plan rows).  Nothing but markers is read: their ``stats``
+    carry failures by stage and the failed images."""
+    if session is None:
+        ledger = shards.Ledger(out)
+        ledger.scan()
+        bad = ledger.verify_sizes()
+        good = {u: m for u, m in ledger.markers.items() if u not in bad}
+    else:
+        ledger = session.ledger
+        good, bad = session.verified()
+    work_ids = [w["work_id"] if isinstance(w, dict) else w for w in plan]
+    tot = ledger.totals(sorted(good))
+    plan_fail = _plan_failures(out)
+    images = plan_summary["images"] if plan_summary else \
+        len({w["image_id"] for w in plan if isinstance(w, dict)}) + plan_fail
+    bad_images = len(tot["failed_images"]) + plan_fail
     frac = bad_images / images if images else 0.0
-    done = shards.covered_ids(good)
+    done = ledger.covered_ids(good)
     return {
-        "out": out, "planned": len(plan_rows), "committed_rows": committed, "failed_items": len(failures),
-        "pending_items": sum(1 for r in plan_rows if r["work_id"] not in done), "units": len(good),
-        "damaged_units": sorted(damaged), "source_images": images,
+        "out": out, "planned": len(work_ids), "committed_rows": tot["rows"], "failed_items": tot["failures"],
+        "pending_items": sum(1 for w in work_ids if w not in done), "units": len(good),
+        "damaged_units": sorted(bad), "source_images": images,
         "images_without_instances": plan_summary.get("images_without_instances", 0) if plan_summary else None,
         "images_with_failures": bad_images, "failure_fraction": frac,
-        "ok": frac <= cfg.run.max_failure_fraction and not damaged,
-        "failures_by_stage": _count(f["stage"] for f in failures),
+        "ok": frac <= cfg.run.max_failure_fraction and not bad,
+        "failures_by_stage": tot["failure_stages"],
     }
-
-
-def _count(it):
-    out: dict = {}
-    for k in it:
-        out[k] = out.get(k, 0) + 1
-    return dict(sorted(out.items()))
 
 
 def format_run_summary(s: dict) -> str:
@@ -287,13 +209,10 @@ def format_run_summary(s: dict) -> str:
 def measure_cost(rows: list[dict], root: str, cfg: Config, n: int = 3) -> float:
     """Seconds per work item of the configured generator, timed here on up to ``n`` plan items
     (after one warm-up item), through the real prepare and generate stages."""
-    from instsynth.generators import build_generator, resolve_batch_size
-    from instsynth.quality.filter import build_scorer
+    from instsynth.executors import setup_generator
     from instsynth.stages import Unit, generate, prepare
 
-    gen = build_generator(cfg.generator)
-    batch_size = resolve_batch_size(gen, cfg.generator.batch_size)
-    scorer = build_scorer(cfg.quality)
+    gen, batch_size, scorer = setup_generator(cfg.generator, cfg.quality)
     unit = prepare(Unit("dry-run", rows[: n + 1]), root, cfg.compose)
     if len(unit.items) < 2:
         raise DataError("too few readable items to time the generator")

@@ -87,7 +87,7 @@ def child(args) -> None:
     else:
         import ray
 
-        from instsynth.pipeline import configure_context
+        from instsynth.executors.ray import configure_context
 
         s = time.perf_counter()
         ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
@@ -102,7 +102,7 @@ def child(args) -> None:
         cfg.run.num_cpus = 0.75 if args.cpus == 1 else 0.5
         import pickle
 
-        from instsynth.pipeline import build_dataset
+        from instsynth.executors.ray import build_dataset
 
         t0 = time.perf_counter()
         for r in build_dataset(units, root, out, cfg).iter_rows():

@@ -118,28 +118,30 @@ def make_ids(h: int, w: int, blobs: list[tuple[int, tuple[int, int, int, int]]])
     return ids
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def s3(monkeypatch):
-    """A moto S3 server on 127.0.0.1 (the real HTTP protocol, not a client mock)."""
-    from moto.server import ThreadedMotoServer
+def s3_server(monkeypatch):
+    """A moto S3 server on 127.0.0.1 (the real HTTP protocol, not a client mock) that counts every
+    request (``tests/s3server.py``); bucket ``bucket`` exists."""
+    import sys
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from s3server import CountingS3
+
+    server = CountingS3().start()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+           "AWS_ENDPOINT_URL": server.endpoint}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     import boto3
 
     boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="bucket")
-    yield env
+    server.env = env
+    server.reset()
+    yield server
     server.stop()
+
+
+@pytest.fixture
+def s3(s3_server):
+    """The environment (endpoint, credentials) of the local S3 server."""
+    return s3_server.env

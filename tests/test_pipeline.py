@@ -119,7 +119,7 @@ def test_load_dataset_of_the_output_dir_decodes_images(recolor_out, tmp_path):
 @pytest.mark.parametrize("sets", [[], ["generator.num_cpus=1", "run.num_cpus=1"]])
 def test_cpu_stages_not_fused_into_generator_actors(ray_local, sample_root, tmp_path, sets):
     """Also when prepare and the generator ask for the same resources (where Ray Data would fuse them)."""
-    from instsynth.pipeline import build_dataset
+    from instsynth.executors.ray import build_dataset
     from instsynth.synth import pending_units
 
     cfg = _cfg(*sets)
@@ -138,7 +138,7 @@ def test_cpu_stages_not_fused_into_generator_actors(ray_local, sample_root, tmp_
 def test_worker_thread_pools_match_their_cpu_share(ray_local):
     import ray
 
-    from instsynth.pipeline import fit_threads
+    from instsynth.executors.ray import fit_threads
 
     def probe():
         import cv2

@@ -232,7 +232,7 @@ def make_trainer(cfg: Config, catalog=None):
 
 def run_training(cfg: Config, log=print, catalog=None):
     """Check, then fit (or resume) the run; returns the Ray Train Result."""
-    from instsynth.pipeline import init_ray
+    from instsynth.executors.ray import init_ray
     from instsynth.train.launch import check_gpus, check_inputs, resolve_paths
 
     cfg = resolve_paths(cfg)

@@ -1,4 +1,4 @@
-"""The one module that composes the stages into a Ray Data pipeline.
+"""The Ray Data executor: the stages composed into one streaming pipeline.
 
     units (one block each) -> prepare (CPU tasks) -> generator (actor pool, GPU) -> compose (CPU tasks)
                            -> commit (CPU tasks: Parquet, then marker) -> tiny summaries to the driver
@@ -16,6 +16,7 @@ settings through ``fn_kwargs``/``fn_constructor_kwargs`` - workers do not see th
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import socket
@@ -73,16 +74,13 @@ class GeneratorActor:
     def __init__(self, gen_cfg: GeneratorConfig, quality_cfg=None):
         import threading
 
-        from instsynth.generators import build_generator, resolve_batch_size
-        from instsynth.quality.filter import build_scorer
+        from instsynth.executors import setup_generator
 
         fit_threads()
         self.lock = threading.Lock()  # one batch on the model at a time; host work of another unit overlaps
         self.cfg = gen_cfg
         self.quality = quality_cfg
-        self.gen = build_generator(gen_cfg)
-        self.batch_size = resolve_batch_size(self.gen, gen_cfg.batch_size)
-        self.scorer = build_scorer(quality_cfg)
+        self.gen, self.batch_size, self.scorer = setup_generator(gen_cfg, quality_cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from instsynth.stages import generate
@@ -108,9 +106,8 @@ def _compose_commit(row: dict, out: str, compose_cfg: ComposeConfig, pause_after
     marker = shards.commit_unit(out, unit.name, unit.out, unit.failures, writer=writer)
     if pause_after is not None and len(shards.committed_units(out)) >= pause_after:
         time.sleep(3600)  # test-only: hold the run here so a test can kill the driver mid-job
-    placement = unit.placement
-    return {"unit": unit.name, "rows": marker["rows"], "failures": marker["failures"],
-            "placement": pickle.dumps(placement)}
+    # the whole marker travels back: the driver's ledger learns the commit without reading it
+    return {"unit": unit.name, "marker": json.dumps(marker), "placement": pickle.dumps(unit.placement)}
 
 
 def build_dataset(units: list[tuple[str, list[dict]]], root: str, out: str, cfg: Config, writer: str | None = None):
@@ -195,34 +192,34 @@ def configure_context(cfg: Config) -> None:
         object_store_memory=cfg.run.inflight_mb * 2**20)
 
 
-def run_ray(units, root, out, cfg: Config, log=print, writer: str | None = None) -> dict:
-    """Run ``units`` on Ray Data; commits happen in the workers, the driver sees only summaries."""
+def run_ray(units, root, out, cfg: Config, log=print, writer: str | None = None, on_commit=None) -> dict:
+    """Run ``units`` on Ray Data; commits happen in the workers, the driver sees only their markers.
+    Nothing to run: no Ray is started at all."""
+    from instsynth.executors import Progress
+
+    if not units:
+        return {"executor": "ray", "address": cfg.run.address or "local", "hosts": {}, "nodes": {}}
     import ray
 
     started_here = init_ray(cfg.run.address, cfg.run.log_level)
     try:
         configure_context(cfg)
-        results, hosts = [], {}
-        if units:
-            ds = build_dataset(units, root, out, cfg, writer)
-            t0 = time.time()
-            for n, r in enumerate(_iter_rows(ds), 1):
-                placement = pickle.loads(r["placement"])
-                for stage, where in placement.items():
-                    hosts.setdefault(stage, set()).add((where["host"], where["node"]))
-                results.append({"unit": r["unit"], "rows": r["rows"], "failures": r["failures"],
-                                "nodes": {s: w["node"] for s, w in placement.items()}})
-                if cfg.run.progress:
-                    rate = sum(x["rows"] for x in results) / max(time.time() - t0, 1e-9)
-                    log(f"  unit {n}/{len(units)} committed ({r['rows']} rows, {r['failures']} failures, "
-                        f"{rate:.2f} rows/s)")
-        record = {"executor": "ray", "address": cfg.run.address or "local",
-                  "hosts": {s: sorted(f"{h} {nid}" for h, nid in v) for s, v in hosts.items()},
-                  "nodes": {n["NodeID"]: {"host": n.get("NodeManagerHostname", ""),
-                                          "resources": sorted(n.get("Resources", {}))}
-                            for n in ray.nodes() if n.get("Alive")},
-                  "units": results}
-        return record
+        hosts: dict = {}
+        progress = Progress(len(units), log, bool(cfg.run.progress))
+        ds = build_dataset(units, root, out, cfg, writer)
+        for r in _iter_rows(ds):
+            placement = pickle.loads(r["placement"])
+            for stage, where in placement.items():
+                hosts.setdefault(stage, set()).add((where["host"], where["node"]))
+            marker = json.loads(r["marker"])
+            if on_commit is not None:
+                on_commit(marker, placement)
+            progress(marker)
+        return {"executor": "ray", "address": cfg.run.address or "local",
+                "hosts": {s: sorted(f"{h} {nid}" for h, nid in v) for s, v in hosts.items()},
+                "nodes": {n["NodeID"]: {"host": n.get("NodeManagerHostname", ""),
+                                        "resources": sorted(n.get("Resources", {}))}
+                          for n in ray.nodes() if n.get("Alive")}}
     finally:
         if started_here:
             ray.shutdown()

@@ -1,0 +1,127 @@
+"""The tests' local S3 server: moto's S3 over real HTTP on 127.0.0.1, wrapped to count requests.
+
+Why a wrapper: the bookkeeping's cost is a number of requests (issue 17), so tests assert on counts
+("a no-op resume reads no ``data/`` object") and ``scripts/bench_scale.py`` measures requests per
+item and per unit, and adds a per-request latency to stand in for a real object store.  Loopback
+only: it binds 127.0.0.1 and nothing here talks to any other address.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+#: directory names of an output dir (shards.py's layout) a request's key is classified by
+PREFIXES = ("data", "_commits", "_claims", "_failures", "_runs", "stats", "report")
+
+
+def prefix_of(key: str) -> str:
+    """The output-dir part a key belongs to: a layout folder, or a top-level file's name."""
+    parts = [p for p in key.split("/") if p]
+    for p in parts[:-1]:
+        if p in PREFIXES:
+            return p
+    if key.endswith("/") and parts and parts[-1] in PREFIXES:
+        return parts[-1]
+    return parts[-1] if len(parts) > 1 else "(bucket)"
+
+
+def kind_of(method: str, query: str, headers) -> str:
+    q = query or ""
+    if method == "GET" and ("list-type" in q or q.startswith("prefix") or "delimiter" in q):
+        return "LIST"
+    if method == "GET":
+        return "GET range" if headers.get("HTTP_RANGE") else "GET"
+    if method == "PUT" and "partNumber" in q:
+        return "PUT part"
+    if method == "PUT":
+        return "PUT if-absent" if headers.get("HTTP_IF_NONE_MATCH") else "PUT"
+    if method == "POST" and "delete" in q:
+        return "DELETE many"
+    if method == "POST":
+        return "POST multipart"
+    return method
+
+
+class CountingS3:
+    """Start with ``start()``; ``requests`` holds (kind, prefix, bytes sent back) per request."""
+
+    def __init__(self, port: int = 0, latency_s: float = 0.0):
+        self.port, self.latency_s = port, latency_s
+        self.requests: list[tuple[str, str, int]] = []
+        self._lock = threading.Lock()
+        self._server = None
+        self._thread = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _app(self):
+        from moto.server import DomainDispatcherApplication, create_backend_app
+
+        inner = DomainDispatcherApplication(create_backend_app)
+
+        def app(environ, start_response):
+            method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+            query = environ.get("QUERY_STRING", "")
+            kind = kind_of(method, query, environ)
+            key = path.lstrip("/").split("/", 1)[1] if path.count("/") > 1 else ""
+            if kind == "LIST":
+                from urllib.parse import parse_qs
+
+                key = parse_qs(query).get("prefix", [""])[0]
+            if self.latency_s:
+                time.sleep(self.latency_s)
+            body = inner(environ, start_response)
+            sent = 0
+            chunks = []
+            for c in body:
+                sent += len(c)
+                chunks.append(c)
+            if hasattr(body, "close"):
+                body.close()
+            with self._lock:
+                self.requests.append((kind, prefix_of(key) if key else "(bucket)", sent))
+            return chunks
+        return app
+
+    def start(self) -> CountingS3:
+        import logging
+
+        from moto.server import MotoRequestHandler
+        from werkzeug.serving import make_server
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+
+        self._server = make_server("127.0.0.1", self.port, self._app(), threaded=True,
+                                   request_handler=MotoRequestHandler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._thread.join()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests = []
+
+    def snapshot(self) -> list[tuple[str, str, int]]:
+        with self._lock:
+            return list(self.requests)
+
+    def count(self, kind: str | None = None, prefix: str | None = None) -> int:
+        return sum(1 for k, p, _ in self.snapshot() if (kind is None or k.startswith(kind))
+                   and (prefix is None or p == prefix))
+
+    def bytes_sent(self, prefix: str | None = None) -> int:
+        return sum(b for k, p, b in self.snapshot() if k.startswith("GET") and (prefix is None or p == prefix))
+
+    def table(self) -> dict[str, int]:
+        """{"KIND prefix": count} over every request so far."""
+        return dict(sorted(Counter(f"{k} {p}" for k, p, _ in self.snapshot()).items()))
