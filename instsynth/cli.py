@@ -146,11 +146,17 @@ def cmd_preview(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from instsynth.export import export_cityscapes, export_coco
+    from instsynth.export import export_cityscapes, export_coco, export_parquet, parse_bytes
 
     _config(args)
     if args.format == "cityscapes":
         export_cityscapes(args.dirs, args.out, split=args.split)
+    elif args.format == "parquet":
+        try:
+            size = parse_bytes(args.shard_size)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        export_parquet(args.dirs, args.out, shard_size=size)
     else:
         export_coco(args.dirs, args.out)
     return 0
@@ -216,7 +222,7 @@ COMMANDS = {
     "status": ("committed vs planned units and failures of an output dir", cmd_status),
     "stats": ("per-class instance counts (table + bar chart PNG)", cmd_stats),
     "preview": ("a grid PNG of samples with prompt and instance outline", cmd_preview),
-    "export": ("export output dirs as Cityscapes layout or COCO JSON", cmd_export),
+    "export": ("export output dirs as Cityscapes layout, COCO JSON or consolidated Parquet shards", cmd_export),
     "train": ("train a segmenter on output dirs with Ray Train (resumes by name)", cmd_train),
     "evaluate": ("Cityscapes AP/AP50 (+ COCO segm AP) of a checkpoint", cmd_evaluate),
     "experiment": ("baseline vs augmented training, same schedule, with an AP report", cmd_experiment),
@@ -265,8 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--generator", dest="generator_name", help="only rows of this generator (with --compare)")
         elif name == "export":
             p.add_argument("dirs", nargs="+", metavar="DIR", help="output dirs to export")
-            p.add_argument("--format", choices=["cityscapes", "coco"], required=True)
+            p.add_argument("--format", choices=["cityscapes", "coco", "parquet"], required=True,
+                           help="cityscapes layout, COCO JSON, or parquet: few large shards + card, for publishing")
             p.add_argument("--out", required=True, help="export root")
+            p.add_argument("--shard-size", default="500MB", help="with --format parquet: bytes per shard (500MB)")
             p.add_argument("--split", default="train", help="split name in the Cityscapes layout")
         elif name == "quality":
             p.add_argument("dirs", nargs="+", metavar="DIR", help="output dirs")

@@ -7,6 +7,7 @@
   polygons are ordered by decreasing area (enclosing regions first, so later ones paint over them)
   and each class's instances are numbered in that order.  ``export_index.csv`` maps names to work ids.
 * ``coco``: COCO instance JSON with RLE masks (pycocotools), images under ``images/``.
+* ``parquet``: the committed rows consolidated into few large shards with the same schema and card.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections import defaultdict
 
 import cv2
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from cityscapesscripts.helpers.labels import id2label
 
 from instsynth import shards, storage
@@ -139,3 +142,109 @@ def export_coco(dirs: list[str], out: str, log=print) -> dict:
     storage.write_bytes(storage.join(out, "instances.json"), json.dumps(coco).encode())
     log(f"exported {len(images)} images, {len(anns)} annotations as COCO to {out}/instances.json")
     return coco
+
+
+def parse_bytes(text: str, key: str = "--shard-size") -> int:
+    """'500MB' / '2GB' / '64MiB' / '1000000' -> bytes; a one-line error naming ``key`` otherwise."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
+    if not m:
+        raise ValueError(f"{key}: {text!r} is not a size (e.g. 500MB, 2GB)")
+    base = 1024 if m.group(3) and m.group(3).lower() == "ib" else 1000
+    power = "kmgt".find(m.group(2).lower()) + 1 if m.group(2) else 0
+    return int(float(m.group(1)) * base ** power)
+
+
+#: rows per row group of a consolidated shard: large enough for fast scans, small enough for memory
+ROW_GROUP_ROWS = 256
+
+
+def export_parquet(dirs: list[str], out: str, shard_size: int = 500 * 10**6, log=print) -> dict:
+    """The committed rows of ``dirs`` as few large shards (``data/train-NNNNN.parquet``, same schema)
+    with the same dataset card, for publishing: a Hub upload of 100k items is then ~100 files, not
+    12.5k parts.  Streams unit by unit (memory: one row group plus one part); the card is written last,
+    so a crashed export leaves no card and is simply run again.  Only verified units are exported."""
+    from instsynth.card import render_card
+    from instsynth.config import load_config
+
+    if storage.exists(storage.join(out, "README.md")) or storage.list_names(storage.join(out, "data")):
+        raise storage.StorageError(f"{out}: already holds an export; choose an empty --out")
+    ledgers = []
+    for d in dirs:
+        ledger = shards.Ledger(d)
+        ledger.scan()
+        bad = ledger.verify_sizes()
+        if bad:
+            raise storage.StorageError(f"{d}: {len(bad)} damaged units (run `instsynth status {d}`); repair first")
+        if not ledger.markers:
+            raise storage.StorageError(f"{d}: no committed units (not an output dir?)")
+        ledgers.append(ledger)
+    files: list[str] = []
+    state = {"writer": None, "sink": None, "ctx": None, "bytes": 0}
+    buf: list[pa.Table] = []
+    rows = 0
+
+    def close_shard():
+        if state["writer"] is not None:
+            state["writer"].close()
+            state["ctx"].__exit__(None, None, None)
+            state["writer"] = None
+
+    def flush():
+        nonlocal buf
+        if not buf:
+            return
+        if state["writer"] is None:
+            name = f"train-{len(files):05d}.parquet"
+            files.append(name)
+            state["ctx"] = storage.open_output(storage.join(out, "data", name))
+            state["sink"] = state["ctx"].__enter__()
+            state["writer"] = pq.ParquetWriter(state["sink"], shards.ROW_SCHEMA, compression="zstd")
+            state["bytes"] = 0
+        t = pa.concat_tables(buf)
+        state["writer"].write_table(t, row_group_size=len(t))
+        buf = []
+
+    try:
+        buffered = 0
+        for ledger in ledgers:
+            for u in sorted(ledger.markers):
+                m = ledger.markers[u]
+                if not m["rows"]:
+                    continue
+                t = storage.read_parquet(shards.part_path(ledger.out, u)).cast(shards.ROW_SCHEMA)
+                buf.append(t)
+                buffered += t.num_rows
+                rows += t.num_rows
+                state["bytes"] += m.get("data", {}).get("bytes", t.nbytes)
+                if buffered >= ROW_GROUP_ROWS:
+                    flush()
+                    buffered = 0
+                if state["bytes"] >= shard_size:
+                    flush()
+                    buffered = 0
+                    close_shard()
+        flush()
+        close_shard()
+    except BaseException:
+        close_shard()
+        raise
+    classes: dict = {}
+    models: set = set()
+    planned = failed = 0
+    for ledger in ledgers:
+        tot = ledger.totals(sorted(ledger.markers))
+        for c, n in tot["classes"].items():
+            classes[c] = classes.get(c, 0) + n
+        models |= set(tot["models"])
+        failed += tot["failures"]
+        planned += tot["rows"] + tot["failures"]
+    gens = sorted({g for g, _, _ in models}) or ["unknown"]
+    cfg_path = storage.join(dirs[0], "config.yaml")
+    cfg = load_config(cfg_path) if storage.exists(cfg_path) else load_config()
+    render_card(out, cfg, {"committed_rows": rows, "planned": planned, "failed_items": failed, "pending_items": 0},
+                "+".join(gens), classes, sorted(models), ["data/train-*.parquet"])
+    log(f"exported {rows} rows from {len(dirs)} dirs as {len(files)} Parquet shards to {out}/data "
+        f"(card: {storage.join(out, 'README.md')})")
+    return {"rows": rows, "files": files}
