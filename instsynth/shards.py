@@ -121,6 +121,16 @@ def claim(out: str, work_id: str, writer: str, unit: str) -> bool:
     return held.get("writer") == writer  # a retried commit of this writer's own unit
 
 
+def _claim_all(out: str, ids: list[str], writer: str, unit: str) -> list[bool]:
+    """``claim`` each id; on object stores in parallel (one conditional PUT each, ~20 ms apiece)."""
+    if not storage.is_uri(out) or len(ids) < 2:
+        return [claim(out, w, writer, unit) for w in ids]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(len(ids), storage.PARALLEL)) as pool:
+        return list(pool.map(lambda w: claim(out, w, writer, unit), ids))
+
+
 def _file_entry(name: str, data: bytes, rows: int) -> dict:
     return {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "rows": rows}
 
@@ -154,7 +164,7 @@ def commit_unit(out: str, name: str, rows: list[dict], failures: list[dict], wri
     ``unit_stats``; it is returned whole, so the driver learns all of it with the commit result."""
     if writer is not None:
         ids = [r["work_id"] for r in rows] + [f["work_id"] for f in failures]
-        mine = {w for w in ids if claim(out, w, writer, name)}
+        mine = {w for w, ok in zip(ids, _claim_all(out, ids, writer, name)) if ok}
         if len(mine) < len(ids):
             rows = [r for r in rows if r["work_id"] in mine]
             failures = [f for f in failures if f["work_id"] in mine]

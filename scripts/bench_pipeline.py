@@ -47,8 +47,9 @@ def child(args) -> None:
     pinned = pin_cores(args.cpus)
 
     from instsynth.config import load_config
+    from instsynth.executors.local import run_local
     from instsynth.plan import read_plan
-    from instsynth.synth import pending_units, run_local
+    from instsynth.synth import pending_units
 
     cfg = load_config(None, [f"generator.name={args.generator}", "run.progress=false",
                              f"run.rows_per_unit={args.rows_per_unit}", "run.log_level=ERROR"])

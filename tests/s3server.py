@@ -65,6 +65,14 @@ class CountingS3:
 
         def app(environ, start_response):
             method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+            if path.startswith("/__counts"):  # control endpoint for a server in another process
+                import json
+
+                body = json.dumps(self.snapshot()).encode()
+                if "reset" in environ.get("QUERY_STRING", ""):
+                    self.reset()
+                start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+                return [body]
             query = environ.get("QUERY_STRING", "")
             kind = kind_of(method, query, environ)
             key = path.lstrip("/").split("/", 1)[1] if path.count("/") > 1 else ""
@@ -125,3 +133,39 @@ class CountingS3:
     def table(self) -> dict[str, int]:
         """{"KIND prefix": count} over every request so far."""
         return dict(sorted(Counter(f"{k} {p}" for k, p, _ in self.snapshot()).items()))
+
+
+class RemoteCounts:
+    """The counts of a ``CountingS3`` running in another process (``python tests/s3server.py``)."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+
+    def snapshot(self, reset: bool = False) -> list[tuple[str, str, int]]:
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(self.endpoint + "/__counts" + ("?reset=1" if reset else ""), timeout=60) as r:
+            return [tuple(x) for x in json.loads(r.read())]
+
+    def reset(self) -> None:
+        self.snapshot(reset=True)
+
+
+def main() -> None:
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(description="local counting S3 server (moto) on 127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--latency-ms", type=float, default=0.0)
+    args = ap.parse_args()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # before the server threads
+    server = CountingS3(args.port, args.latency_ms / 1000).start()
+    print(server.endpoint, flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -22,6 +22,7 @@ from instsynth.config import GeneratorConfig
 REGISTRY = {
     "identity": "instsynth.generators.simple:Identity",
     "recolor": "instsynth.generators.simple:Recolor",
+    "simulate": "instsynth.generators.simple:Simulate",
     "sdxl-inpaint": "instsynth.generators.diffusion:SDXLInpaint",
     "blended-sdxl": "instsynth.generators.diffusion:BlendedSDXL",
     "gligen": "instsynth.generators.diffusion:GLIGEN",

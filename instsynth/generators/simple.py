@@ -97,3 +97,35 @@ class Recolor:
             colour = self.target(item)
             res.append({"image": self.recolor(item["crop"], item["mask"], colour), "stats": {"colour": colour}})
         return res
+
+
+class Simulate:
+    """A stand-in for a GPU generator with no model: sleeps ``cost_s`` per item (a GPU's measured cost,
+    e.g. 1.3 s for SDXL on an H200) and returns the crop.  With ``generator.num_gpus`` it declares the GPU
+    it would hold, so the real pipeline (prepare tasks -> generator actor pool -> compose/commit)
+    runs unchanged on Ray's declared fake GPUs (``ray.init(num_gpus=16)``): a fleet simulated on one
+    machine.  ``trace``: a local folder where each actor appends its busy intervals (pid, start, end,
+    items), from which a benchmark derives how busy the simulated GPUs were - never into the rows,
+    which stay byte-identical across runs."""
+
+    name = "simulate"
+    model_id = "sleep"
+    model_revision = ""
+
+    def __init__(self, cost_s: float = 1.3, trace: str | None = None):
+        if isinstance(cost_s, bool) or not isinstance(cost_s, (int, float)) or cost_s < 0:
+            raise ValueError(f"cost_s must be a number >= 0, got {cost_s!r}")
+        self.cost_s, self.trace = float(cost_s), trace
+        self.model_id = f"sleep:{self.cost_s:g}s"
+
+    def __call__(self, batch: list[dict]) -> list[dict]:
+        import os
+        import time
+
+        t0 = time.time()
+        time.sleep(self.cost_s * len(batch))
+        if self.trace:
+            os.makedirs(self.trace, exist_ok=True)
+            with open(os.path.join(self.trace, f"{os.getpid()}.txt"), "a") as f:
+                f.write(f"{os.getpid()} {t0:.4f} {time.time():.4f} {len(batch)}\n")
+        return [{"image": item["crop"].copy(), "stats": {}} for item in batch]
