@@ -39,6 +39,9 @@ ALIASES["train"] = [("--address", "run.address", str, "Ray address to join"),
                     ("--num-workers", "train.num_workers", int, "Ray Train workers")]
 ALIASES["experiment"] = ALIASES["train"]
 ALIASES["status"] = []
+#: plain words for the flags' values in --help (argparse would print the dest: ALIAS:GENERATOR.NAME)
+METAVARS = {"--generator": "NAME", "--address": "ADDR", "--data-root": "ROOT", "--executor": "NAME",
+            "--size": "WxH", "--split": "NAME", "--name": "NAME", "--storage-path": "PATH"}
 
 
 def _add_common(p: argparse.ArgumentParser, command: str) -> None:
@@ -46,7 +49,8 @@ def _add_common(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set plan.top_k=5 (repeatable)")
     for flag, key, tp, help_ in ALIASES.get(command, []):
-        p.add_argument(flag, dest="alias:" + key, type=tp, default=None, help=f"{help_} [= {key}]")
+        word = METAVARS.get(flag) or {int: "N", float: "X"}.get(tp) or "VALUE"
+        p.add_argument(flag, dest="alias:" + key, type=tp, default=None, metavar=word, help=f"{help_} [= {key}]")
 
 
 def _config(args) -> Config:

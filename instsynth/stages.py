@@ -43,6 +43,41 @@ class Unit:
                               "reason": reason, "details": json.dumps(extra, sort_keys=True) if extra else ""})
 
 
+class PendingUnits:
+    """The units a run will execute, kept in Arrow: the pending plan rows in unit order and each
+    unit's name.  Why not a list of dicts: at 1M planned items those cost ~3 KB each on the driver;
+    the Arrow rows are a few hundred bytes, and an executor turns one unit into dicts only when it
+    runs it (``rows(i)``) or ships whole blocks of units (``blocks``)."""
+
+    def __init__(self, names: list[str], table, rows_per_unit: int):
+        self.names, self.table, self.rows_per_unit = names, table, rows_per_unit
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def rows(self, i: int) -> list[dict]:
+        return self.table.slice(i * self.rows_per_unit, self.rows_per_unit).to_pylist()
+
+    def __iter__(self):
+        for i, name in enumerate(self.names):
+            yield name, self.rows(i)
+
+    def blocks(self, units_per_block: int):
+        """Arrow tables of ``units_per_block`` units each: columns ``unit`` and ``rows`` (the unit's
+        plan rows as a list of structs)."""
+        import pyarrow as pa
+
+        rpu = self.rows_per_unit
+        for b in range(0, len(self.names), units_per_block):
+            names = self.names[b:b + units_per_block]
+            part = self.table.slice(b * rpu, len(names) * rpu).combine_chunks()
+            n = part.num_rows
+            offsets = pa.array([min(i * rpu, n) for i in range(len(names) + 1)], pa.int32())
+            structs = pa.StructArray.from_arrays([c.combine_chunks() for c in part.columns], names=part.column_names)
+            yield pa.table({"unit": pa.array(names, pa.string()),
+                            "rows": pa.ListArray.from_arrays(offsets, structs)})
+
+
 def _reason(e: BaseException) -> str:
     if isinstance(e, (DataError, storage.StorageError, ValueError)):
         return str(e)

@@ -11,11 +11,14 @@ import json
 import socket
 import time
 
+import pyarrow as pa
+
 from instsynth import shards, storage
 from instsynth.cityscapes import DataError
 from instsynth.config import Config, to_yaml
 from instsynth.plan import failures_path, make_plan, read_plan, write_plan
 from instsynth.session import WriterSession, check_config, path_inside
+from instsynth.stages import PendingUnits
 
 __all__ = ["SynthError", "run_synth", "summarize", "pending_units", "path_inside", "check_config"]
 
@@ -136,8 +139,10 @@ def _run_held(source, out, cfg, overwrite, repair, session: WriterSession, log) 
     todo = [i for i, w in enumerate(work_ids) if w not in done and (not repair or w in requeued)]
     if not repair and cfg.run.limit is not None:
         todo = todo[:cfg.run.limit]
-    units = [(shards.unit_name(chunk[0]), table.take(chunk).to_pylist())
-             for chunk in (todo[s:s + cfg.run.rows_per_unit] for s in range(0, len(todo), cfg.run.rows_per_unit))]
+    rpu = cfg.run.rows_per_unit
+    units = PendingUnits([shards.unit_name(todo[s]) for s in range(0, len(todo), rpu)],
+                         table.take(pa.array(todo, pa.int64())), rpu)
+    del todo
     log(f"{len(work_ids)} work items, {len(done)} already committed, {len(units)} units to run "
         f"({cfg.generator.name}, executor {cfg.run.executor}{', repair only' if repair else ''})")
     if units:  # a card naming only committed shards while new part files appear
@@ -241,7 +246,7 @@ def dry_run_report(source: str, out: str, cfg: Config, log=print) -> dict:
         rows, images = table.num_rows, summary["images"]
     done = len(shards.committed_work_ids(out)) if storage.exists(out) else 0
     todo = max(rows - done, 0)
-    cost, basis = cfg.generator.cost_s_per_item, "generator.cost_s_per_item"
+    cost, basis = cfg.generator.cost_s_per_item, "the configured generator.cost_s_per_item"
     if cost is None:
         from instsynth.generators import GeneratorError, generator_class
         from instsynth.generators.diffusion import is_local_path
@@ -252,14 +257,16 @@ def dry_run_report(source: str, out: str, cfg: Config, log=print) -> dict:
             if model and not is_local_path(model):  # never download weights for a dry run
                 raise GeneratorError(f"weights {model} are not local")
             cost = measure_cost(table.slice(0, 4).to_pylist(), root, cfg)
-            basis = f"measured here ({socket.gethostname()})"
+            basis = f"timed on this machine, {socket.gethostname()}, over {min(3, table.num_rows - 1)} items"
         except (GeneratorError, DataError, storage.StorageError, OSError) as e:
             cost = getattr(generator_class(cfg.generator.name), "cost_s_per_item", None)
-            basis = f"the generator's estimate (could not time it here: {str(e).splitlines()[0][:120]})"
+            basis = (f"the generator's documented estimate; it could not be timed here: "
+                     f"{str(e).splitlines()[0][:120]}")
     gpu_h = todo * cost / 3600 if cost is not None else None
     report = {"images": images, "work_items": rows, "already_committed": done, "to_run": todo,
               "cost_s_per_item": cost, "cost_basis": basis, "gpu_hours": gpu_h, "generator": cfg.generator.name}
-    est = (f"{gpu_h:.3g} GPU-hours at {cost:.3g} s/item ({basis})" if gpu_h is not None
+    est = (f"{gpu_h:.3g} GPU-hours at {cost:.3g} s/item, cost from {basis}" if gpu_h is not None
            else "no per-item cost known")
-    log(f"dry run: {images} images, {rows} work items, {done} committed, {todo} to run; {est}")
+    log(f"dry run of generator {cfg.generator.name}: {images} images, {rows} work items, {done} committed, "
+        f"{todo} to run; {est}")
     return report

@@ -80,13 +80,18 @@ def run_child(root, out, sets, env, timeout=3600):
 
 def by_kind(reqs):
     out: dict = {}
-    for k, p, _ in reqs:
+    for k, p, *_ in reqs:
         out[f"{k} {p}"] = out.get(f"{k} {p}", 0) + 1
     return dict(sorted(out.items()))
 
 
+def server_s(reqs):
+    """Seconds the (single-process, GIL-bound) moto server spent serving ``reqs``, latency excluded."""
+    return round(sum(r[3] for r in reqs), 3)
+
+
 def data_bytes_read(reqs):
-    return sum(b for k, p, b in reqs if k.startswith("GET") and p == "data")
+    return sum(r[2] for r in reqs if r[0].startswith("GET") and r[1] == "data")
 
 
 def fit(points):
@@ -143,7 +148,9 @@ def main() -> int:
             images = max(2, -(-items // (3 * variants)) + 2)
             root = os.path.join(tmp, f"root-{units}")
             write_sample(root, images=images, size=(256, 128), seed=0, val_fraction=0.0001)
-            out = f"s3://bench/out-{units}"
+            bucket = f"bench-{units}"  # moto's LIST cost grows with the bucket: one bucket per size
+            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+            out = f"s3://{bucket}/out"
             sets = ["run.progress=true", "run.executor=local", f"run.rows_per_unit={args.rows_per_unit}",
                     "plan.min_pixels=16", f"plan.variants={variants}"]
             run_child(root, out, sets + ["run.limit=0"], env)  # the plan only: not bookkeeping
@@ -157,12 +164,12 @@ def main() -> int:
                               "bookkeeping_before_units_s": fresh["bookkeeping_done"] - fresh["start"],
                               "after_last_commit_s": fresh["end"] - fresh["last_commit"],
                               "wall_s": fresh["end"] - fresh["start"], "driver_maxrss_mb": fresh["maxrss_mb"],
-                              "data_bytes_read": data_bytes_read(reqs)}}
+                              "data_bytes_read": data_bytes_read(reqs), "server_s": server_s(reqs)}}
             noop = run_child(root, out, sets + ["run.executor=ray"], env)
             reqs = counts.snapshot(reset=True)
             size["noop"] = {"requests": len(reqs), "by_kind": by_kind(reqs), "target": 2 * u + 60,
                             "data_bytes_read": data_bytes_read(reqs), "wall_s": noop["end"] - noop["start"],
-                            "ray_started": noop["ray_started"]}
+                            "ray_started": noop["ray_started"], "server_s": server_s(reqs)}
             t0 = time.time()
             v = subprocess.run([sys.executable, "-m", "instsynth.cli", "status", out, "--verify"], env=env,
                                capture_output=True, text=True)
@@ -194,12 +201,14 @@ def main() -> int:
             size["parts"] = len(shards.committed_parts(out))
             counts.reset()
             if not args.skip_kill:
-                kout = f"s3://bench/kill-{units}"
+                kbucket = f"bench-kill-{units}"
+                boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=kbucket)
+                kout = f"s3://{kbucket}/out"
                 run_child(root, kout, sets + ["run.limit=0"], env)
                 cmd = [sys.executable, __file__, "--child", "--root", root, "--out-uri", kout,
                        "--sets", json.dumps(sets)]
                 p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                while sum(1 for k, pre, _ in counts.snapshot() if k == "PUT" and pre == "_commits") < u // 2:
+                while sum(1 for k, pre, *_ in counts.snapshot() if k == "PUT" and pre == "_commits") < u // 2:
                     time.sleep(0.5)
                 p.send_signal(signal.SIGKILL)
                 p.wait()
@@ -210,7 +219,8 @@ def main() -> int:
                 size["kill_resume"] = {"committed_at_kill": done,
                                        "first_new_commit_s": resumed["first_commit"] - resumed["start"],
                                        "bookkeeping_before_units_s": resumed["bookkeeping_done"] - resumed["start"],
-                                       "requests": len(reqs), "pending_after": resumed["pending"]}
+                                       "requests": len(reqs), "pending_after": resumed["pending"],
+                                       "server_s": server_s(reqs)}
                 storage.remove_tree(kout)
             results["sizes"].append(size)
             print(json.dumps(size, indent=1), flush=True)

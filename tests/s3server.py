@@ -45,11 +45,12 @@ def kind_of(method: str, query: str, headers) -> str:
 
 
 class CountingS3:
-    """Start with ``start()``; ``requests`` holds (kind, prefix, bytes sent back) per request."""
+    """Start with ``start()``; ``requests`` holds (kind, prefix, bytes sent back, seconds the server spent
+    on it, latency excluded) per request."""
 
     def __init__(self, port: int = 0, latency_s: float = 0.0):
         self.port, self.latency_s = port, latency_s
-        self.requests: list[tuple[str, str, int]] = []
+        self.requests: list[tuple] = []
         self._lock = threading.Lock()
         self._server = None
         self._thread = None
@@ -82,6 +83,7 @@ class CountingS3:
                 key = parse_qs(query).get("prefix", [""])[0]
             if self.latency_s:
                 time.sleep(self.latency_s)
+            t0 = time.perf_counter()
             body = inner(environ, start_response)
             sent = 0
             chunks = []
@@ -91,7 +93,8 @@ class CountingS3:
             if hasattr(body, "close"):
                 body.close()
             with self._lock:
-                self.requests.append((kind, prefix_of(key) if key else "(bucket)", sent))
+                self.requests.append((kind, prefix_of(key) if key else "(bucket)", sent,
+                                      time.perf_counter() - t0))
             return chunks
         return app
 
@@ -119,20 +122,20 @@ class CountingS3:
         with self._lock:
             self.requests = []
 
-    def snapshot(self) -> list[tuple[str, str, int]]:
+    def snapshot(self) -> list[tuple]:
         with self._lock:
             return list(self.requests)
 
     def count(self, kind: str | None = None, prefix: str | None = None) -> int:
-        return sum(1 for k, p, _ in self.snapshot() if (kind is None or k.startswith(kind))
+        return sum(1 for k, p, *_ in self.snapshot() if (kind is None or k.startswith(kind))
                    and (prefix is None or p == prefix))
 
     def bytes_sent(self, prefix: str | None = None) -> int:
-        return sum(b for k, p, b in self.snapshot() if k.startswith("GET") and (prefix is None or p == prefix))
+        return sum(b for k, p, b, *_ in self.snapshot() if k.startswith("GET") and (prefix is None or p == prefix))
 
     def table(self) -> dict[str, int]:
         """{"KIND prefix": count} over every request so far."""
-        return dict(sorted(Counter(f"{k} {p}" for k, p, _ in self.snapshot()).items()))
+        return dict(sorted(Counter(f"{k} {p}" for k, p, *_ in self.snapshot()).items()))
 
 
 class RemoteCounts:
@@ -141,7 +144,7 @@ class RemoteCounts:
     def __init__(self, endpoint: str):
         self.endpoint = endpoint
 
-    def snapshot(self, reset: bool = False) -> list[tuple[str, str, int]]:
+    def snapshot(self, reset: bool = False) -> list[tuple]:
         import json
         import urllib.request
 

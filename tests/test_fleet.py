@@ -48,11 +48,17 @@ def test_simulate_checks_its_cost():
 
 
 def test_fleet_of_fake_gpus_commits_every_item_once_on_several_actors(sample_root, tmp_path):
+    import tempfile
+
     out, trace = str(tmp_path / "out"), str(tmp_path / "trace")
+    ray_tmp = tempfile.mkdtemp(prefix="rf-")  # Ray's socket paths must stay under 107 bytes
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    r = subprocess.run([sys.executable, "-c", FLEET, sample_root, out, trace, str(tmp_path / "ray"),
+    r = subprocess.run([sys.executable, "-c", FLEET, sample_root, out, trace, ray_tmp,
                         os.path.join(ROOT, "configs", "debug.yaml")],
                        capture_output=True, text=True, env=env, timeout=600)
+    import shutil
+
+    shutil.rmtree(ray_tmp, ignore_errors=True)
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     assert line, r.stderr[-3000:]
     summary = json.loads(line[0][7:])

@@ -58,11 +58,11 @@ def fit_threads() -> int:
 
 
 def _prepare(row: dict, root: str, compose_cfg: ComposeConfig) -> dict:
-    from instsynth.stages import prepare
+    from instsynth.stages import Unit, prepare
 
     fit_threads()
     t0 = time.perf_counter()
-    unit = pickle.loads(row["payload"])
+    unit = pickle.loads(row["payload"]) if "payload" in row else Unit(row["unit"], list(row["rows"]))
     unit = prepare(unit, root, compose_cfg)
     _where("prepare", unit, t0)
     return {"unit": row["unit"], "payload": pickle.dumps(unit, protocol=5)}
@@ -110,16 +110,32 @@ def _compose_commit(row: dict, out: str, compose_cfg: ComposeConfig, pause_after
     return {"unit": unit.name, "marker": json.dumps(marker), "placement": pickle.dumps(unit.placement)}
 
 
-def build_dataset(units: list[tuple[str, list[dict]]], root: str, out: str, cfg: Config, writer: str | None = None):
-    """The lazy Ray Dataset for ``units``; iterating it runs the job and yields one summary per unit."""
+#: most units per input block: the driver ships the plan in a few Arrow blocks (not one Python
+#: object per unit), while prepare still emits each unit as its own block (``target_max_block_size``)
+UNITS_PER_BLOCK = 64
+
+
+def input_dataset(units, parallelism: int = 8):
+    """The job's input: ``PendingUnits`` as Arrow blocks of up to UNITS_PER_BLOCK units (at least
+    ``parallelism`` blocks while there are units enough), or a list of (name, rows) as one pickled
+    unit per block (small jobs, tests)."""
     import ray.data
+
+    from instsynth.stages import PendingUnits, Unit
+
+    if isinstance(units, PendingUnits):
+        per = max(1, min(UNITS_PER_BLOCK, -(-len(units) // parallelism)))
+        return ray.data.from_arrow(list(units.blocks(per)))
+    items = [{"unit": name, "payload": pickle.dumps(Unit(name, rows), protocol=5)} for name, rows in units]
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+
+
+def build_dataset(units, root: str, out: str, cfg: Config, writer: str | None = None):
+    """The lazy Ray Dataset for ``units``; iterating it runs the job and yields one summary per unit."""
     from ray.data import ActorPoolStrategy
 
-    from instsynth.stages import Unit
-
-    items = [{"unit": name, "payload": pickle.dumps(Unit(name, rows), protocol=5)} for name, rows in units]
     g = cfg.generator
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = input_dataset(units)
     # prepare stays in CPU tasks whatever the resources: Ray Data fuses a task map into the next actor
     # map when their remote args are equal, and then the GPU actor would decode and crop between batches
     # (an actor never takes ``max_retries``, so giving it to the tasks keeps the two operators apart)
@@ -184,6 +200,9 @@ def configure_context(cfg: Config) -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = bool(cfg.run.progress)
     ctx.print_on_execution_start = False
+    # every operator's output block holds one unit: a block of prepared units would wait for its
+    # last unit before the generator sees its first (units arrive in blocks of many: input_dataset)
+    ctx.target_max_block_size = 1
     # Ray Data reserves half of the resources per operator by default; on small machines that
     # idles cores between our three short stages (measured: scripts/bench_pipeline.py).
     ctx.op_resource_reservation_enabled = bool(cfg.run.op_reservation)
