@@ -49,7 +49,10 @@ def write_originals(root: str, out: str, cfg: Config, log=print) -> dict:
     with WriterSession(out, cfg, log) as session:
         storage.write_bytes(storage.join(out, "config.yaml"), to_yaml(cfg).encode())
         rows = [{"work_id": r.image_id, "rec": r} for r in recs]
-        for name, chunk in pending_units(rows, session.ledger.covered_ids(), cfg.run.rows_per_unit):
+        units = pending_units(rows, session.ledger.covered_ids(), cfg.run.rows_per_unit)
+        if units:
+            session.before_commits()
+        for name, chunk in units:
             out_rows, failures = [], []
             for r in chunk:
                 try:

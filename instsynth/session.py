@@ -95,11 +95,18 @@ class WriterSession:
             self.held = None
 
     # -- bookkeeping ----------------------------------------------------------------------------------
-    def tidy(self) -> None:
-        """Remove what no marker vouches for (re-LISTs; fetches only markers not seen yet)."""
-        removed = shards.remove_uncommitted(self.out, self.ledger)
+    def tidy(self, claims: bool = False) -> None:
+        """Remove what no marker vouches for (re-LISTs; fetches only markers not seen yet); claims of
+        uncommitted ids only with ``claims`` (``before_commits``)."""
+        removed = shards.remove_uncommitted(self.out, self.ledger, claims=claims)
         if any(removed.values()):
             self.log("removed uncommitted files: " + ", ".join(f"{k}={v}" for k, v in removed.items() if v))
+
+    def before_commits(self) -> None:
+        """Called once before the run's first commit: clear claims a crashed writer left on ids it
+        never committed (they would make this writer skip those ids)."""
+        if self.leased:
+            self.tidy(claims=True)
 
     def requeue_damaged(self, full: bool) -> set[str]:
         """Uncommit every unit whose files do not match its marker (``full``: each file read once and

@@ -427,20 +427,22 @@ def uncommit(out: str, unit: str, marker: dict) -> None:
                         [claim_path(out, w) for w in marker["work_ids"] + marker["failed"]])
 
 
-def remove_uncommitted(out: str, ledger: Ledger | None = None) -> dict[str, int]:
+def remove_uncommitted(out: str, ledger: Ledger | None = None, claims: bool = True) -> dict[str, int]:
     """Delete what no marker vouches for: data and failure files of uncommitted units (a crash
-    between data and marker), temp files, and claims of uncommitted work ids.  Only under the
-    writer lease: they are never committed data, but a live writer's would be in flight.
-    With ``ledger``, it is re-scanned (names, plus only new markers) and reused."""
+    between data and marker), temp files, and (``claims``) claims of uncommitted work ids.  Only
+    under the writer lease: they are never committed data, but a live writer's would be in flight.
+    With ``ledger``, it is re-scanned (names, plus only new markers) and reused.  Claims are the
+    largest folder (one object per item) and matter only to a run about to commit, so a writer
+    session lists them once, before its first commit, and never on a run with nothing to do."""
     ledger = ledger or Ledger(out)
-    ledger.scan(("_commits", "data", "_failures", CLAIMS))
+    ledger.scan(("_commits", "data", "_failures") + ((CLAIMS,) if claims else ()))
     markers = ledger.markers
     keep = {"data": {f"part-{u}.parquet" for u, m in markers.items() if m["rows"]},
             "_failures": {f"{u}.parquet" for u, m in markers.items() if m["failures"]},
             CLAIMS: ledger.covered_ids()}
     removed = {"data": 0, "failures": 0, "claims": 0, "markers": 0}
     doomed = []
-    for sub, key in (("data", "data"), ("_failures", "failures"), (CLAIMS, "claims")):
+    for sub, key in (("data", "data"), ("_failures", "failures"), (CLAIMS, "claims"))[:3 if claims else 2]:
         gone = [n for n in ledger.listing.get(sub, {}) if n not in keep[sub]]
         doomed += [storage.join(out, sub, n) for n in gone]
         removed[key] += len(gone)

@@ -146,6 +146,7 @@ def _run_held(source, out, cfg, overwrite, repair, session: WriterSession, log) 
     log(f"{len(work_ids)} work items, {len(done)} already committed, {len(units)} units to run "
         f"({cfg.generator.name}, executor {cfg.run.executor}{', repair only' if repair else ''})")
     if units:  # a card naming only committed shards while new part files appear
+        session.before_commits()
         write_card(out, cfg, summarize(out, work_ids, plan_summary, cfg, session), session.ledger, glob=False)
     record = run_units(units, root, out, cfg, log, session.run_id, session.on_commit)
     record.update({"generator": cfg.generator.name, "units_run": len(units), "repair": repair,

@@ -1,0 +1,168 @@
+"""A simulated GPU fleet on one machine, and the driver's memory per planned item.
+
+    python scripts/bench_fleet.py [--gpus 16] [--items 400] [--out docs/bench_fleet.json] [--skip-memory]
+
+1. CPU stages alone: the real pipeline (prepare tasks -> generator actors -> compose/commit tasks) with
+   the ``simulate`` generator at ``cost_s: 0``: the steady-state items/s the CPU stages sustain here
+   (s/item between two job sizes, so fixed start-up cancels).
+2. The fleet: Ray started with ``--gpus`` declared fake GPUs, the generator pool at ``--gpus`` actors
+   (``generator.num_gpus: 1, num_cpus: 0``), ``cost_s`` set so that gpus/cost_s is 80% of step 1's
+   items/s.  From the actors' busy intervals (``generator.params.trace``): the fraction of time the
+   simulated GPUs are busy in the steady state (the middle 80% of the span between the first and last
+   generator call).  Target: >= 90%.
+3. Driver USS (private memory; RSS also counts object-store pages) after planning and scheduling a
+   10k- and a 100k-item plan with ``run.limit`` (the slope is the per-item cost), extrapolated to 1M.
+   Target: <= 1.5 KB per planned item; 1M items <= 2 GB.
+
+Autoscaling (Ray's fake autoscaling cluster) is not run here: its start/shutdown runs
+``ray stop --force``, which kills every Ray process on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_job(args) -> None:
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), num_gpus=args.gpus, include_dashboard=False, logging_level="ERROR",
+             _temp_dir=args.ray_tmp)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    from instsynth.config import load_config
+    from instsynth.synth import run_synth
+
+    cfg = load_config(os.path.join(REPO, "configs", "debug.yaml"), json.loads(args.sets))
+    t0 = time.time()
+    s = run_synth(args.root, args.out_dir, cfg, log=lambda *a: None)
+    print("RESULT " + json.dumps({"wall_s": time.time() - t0, "rows": s["committed_rows"],
+                                  "pending": s["pending_items"]}), flush=True)
+    ray.shutdown()
+
+
+def child_memory(args) -> None:
+    import psutil
+
+    from instsynth.config import load_config
+    from instsynth.synth import run_synth
+
+    cfg = load_config(os.path.join(REPO, "configs", "debug.yaml"), json.loads(args.sets))
+    proc = psutil.Process()
+    before = proc.memory_full_info().uss
+    s = run_synth(args.root, args.out_dir, cfg, log=lambda *a: None)
+    print("RESULT " + json.dumps({"uss_mb": proc.memory_full_info().uss / 2**20,
+                                  "uss_before_mb": before / 2**20, "planned": s["planned"]}), flush=True)
+
+
+def run(mode, root, out, sets, gpus=0, timeout=3000):
+    ray_tmp = tempfile.mkdtemp(prefix="rfb-")
+    env = {**os.environ, "PYTHONPATH": REPO, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, __file__, "--child", mode, "--root", root, "--out-dir", out, "--sets", json.dumps(sets),
+           "--gpus", str(gpus), "--ray-tmp", ray_tmp]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    for ln in r.stdout.splitlines():
+        if ln.startswith("RESULT "):
+            return json.loads(ln[7:])
+    raise RuntimeError(f"{mode} failed ({r.returncode}): {r.stderr[-3000:]}")
+
+
+def busy_fraction(trace: str, gpus: int) -> dict:
+    calls = []
+    for f in os.listdir(trace):
+        for ln in open(os.path.join(trace, f)):
+            pid, a, b, n = ln.split()
+            calls.append((float(a), float(b)))
+    t0, t1 = min(a for a, _ in calls), max(b for _, b in calls)
+    lo, hi = t0 + 0.1 * (t1 - t0), t1 - 0.1 * (t1 - t0)
+    busy = sum(max(0.0, min(b, hi) - max(a, lo)) for a, b in calls)
+    return {"busy_fraction": busy / (gpus * (hi - lo)), "window_s": hi - lo, "calls": len(calls),
+            "actors": len(os.listdir(trace))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", choices=["job", "memory"], help=argparse.SUPPRESS)
+    ap.add_argument("--root", help=argparse.SUPPRESS)
+    ap.add_argument("--out-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--sets", default="[]", help=argparse.SUPPRESS)
+    ap.add_argument("--ray-tmp", help=argparse.SUPPRESS)
+    ap.add_argument("--gpus", type=int, default=16)
+    ap.add_argument("--items", type=int, default=400, help="items of the larger CPU-stage job and of the fleet run")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+    if args.child == "job":
+        child_job(args)
+        return 0
+    if args.child == "memory":
+        child_memory(args)
+        return 0
+    from instsynth.sample import write_sample
+
+    tmp = tempfile.mkdtemp(prefix="bench-fleet-")
+    res = {"machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)", "gpus": args.gpus}
+    try:
+        root = os.path.join(tmp, "root")
+        write_sample(root, images=max(4, args.items // 24 + 2), size=(256, 128), seed=0, val_fraction=0.0001)
+        base = ["run.progress=false", "run.rows_per_unit=4", "plan.min_pixels=16", "plan.variants=8",
+                "generator.name=simulate", "generator.batch_size=4"]
+        # 1. the CPU stages' steady state
+        small, big = args.items // 4, args.items
+        walls = {}
+        for n in (small, big):
+            walls[n] = run("job", root, os.path.join(tmp, f"cpu-{n}"),
+                           base + ["generator.params.cost_s=0", f"run.limit={n}"])["wall_s"]
+        cpu_rate = (big - small) / max(walls[big] - walls[small], 1e-9)
+        cost = args.gpus / (0.8 * cpu_rate)
+        res["cpu_stages"] = {"items_per_s_steady": cpu_rate, "walls": walls}
+        res["cost_s"] = cost
+        # 2. the fleet
+        trace = os.path.join(tmp, "trace")
+        fleet = run("job", root, os.path.join(tmp, "fleet"),
+                    base + [f"generator.params.cost_s={cost}", f"generator.params.trace={trace}",
+                            "generator.num_gpus=1", "generator.num_cpus=0", f"generator.min_actors={args.gpus}",
+                            f"generator.max_actors={args.gpus}", f"run.limit={big}"], gpus=args.gpus)
+        res["fleet"] = {**fleet, **busy_fraction(trace, args.gpus),
+                        "ideal_items_per_s": args.gpus / cost}
+        print(json.dumps(res, indent=1), flush=True)
+        # 3. driver memory per planned item
+        if not args.skip_memory:
+            mem = {}
+            for n in (10_000, 100_000):
+                r = os.path.join(tmp, f"mroot-{n}")
+                write_sample(r, images=n // 24 + 2, size=(128, 64), seed=0, val_fraction=0.0001)
+                got = run("memory", r, os.path.join(tmp, f"mem-{n}"),
+                          ["run.progress=false", "run.executor=local", "plan.min_pixels=4", "plan.variants=8",
+                           "generator.name=identity", "run.limit=8"])
+                mem[n] = got
+                shutil.rmtree(r, ignore_errors=True)
+            (n0, a), (n1, b) = sorted(mem.items())
+            slope = (b["uss_mb"] - a["uss_mb"]) * 2**20 / (b["planned"] - a["planned"])
+            res["driver"] = {"runs": mem, "uss_bytes_per_planned_item": slope,
+                             "uss_1M_mb": a["uss_mb"] + slope * (1e6 - a["planned"]) / 2**20}
+        print(json.dumps(res, indent=1))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(res, f, indent=1)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
