@@ -245,11 +245,12 @@ def test_dry_run_estimates_gpu_hours(sample_root, tmp_path, capsys):
     out = str(tmp_path / "dry")
     assert main(["synth", sample_root, "--out", out, "--config", DEBUG, "--generator", "recolor", "--dry-run"]) == 0
     text = capsys.readouterr().out
-    assert "work items" in text and "GPU-hours at" in text and "measured here" in text  # timed recolor
+    assert "work items" in text and "GPU-hours at" in text and "timed on this machine" in text  # timed recolor
+    assert "dry run of generator recolor" in text
     assert not storage.exists(out)
     assert main(["synth", sample_root, "--out", out, "--config", DEBUG, "--generator", "sdxl-inpaint",
                  "--set", "generator.cost_s_per_item=3.0", "--dry-run"]) == 0
-    assert "at 3 s/item (generator.cost_s_per_item)" in capsys.readouterr().out
+    assert "at 3 s/item, cost from the configured generator.cost_s_per_item" in capsys.readouterr().out
 
 
 def test_synth_refuses_to_write_into_input(sample_root):
