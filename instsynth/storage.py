@@ -143,15 +143,20 @@ def _why(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else e.__class__.__name__
 
 
+def _s3_get(path: str, **kw) -> dict:
+    """One GET; a missing key or any other error becomes a StorageError naming ``path``."""
+    try:
+        return s3_client().get_object(**kw)
+    except Exception as e:
+        why = "no such file" if _s3_missing(e) else _s3_code(e) or _why(e)
+        raise StorageError(f"{path}: cannot read ({why})") from None
+
+
 def read_bytes(path: str) -> bytes:
     """The whole file; on S3 one GET (no HEAD, no ranged reads)."""
     if _is_s3(path):
         bucket, key = _s3_split(path)
-        try:
-            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-        except Exception as e:
-            raise StorageError(f"{path}: cannot read ({'no such file' if _s3_missing(e) else _s3_code(e) or _why(e)})") \
-                from None
+        return _s3_get(path, Bucket=bucket, Key=key)["Body"].read()
     fs, p = _resolve(path)
     try:
         with fs.open_input_stream(p) as f:
@@ -165,11 +170,7 @@ def read_range(path: str, start: int, length: int) -> bytes:
     if _is_s3(path):
         bucket, key = _s3_split(path)
         rng = f"bytes=-{-start}" if start < 0 else f"bytes={start}-{start + length - 1}"
-        try:
-            return s3_client().get_object(Bucket=bucket, Key=key, Range=rng)["Body"].read()
-        except Exception as e:
-            raise StorageError(f"{path}: cannot read ({'no such file' if _s3_missing(e) else _s3_code(e) or _why(e)})") \
-                from None
+        return _s3_get(path, Bucket=bucket, Key=key, Range=rng)["Body"].read()
     fs, p = _resolve(path)
     try:
         with fs.open_input_file(p) as f:
@@ -184,11 +185,7 @@ def read_tail(path: str, n: int) -> tuple[bytes, int]:
     """(the last ``n`` bytes - the whole file if it is smaller -, the file's size): one request."""
     if _is_s3(path):
         bucket, key = _s3_split(path)
-        try:
-            r = s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=-{n}")
-        except Exception as e:
-            raise StorageError(f"{path}: cannot read ({'no such file' if _s3_missing(e) else _s3_code(e) or _why(e)})") \
-                from None
+        r = _s3_get(path, Bucket=bucket, Key=key, Range=f"bytes=-{n}")
         data = r["Body"].read()
         total = r.get("ContentRange", "").rpartition("/")[2]
         return data, int(total) if total.isdigit() else len(data)
