@@ -293,11 +293,6 @@ class Ledger:
                 "models": sorted(models), "failure_stages": dict(sorted(stages.items())),
                 "failed_images": images}
 
-    def parts(self, units=None) -> list[str]:
-        """Paths of the data files of ``units`` (default: every committed unit), in unit order."""
-        return [part_path(self.out, u) for u in sorted(self.markers if units is None else units)
-                if self.markers[u]["rows"]]
-
 
 def committed_units(out: str) -> dict[str, dict]:
     """{unit: marker} for every committed unit of ``out`` (one LIST + parallel GETs)."""
@@ -397,9 +392,11 @@ def verify(out: str, full: bool = True, markers: dict | None = None) -> dict[str
     ``full``: read every file once (SHA-256, Parquet footer, row count); otherwise sizes only, from
     one LIST per folder."""
     ledger = Ledger(out)
-    ledger.scan()
     if markers is not None:
+        ledger.scan(("data", "_failures"))  # the listing only: the markers are given
         ledger.markers = dict(markers)
+    else:
+        ledger.scan()
     if full:
         return verify_full(out, ledger.markers)[0]
     return ledger.verify_sizes()
@@ -458,8 +455,7 @@ def remove_uncommitted(out: str, ledger: Ledger | None = None, claims: bool = Tr
 def iter_tables(out: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
     """Stream committed rows one unit at a time (memory stays flat as the dataset grows)."""
     for p in committed_parts(out):
-        yield storage.read_parquet(p, columns) if columns and storage.is_uri(p) else \
-            (storage.read_parquet(p).select(columns) if columns else storage.read_parquet(p))
+        yield storage.read_parquet(p, columns)
 
 
 def iter_rows(out: str, columns: list[str] | None = None) -> Iterator[dict]:

@@ -296,7 +296,7 @@ def read_many(paths: list[str], workers: int = PARALLEL) -> list[bytes | None]:
             if "no such file" in str(e):
                 return None
             raise
-    if len(paths) <= 1 or not any(_is_s3(p) or is_uri(p) for p in paths[:1]):
+    if len(paths) <= 1 or not is_uri(paths[0]):  # local reads gain nothing from threads
         return [one(p) for p in paths]
     with ThreadPoolExecutor(max_workers=min(workers, len(paths))) as pool:
         return list(pool.map(one, paths))
