@@ -37,7 +37,8 @@ ALIASES["train"] = [("--address", "run.address", str, "Ray address to join"),
                     ("--storage-path", "train.storage_path", str, "where checkpoints go (local or s3://)"),
                     ("--iterations", "train.iterations", int, "training iterations"),
                     ("--num-workers", "train.num_workers", int, "Ray Train workers")]
-ALIASES["experiment"] = ALIASES["train"]
+ALIASES["experiment"] = ALIASES["train"] + [("--seeds", "experiment.seeds", int,
+                                              "runs per arm; run k uses train.seed + k (mean, std, paired interval)")]
 ALIASES["status"] = []
 #: plain words for the flags' values in --help (argparse would print the dest: ALIAS:GENERATOR.NAME)
 METAVARS = {"--generator": "NAME", "--address": "ADDR", "--data-root": "ROOT", "--executor": "NAME",
@@ -149,6 +150,16 @@ def cmd_preview(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from instsynth.site import check_report_out, write_report
+
+    _config(args)
+    out = args.out or storage.join(args.dirs[0], "report")
+    check_report_out(out, args.dirs)
+    write_report(args.dirs, out)
+    return 0
+
+
 def cmd_export(args) -> int:
     from instsynth.export import export_cityscapes, export_coco, export_parquet, parse_bytes
 
@@ -226,6 +237,7 @@ COMMANDS = {
     "status": ("committed vs planned units and failures of an output dir", cmd_status),
     "stats": ("per-class instance counts (table + bar chart PNG)", cmd_stats),
     "preview": ("a grid PNG of samples with prompt and instance outline", cmd_preview),
+    "report": ("a browsable HTML report: summary, classes, quality, runs, failures, every sample", cmd_report),
     "export": ("export output dirs as Cityscapes layout, COCO JSON or consolidated Parquet shards", cmd_export),
     "train": ("train a segmenter on output dirs with Ray Train (resumes by name)", cmd_train),
     "evaluate": ("Cityscapes AP/AP50 (+ COCO segm AP) of a checkpoint", cmd_evaluate),
@@ -273,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(default OUT/stats/compare.png)")
             p.add_argument("--class", dest="class_name", help="only rows of this class (with --compare)")
             p.add_argument("--generator", dest="generator_name", help="only rows of this generator (with --compare)")
+        elif name == "report":
+            p.add_argument("dirs", nargs="+", metavar="DIR",
+                           help="output dirs (several generators sharing a plan line up by work id)")
+            p.add_argument("--out", help="folder to write index.html into (default: DIR/report)")
         elif name == "export":
             p.add_argument("dirs", nargs="+", metavar="DIR", help="output dirs to export")
             p.add_argument("--format", choices=["cityscapes", "coco", "parquet"], required=True,

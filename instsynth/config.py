@@ -199,6 +199,9 @@ class ExperimentConfig:
     originals: list[str] = field(default_factory=list)
     synthetic: list[str] = field(default_factory=list)
     out: str = "experiment"
+    #: runs per arm; run k trains with train.seed + k (init, sample order, crops): mean +- std and a
+    #: paired 95% interval of augmented - baseline over the seeds
+    seeds: int = 1
 
 
 @dataclass

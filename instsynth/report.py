@@ -74,27 +74,40 @@ def visible_instances(ids: np.ndarray) -> Counter:
     return Counter(THING_IDS[v // 1000] for v in vals.tolist() if v >= 1000 and v // 1000 in THING_IDS)
 
 
+def new_class_stats() -> dict:
+    """{source: {"synthesized", "visible", "accepted", "retried", "rejected": Counter, "rows": n}}, source = generator."""
+    return defaultdict(lambda: {"synthesized": Counter(), "visible": Counter(), "rows": 0,
+                                "accepted": Counter(), "retried": Counter(), "rejected": Counter()})
+
+
+def add_row_stats(out: dict, r: dict, visible: Counter) -> None:
+    """Count one row (generator, class_name, gen_stats) and the instances ``visible`` in its crop."""
+    s = out[r["generator"]]
+    s["rows"] += 1
+    if r["generator"] != "original":
+        s["synthesized"][r["class_name"]] += 1
+        s["accepted"][r["class_name"]] += 1
+        if json.loads(r["gen_stats"] or "{}").get("attempts", 1) > 1:
+            s["retried"][r["class_name"]] += 1
+    s["visible"].update(visible)
+
+
+def add_failure_stats(out: dict, f: dict) -> None:
+    """Count a recorded failure: samples the quality filter rejected on every try."""
+    if f["stage"] == "filter":
+        details = json.loads(f["details"] or "{}")
+        out[details.get("generator", "?")]["rejected"][details.get("class_name", "?")] += 1
+
+
 def class_stats(dirs: list[str]) -> dict:
-    """{source: {"synthesized": Counter, "visible": Counter, "rows": n, "retries": Counter}}, source = generator."""
-    out: dict = defaultdict(lambda: {"synthesized": Counter(), "visible": Counter(), "rows": 0,
-                                     "accepted": Counter(), "retried": Counter(), "rejected": Counter()})
+    """``new_class_stats`` filled from every committed row and failure of ``dirs`` (streamed)."""
+    out = new_class_stats()
     for d in dirs:
         for t in shards.iter_tables(d, ["generator", "class_name", "instance_ids", "work_id", "gen_stats"]):
             for r in t.to_pylist():
-                s = out[r["generator"]]
-                s["rows"] += 1
-                if r["generator"] != "original":
-                    s["synthesized"][r["class_name"]] += 1
-                    s["accepted"][r["class_name"]] += 1
-                    tries = json.loads(r["gen_stats"] or "{}").get("attempts", 1)
-                    if tries > 1:
-                        s["retried"][r["class_name"]] += 1
-                s["visible"].update(visible_instances(decode_ids(r["instance_ids"], r["work_id"])))
+                add_row_stats(out, r, visible_instances(decode_ids(r["instance_ids"], r["work_id"])))
         for f in shards.read_failures(d).to_pylist():
-            if f["stage"] == "filter":
-                gen = json.loads(f["details"] or "{}").get("generator", "?")
-                cls = json.loads(f["details"] or "{}").get("class_name", "?")
-                out[gen]["rejected"][cls] += 1
+            add_failure_stats(out, f)
     return {k: v for k, v in out.items()}
 
 
@@ -140,10 +153,12 @@ def stats_chart(stats: dict) -> bytes:
     width = 0.8 / max(1, len(sources))
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
     for i, s in enumerate(sources):
-        ax.bar(x + i * width, [stats[s]["visible"][c] for c in THING_CLASSES], width, label=f"{s} (visible)")
-        if s != "original":
-            ax.bar(x + i * width, [stats[s]["synthesized"][c] for c in THING_CLASSES], width * 0.5,
-                   color="black", alpha=0.5, label=f"{s} (synthesized)")
+        bars = ax.bar(x + i * width, [stats[s]["visible"][c] for c in THING_CLASSES], width, label=f"{s} (visible)")
+        ax.bar_label(bars, fontsize=7)
+        if s != "original":  # solid, not translucent: the legend swatch then shows the bars' own colour
+            inner = ax.bar(x + i * width, [stats[s]["synthesized"][c] for c in THING_CLASSES], width * 0.5,
+                           color="#333333", label=f"{s} (synthesized)")
+            ax.bar_label(inner, label_type="center", color="white", fontsize=6)
     ax.set_xticks(x + width * (len(sources) - 1) / 2, THING_CLASSES, rotation=20)
     ax.set_ylabel("instances")
     ax.set_title("IS-Cityscapes instances per class")

@@ -113,6 +113,8 @@ class WriterSession:
         hashed, in parallel; else sizes from the listing); returns their work ids."""
         bad = shards.verify_full(self.out, self.ledger.markers)[0] if full else self.ledger.verify_sizes()
         ids: set[str] = set()
+        if bad:
+            self.ledger.drop_index()  # markers are about to be replaced: no index may vouch for them
         for unit, problems in sorted(bad.items()):
             self.log(f"re-queued unit {unit}: " + "; ".join(problems))
             marker = self.ledger.markers[unit]
@@ -124,6 +126,8 @@ class WriterSession:
     def on_commit(self, marker: dict, placement: dict | None = None) -> None:
         """A unit committed by this run (the marker came back with the commit result)."""
         self.ledger.add(marker)
+        if self.ledger.unindexed >= shards.LEDGER_BATCH:
+            self.ledger.flush(self.run_id)
         self.units.append({"unit": marker["unit"], "rows": marker["rows"], "failures": marker["failures"],
                            "committed_at": round(time.time(), 3),
                            "nodes": {s: w.get("node", "") for s, w in (placement or {}).items()}})
@@ -135,7 +139,8 @@ class WriterSession:
 
     def finish(self, record: dict) -> None:
         """Write the run record (``_runs/<run>.json``, with each unit's ``committed_at``), then
-        tidy up again, which also picks up markers a lease-bypassing writer committed meanwhile."""
+        tidy up again, which also picks up markers a lease-bypassing writer committed meanwhile, then
+        index the markers not yet in ``_ledger/`` (so the next run GETs a few files, not U markers)."""
         ended = time.time()
         rows = sum(u["rows"] for u in self.units)
         record = {**record, "run": self.run_id, "start": self.started, "end": ended, "units": self.units,
@@ -147,3 +152,5 @@ class WriterSession:
             self.tidy()
         else:
             self.ledger.scan()
+        self.ledger.flush(self.run_id)  # this run's commits, and markers the index lacked
+        self.ledger.compact(self.run_id)

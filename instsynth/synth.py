@@ -62,7 +62,7 @@ def prepare_out(source: str, out: str, cfg: Config, overwrite: bool, log=print):
     """Resolve the plan into ``out`` (making it from a root if needed); returns (plan table, root, summary).
     Runs under the writer lease, after ``preflight``."""
     if overwrite and storage.exists(out):
-        for sub in ("data", "_commits", "_failures", "_claims", "_runs", "stats", "report", "plan.parquet",
+        for sub in ("data", "_commits", "_ledger", "_failures", "_claims", "_runs", "stats", "report", "plan.parquet",
                     "plan.failures.parquet", "config.yaml", "README.md"):
             storage.remove_tree(storage.join(out, sub))
     plan_file = shards.plan_path(out)

@@ -8,8 +8,13 @@ import pytest
 from instsynth.config import Config, load_config
 from instsynth.sample import write_sample
 
-# Keep every tool's caches out of the user's home (checked at session end, see pytest_sessionfinish).
-_TMP = tempfile.mkdtemp(prefix="instsynth-tests-")
+# Keep every tool's caches out of the user's home (checked at session end, see pytest_sessionfinish),
+# and every temp file of the tests, their subprocesses (TMPDIR) and Ray under one folder that is removed
+# at the end, so a test run leaves /tmp as it found it.  Short name: Ray's socket paths under it must
+# stay within the 107-byte limit of a Unix socket path.
+_TMP = tempfile.mkdtemp(prefix="ist-")
+os.environ["TMPDIR"] = _TMP
+tempfile.tempdir = _TMP
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MPLCONFIGDIR", os.path.join(_TMP, "mpl"))
@@ -55,6 +60,10 @@ def pytest_sessionfinish(session, exitstatus):
         if not left:
             break
         time.sleep(0.5)
+    if not left:
+        import shutil
+
+        shutil.rmtree(_TMP, ignore_errors=True)
     new_home = sorted(_home_snapshot() - _HOME_BEFORE)
     problems = []
     if left:

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 
 #: directory names of an output dir (shards.py's layout) a request's key is classified by
-PREFIXES = ("data", "_commits", "_claims", "_failures", "_runs", "stats", "report")
+PREFIXES = ("data", "_commits", "_ledger", "_claims", "_failures", "_runs", "stats", "report")
 
 
 def prefix_of(key: str) -> str:

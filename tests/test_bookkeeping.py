@@ -86,9 +86,47 @@ def test_noop_resume_reads_no_data_and_starts_no_ray(s3_server, s3_out, sample_r
     assert s["pending_items"] == 0
     assert s3_server.count(None, "data") == s3_server.count("LIST", "data")  # listed, never read
     assert s3_server.bytes_sent("data") == 0
-    assert s3_server.count("GET", "_commits") == units  # each marker fetched once
-    assert len(s3_server.snapshot()) <= 2 * units + 60, s3_server.table()
+    assert s3_server.count("GET", "_commits") == 0  # the ledger index holds every marker
+    assert 1 <= s3_server.count("GET", "_ledger") <= shards.LEDGER_MAX_FILES + 1
+    assert len(s3_server.snapshot()) <= 60, s3_server.table()  # no request per unit at all
     _card_matches(s3_out)
+
+
+def test_ledger_index_never_vouches_for_a_marker_it_does_not_match(s3_server, s3_out, sample_root):
+    """The LIST of ``_commits/`` is the truth: index entries count only for listed markers of the same
+    size; without the index every marker is fetched once (and indexed again); a repair that replaces
+    markers drops the index first."""
+    ref = _rows(s3_out)
+    markers = shards.committed_units(s3_out)
+    index = storage.list_names(storage.join(s3_out, shards.LEDGER))
+    assert index and all(n.endswith(".parquet") for n in index)
+    storage.remove_tree(storage.join(s3_out, shards.LEDGER))  # lost index: fall back to GETs, then re-index
+    s3_server.reset()
+    s = run_synth(sample_root, s3_out, _cfg(), **QUIET)
+    assert s["pending_items"] == 0 and s3_server.count("GET", "_commits") == len(markers)
+    assert storage.list_names(storage.join(s3_out, shards.LEDGER))
+    s3_server.reset()
+    ledger = shards.Ledger(s3_out)
+    ledger.scan()
+    assert ledger.fetched == 0 and ledger.markers == markers
+    # a damaged index file is only a missed shortcut
+    name = storage.list_names(storage.join(s3_out, shards.LEDGER))[0]
+    storage.write_bytes(storage.join(s3_out, shards.LEDGER, name), b"not parquet")
+    ledger = shards.Ledger(s3_out)
+    ledger.scan()
+    assert ledger.markers == markers and ledger.fetched == len(markers)
+    # repair replaces a marker: the stale index copy must never be served afterwards
+    part = shards.committed_parts(s3_out)[0]
+    data = bytearray(storage.read_bytes(part))
+    data[len(data) // 2] ^= 0xFF
+    storage.write_bytes(part, bytes(data))
+    before = set(storage.list_names(storage.join(s3_out, shards.LEDGER)))
+    run_synth(sample_root, s3_out, _cfg(), repair=True, **QUIET)
+    after = set(storage.list_names(storage.join(s3_out, shards.LEDGER)))
+    assert after and not before & after  # every index file that held the old marker is gone
+    assert shards.committed_units(s3_out) == markers  # the redo is byte-identical, markers too
+    assert _rows(s3_out).equals(ref)
+    assert not shards.verify(s3_out)
 
 
 def test_card_from_markers_only_after_damage_and_repair(s3_server, s3_out, sample_root, capsys):

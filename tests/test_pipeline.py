@@ -206,7 +206,7 @@ def test_kill_and_resume_is_exactly_once(sample_root, tmp_path):
     ref = str(tmp_path / "ref")
     run_synth(sample_root, ref, _cfg("run.executor=local"), log=lambda *a: None)
     out = str(tmp_path / "killed")
-    rt = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    rt = tempfile.mkdtemp(prefix="rt")  # short: Ray's socket paths must stay < 108 chars
     env = {**os.environ, "RAY_TMPDIR": rt, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "instsynth.cli", "synth", sample_root, "--out", out, "--config", DEBUG,

@@ -140,22 +140,32 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def chart(report: dict) -> bytes:
+def chart(report: dict) -> bytes | None:
+    return quality_chart(report["generators"])
+
+
+def quality_chart(table: dict) -> bytes | None:
+    """Per-generator bars of the bounded numbers (SSIM, changed fractions), each labelled with its value
+    (PNG); None when there is nothing to draw."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    gens = list(report["generators"])
+    gens = list(table)
     keys = [k for k in ("ssim_crop", "ssim_in", "ssim_out", "changed_inside", "inside_share")
-            if any(report["generators"][g].get(k) is not None for g in gens)]
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
-    w = 0.8 / max(1, len(gens))
+            if any(table[g].get(k) is not None for g in gens)]
+    if not gens or not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
+    w = 0.8 / len(gens)
     for i, g in enumerate(gens):
-        ax.bar(np.arange(len(keys)) + i * w, [report["generators"][g].get(k) or 0 for k in keys], w, label=g)
+        bars = ax.bar(np.arange(len(keys)) + i * w, [table[g].get(k) or 0 for k in keys], w, label=g)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks(np.arange(len(keys)) + w * (len(gens) - 1) / 2, keys)
-    ax.set_title("generation quality (per-sample means)")
-    ax.legend()
+    ax.set_ylim(0, 1.12)
+    ax.set_title("generation quality (means over samples)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -168,6 +178,7 @@ def write_quality(dirs, cfg, out, data_root=None, feature=None) -> tuple[str, di
     text = format_table(rep)
     storage.write_bytes(storage.join(out, "quality.json"), json.dumps(rep, indent=1).encode())
     storage.write_bytes(storage.join(out, "quality.txt"), (text + "\n").encode())
-    if rep["generators"]:
-        storage.write_bytes(storage.join(out, "quality.png"), chart(rep))
+    png = chart(rep)
+    if png:
+        storage.write_bytes(storage.join(out, "quality.png"), png)
     return text, rep

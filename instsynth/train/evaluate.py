@@ -118,7 +118,12 @@ def format_table(results: dict[str, dict]) -> str:
         per = "".join(f"{pct(cs['per_class'].get(c, {}).get('ap')):>8}" for c in THING_CLASSES)
         lines.append(f"{name:<28}{pct(cs['AP']):>7}{pct(cs['AP50']):>7}{pct(r['coco']['AP']):>8}{per}")
     scales = sorted({r.get("test_scale", "native resolution") for r in results.values()})
-    lines.append(f"test scale: {', '.join(scales)}; {', '.join(str(r['images']) for r in results.values())} images")
+    counts = sorted({r["images"] for r in results.values()})
+    def n(k):
+        return f"{k} image{'' if k == 1 else 's'}"
+    images = (n(counts[0]) + (" each" if len(results) > 1 else "")) if len(counts) == 1 else \
+        ", ".join(f"{name}: {n(r['images'])}" for name, r in results.items())
+    lines.append(f"evaluated at test scale {' and '.join(scales)} on {images}")
     return "\n".join(lines)
 
 

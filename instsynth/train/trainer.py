@@ -57,6 +57,11 @@ def train_step(model, optimizer, micro_batches, grad_clip: float = 0.0, amp=None
     return dict(zip(losses.keys(), (total / n).tolist()))
 
 
+def loss_name(key: str) -> str:
+    """``loss`` (the total) and ``loss_ce`` stay as they are; a head's ``ce`` becomes ``loss_ce``."""
+    return key if key == "loss" or key.startswith("loss_") else f"loss_{key}"
+
+
 def save_checkpoint(path: str, model, optimizer, step: int, spec: dict, metrics: dict) -> None:
     """model.pt + model.json into a local directory."""
     import torch
@@ -173,7 +178,7 @@ def train_loop_per_worker(config: dict) -> None:
                               [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]))
             losses = train_step(model, opt, micro, cfg.grad_clip, amp)
             step += 1
-            metrics = {"step": step, "lr": lr, **{f"loss_{k}": v for k, v in losses.items()}}
+            metrics = {"step": step, "lr": lr, **{loss_name(k): v for k, v in losses.items()}}
             if board:
                 board.scalars({f"train/{k}": v for k, v in losses.items()} | {"train/lr": lr}, step)
             evaluate = cfg.eval_root and (step % cfg.eval_every == 0 or step == cfg.iterations)
@@ -241,13 +246,44 @@ def run_training(cfg: Config, log=print, catalog=None):
     try:
         check_gpus(cfg)
         result = make_trainer(cfg, catalog).fit()
-        run_dir = storage.join(cfg.train.storage_path, cfg.train.name)
-        log(f"trained {cfg.train.model.name} to step {result.metrics.get('step')}; "
-            f"checkpoint {result.checkpoint.path if result.checkpoint else '-'}; "
-            f"TensorBoard: tensorboard --logdir {storage.join(run_dir, 'tensorboard')}")
+        log(training_summary(cfg, result))
         return result
     finally:
         if started:
             import ray
 
             ray.shutdown()
+
+
+def training_summary(cfg: Config, result) -> str:
+    """What a finished ``train`` says: how far it trained this time (or that there was nothing left),
+    where the best checkpoint is and its validation AP50 at the stated test scale."""
+    t = cfg.train
+    run_dir = storage.join(t.storage_path, t.name)
+    starts = []
+    try:
+        starts = [json.loads(ln) for ln in storage.read_bytes(storage.join(run_dir, "starts.jsonl")).decode().splitlines()
+                  if ln.strip()]
+    except storage.StorageError:
+        pass
+    start = starts[-1]["start_step"] if starts else 0
+    if start >= t.iterations:
+        lines = [f"nothing left to train: {t.name} already reached step {t.iterations} (train.iterations); "
+                 f"raise train.iterations to continue it"]
+    else:
+        lines = [f"trained {t.model.name} {t.name} from step {start} to step {t.iterations}"
+                 + (" (resumed)" if start else "")]
+    best = storage.join(run_dir, "best")
+    try:
+        meta = json.loads(storage.read_bytes(storage.join(best, "model.json")))
+        scale = meta.get("recipe", {}).get("eval_short_edge")
+        ap50 = meta.get("metrics", {}).get("best_AP50")
+        lines.append(f"best checkpoint: {best} (step {meta['step']}, val AP50 {100 * ap50:.1f} at test scale "
+                     f"{'short edge ' + str(scale) + ' px' if scale else 'native resolution'}); "
+                     f"evaluate it: instsynth evaluate --checkpoint {best} --data-root {t.eval_root}")
+    except (storage.StorageError, ValueError, KeyError, TypeError):
+        last = result.checkpoint.path if result.checkpoint else "-"
+        lines.append(f"no best/ checkpoint (no validation ran: train.eval_root, train.eval_every); "
+                     f"last checkpoint: {last}")
+    lines.append(f"TensorBoard: tensorboard --logdir {storage.join(run_dir, 'tensorboard')}")
+    return "\n".join(lines)

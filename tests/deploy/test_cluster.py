@@ -46,7 +46,7 @@ def test_synth_s3_to_s3_interrupt_resume(s3, sample_root, tmp_path):
     ref = str(tmp_path / "ref")
     cfg = ["generator.name=recolor", "run.progress=false", "run.rows_per_unit=1"]
     run_synth(sample_root, ref, load_config(DEBUG, cfg + ["run.executor=local"]), log=lambda *a: None)
-    rt = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    rt = tempfile.mkdtemp(prefix="rt")
     env = {**os.environ, **s3, "RAY_TMPDIR": rt, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "instsynth.cli", "synth", src, "--out", out, "--config", DEBUG]
     for c in cfg:
@@ -86,7 +86,7 @@ def _ray_procs(tag):
 def test_two_node_cluster_job_submit(sample_root, tmp_path):
     """Head + a 'GPU' node (custom resource gpu_slot) on 127.0.0.1; `ray job submit` the synthesis job;
     generator actors must run on the gpu_slot node; no Ray process is left behind."""
-    tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray socket paths must stay < 108 chars
+    tmp = tempfile.mkdtemp(prefix="rc")  # short: Ray socket paths must stay < 108 chars
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     gcs, dash = _free_port(), _free_port()

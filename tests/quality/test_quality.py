@@ -53,6 +53,22 @@ def test_identical_images_exact():
     assert abs(m["FID"]) < 1e-3 and abs(m["KID"]) < 1e-3
 
 
+def test_ssim_map_is_torchmetrics_ssim():
+    """The OpenCV SSIM map (no torchmetrics import in the workers) equals torchmetrics' full map."""
+    import torch
+    from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+
+    for seed, shape in ((3, (40, 72, 3)), (4, (33, 50, 3))):
+        a = _img(seed, 96)[: shape[0], : shape[1]]
+        b = _noisy(a, 20, seed)
+        ta, tb = (torch.from_numpy(x).permute(2, 0, 1)[None].double() for x in (b, a))
+        _, full = tm_ssim(ta, tb, data_range=255.0, return_full_image=True)
+        ref = full[0].mean(0).numpy()
+        got = ssim_map(b, a)
+        assert got.shape == ref.shape == a.shape[:2]
+        assert np.abs(got - ref).max() < 1e-5
+
+
 def test_metrics_monotone_under_noise():
     a = _img(1)
     whole = np.ones(a.shape[:2], bool)

@@ -64,8 +64,18 @@ def test_shipped_debug_experiment_and_fingerprinted_runs(ray_local, demo_tree, t
 
     monkeypatch.chdir(tmp_path)
     path = str(demo_tree / "configs" / "experiments" / "debug.yaml")
-    report = run_experiment(load_config(path), log=lambda *a: None)
+    report = run_experiment(load_config(path, ["experiment.seeds=2"]), log=lambda *a: None)
     assert report["baseline"]["images"] == 2 and report["test_scale"] == "short edge 192 px"
+    # seeds: run k trains with train.seed + k; seed 0 keeps the one-seed names; final checkpoints are scored
+    assert report["seeds"] == [0, 1] and len(report["per_seed"]) == 2
+    assert {a: n[0] for a, n in report["seed_runs"].items()} == report["runs"]
+    assert all("-seed1-" in report["seed_runs"][a][1] for a in report["seed_runs"])
+    for arm in ("baseline", "augmented"):
+        assert report[arm]["step"] == 2 and os.path.basename(report[arm]["checkpoint"]) != "best"
+        assert set(report["arms"][arm]["AP"]) == {"mean", "std"}
+    assert report["paired"]["AP50"]["n"] == 2 and report["paired"]["AP50"]["lo"] is not None
+    text = open(demo_tree / "demo-out" / "experiment" / "report.md").read()
+    assert "95% interval" in text and "seed" in text and "final (step 2)" in text
     assert (demo_tree / "demo-out" / "experiment" / "report.md").exists()
     assert "recolor" in open(demo_tree / "demo-out" / "experiment" / "report.md").read()
     runs = demo_tree / "demo-out" / "runs"
@@ -86,6 +96,8 @@ def test_shipped_debug_experiment_and_fingerprinted_runs(ray_local, demo_tree, t
               log=lambda *a: None)
     changed = names(load_config(path, [f"experiment.synthetic=[{other}]"]))
     assert changed["augmented"] != report["runs"]["augmented"] and changed["baseline"] == report["runs"]["baseline"]
+    ratio = names(load_config(path, ["train.synthetic_ratio=0.5"]))  # the baseline has no synthetic rows
+    assert ratio["augmented"] != report["runs"]["augmented"] and ratio["baseline"] == report["runs"]["baseline"]
     longer = names(load_config(path, ["train.iterations=3"]))  # a changed config: new names for both arms
     assert longer["baseline"] != report["runs"]["baseline"] and longer["augmented"] != report["runs"]["augmented"]
 
@@ -146,7 +158,7 @@ def test_evaluate_takes_relative_paths(sample_root, tmp_path, monkeypatch, capsy
     monkeypatch.chdir(tmp_path)
     assert main(["evaluate", "--checkpoint", "ckpt", "--data-root", "cs", "--max-images", "1"]) == 0
     out = capsys.readouterr().out
-    assert "test scale: short edge 128 px" in out
+    assert "evaluated at test scale short edge 128 px on 1 image" in out
     res = json.load(open(tmp_path / "ckpt" / "eval_val.json"))
     assert res["images"] == 1 and res["step"] == 3
     err = _one_line_error(capsys, ["evaluate", "--checkpoint", "ckpt", "--data-root", "nowhere"])

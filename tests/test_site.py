@@ -1,0 +1,154 @@
+"""The HTML report (``instsynth report``): every committed sample is in it, thumbnails are reused when a
+unit is unchanged, and - in a real headless Chromium - the gallery shows the expected samples, a URL
+filter shows only that class, and no image fails to load."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+
+from instsynth import shards, storage
+from instsynth.cli import main
+from instsynth.config import load_config
+from instsynth.originals import write_originals
+from instsynth.site import write_report
+from instsynth.synth import run_synth
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUIET = {"log": lambda *a: None}
+
+
+def _cfg(*sets):
+    return load_config(os.path.join(ROOT, "configs", "debug.yaml"),
+                       ["run.progress=false", "run.executor=local", "generator.name=recolor", "plan.top_k=8", *sets])
+
+
+@pytest.fixture(scope="module")
+def outputs(sample_root, tmp_path_factory):
+    base = tmp_path_factory.mktemp("site")
+    synth, orig = str(base / "recolor"), str(base / "original")
+    run_synth(sample_root, synth, _cfg(), **QUIET)
+    write_originals(sample_root, orig, _cfg(), **QUIET)
+    return synth, orig
+
+
+def _samples(site: str) -> list[dict]:
+    rows = []
+    for name in sorted(os.listdir(site)):
+        if name.startswith("samples-") and name.endswith(".js"):
+            for line in open(os.path.join(site, name)):
+                if line.startswith("S("):
+                    rows += json.loads(line[2:-3])
+    return rows
+
+
+def _committed(out):
+    return sorted(w for m in shards.committed_units(out).values() for w in m["work_ids"])
+
+
+def test_report_holds_every_sample_and_reuses_unchanged_units(outputs, tmp_path):
+    synth, orig = outputs
+    site = str(tmp_path / "site")
+    s = write_report([synth, orig], site, **QUIET)
+    rows = _samples(site)
+    assert sorted(r["w"] for r in rows) == sorted(_committed(synth) + _committed(orig))
+    assert {"person", "rider"} <= {r["c"] for r in rows}  # top_k 8 selects people
+    for r in rows:
+        assert os.path.getsize(os.path.join(site, r["a"])) > 0
+        assert r["g"] == "original" or (r["b"] and os.path.exists(os.path.join(site, r["b"])))
+    page = open(os.path.join(site, "index.html")).read()
+    for section in ("summary", "classes", "quality", "runs", "failures", "gallery"):
+        assert f'id="{section}"' in page
+    assert "http://" not in page and "https://" not in page  # no CDN: opens from disk
+    units = s["units_decoded"]
+    again = write_report([synth, orig], site, **QUIET)
+    assert again["units_decoded"] == 0 and again["units_reused"] == units
+    assert _samples(site) == rows
+    # a redone unit (new hash in its marker) is rendered again; the others are reused
+    unit = sorted(shards.committed_units(synth))[0]
+    cache = os.path.join(site, "cache", "d0", f"{unit}.json")
+    entry = json.load(open(cache))
+    entry["sha256"] = "0" * 64
+    json.dump(entry, open(cache, "w"))
+    third = write_report([synth, orig], site, **QUIET)
+    assert third["units_decoded"] == 1
+
+
+def test_report_lists_failures_with_their_source_files(outputs, tmp_path, sample_root):
+    synth, _ = outputs
+    bad = tmp_path / "bad"
+    shutil.copytree(sample_root, bad)
+    img = next(p for p in sorted((bad / "leftImg8bit" / "train").rglob("*.png")))
+    img.write_bytes(img.read_bytes()[:200])  # truncated: a run-time failure
+    out = str(tmp_path / "out")
+    run_synth(str(bad), out, _cfg("run.max_failure_fraction=1.0"), **QUIET)
+    write_report([out], str(tmp_path / "site"), **QUIET)
+    page = open(tmp_path / "site" / "index.html").read()
+    assert "stage <b>decode</b>" in page
+    assert f'href="file://{img}"' in page
+
+
+def test_report_refuses_missing_dirs_and_outs_inside_the_data(outputs, tmp_path, capsys):
+    synth, _ = outputs
+    assert main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
+    assert "no such output dir" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert main(["report", synth, "--out", os.path.join(synth, "data", "r")]) == 2
+    assert "lies inside" in capsys.readouterr().err
+
+
+# -- in a real browser ----------------------------------------------------------------------------------
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail("CI=true but no chromium on PATH (.ci/run installs Debian's chromium)")
+    pytest.skip("headless Chromium not installed (apt-get install -y chromium); CI installs it")
+
+
+def _browse(chromium: str, url: str, tmp, *extra) -> str:
+    profile = tmp / "profile"
+    env = {**os.environ, "HOME": str(tmp)}  # Chromium writes ~/.pki and friends: keep them in tmp
+    r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-background-networking",
+                        "--disable-gpu", "--hide-scrollbars", "--no-first-run", f"--user-data-dir={profile}",
+                        "--virtual-time-budget=10000", *extra, url],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+def _attr(dom: str, element_id: str, name: str) -> int:
+    tag = re.search(rf'<[^>]*id="{element_id}"[^>]*>', dom).group(0)
+    return int(re.search(rf'{name}="(\d+)"', tag).group(1))
+
+
+def test_report_in_a_real_browser(outputs, tmp_path):
+    chromium = _chromium()
+    synth, orig = outputs
+    site = tmp_path / "site"
+    write_report([synth, orig], str(site), **QUIET)
+    rows = _samples(str(site))
+    url = (site / "index.html").as_uri()
+    dom = _browse(chromium, url, tmp_path, "--dump-dom")
+    cards = len({r["w"] for r in rows})
+    assert _attr(dom, "grid", "data-total") == cards
+    assert dom.count('class="sample"') == min(cards, 48)
+    assert _attr(dom, "img-status", "data-broken") == 0
+    assert _attr(dom, "img-status", "data-loaded") == _attr(dom, "img-status", "data-total") > 0
+    persons = {r["w"] for r in rows if r["c"] == "person"}
+    assert persons
+    dom = _browse(chromium, url + "#class=person", tmp_path, "--dump-dom")
+    shown = re.findall(r'class="sample" data-class="([^"]+)"', dom)
+    assert len(shown) == min(len(persons), 48) and set(shown) == {"person"}
+    assert _attr(dom, "img-status", "data-broken") == 0
+    shot = tmp_path / "shot.png"
+    _browse(chromium, url + "#class=person", tmp_path, f"--screenshot={shot}", "--window-size=1200,900")
+    img = cv2.imread(str(shot))
+    assert img is not None and img.shape[:2] == (900, 1200)
+    # the filtered gallery comes first: its thumbnails (not a blank page) fill the screenshot
+    assert float(np.std(img[200:, :].astype(np.float32))) > 20
