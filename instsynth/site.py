@@ -39,6 +39,7 @@ from instsynth.report import (
 )
 
 THUMB = (320, 160)  # (w, h) box a thumbnail fits in
+PAGE_SIZE = 96  # gallery cards per page
 JPEG_QUALITY = 85
 CACHE_VERSION = 1
 QUALITY_KEYS = ("psnr_crop", "ssim_crop", "psnr_in", "psnr_out", "ssim_in", "ssim_out", "changed_inside",
@@ -300,7 +301,8 @@ def write_report(dirs: list[str], out: str, log=print) -> dict:
         if png:
             storage.write_bytes(storage.join(out, n), png)
     classes = sorted({c for s in stats.values() for c in s["synthesized"]}, key=_class_order)
-    meta = {"dirs": info, "classes": classes, "generators": sorted({g for i in info for g in i["generators"]})}
+    meta = {"dirs": info, "classes": classes, "generators": sorted({g for i in info for g in i["generators"]}),
+            "page_size": PAGE_SIZE}
     storage.write_bytes(storage.join(out, "report-data.js"),
                         ("window.REPORT = " + json.dumps(meta, indent=1) + ";\n").encode())
     for asset in ("report.js", "report.css"):
@@ -344,7 +346,7 @@ def _index_html(info, stats, qtable, runs_by_dir, failures, scripts, images) -> 
             for i in info]
     parts.append('<section id="summary"><h2>Output dirs</h2>' + _table(
         ["dir", "generator", "rows", "units", "failed items", "planned", "pending", "damaged units", "models"],
-        rows) + "".join(f'<p class="path">{_e(i["name"])}: <code>{_e(i["dir"])}</code></p>' for i in info)
+        rows) + "".join(f'<p class="path">{_e(i["name"])}: <code>{_e(storage.absolute(i["dir"]))}</code></p>' for i in info)
         + "</section>")
     # classes
     sources = sorted(stats, key=lambda s: (s != "original", s))

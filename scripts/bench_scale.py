@@ -90,6 +90,14 @@ def server_s(reqs):
     return round(sum(r[3] for r in reqs), 3)
 
 
+def server_s_by_kind(reqs):
+    """Server seconds per request kind and prefix (where the single-process moto server spends its time)."""
+    out: dict = {}
+    for k, p, _, t, *_ in reqs:
+        out[f"{k} {p}"] = round(out.get(f"{k} {p}", 0) + t, 3)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1])[:8])
+
+
 def data_bytes_read(reqs):
     return sum(r[2] for r in reqs if r[0].startswith("GET") and r[1] == "data")
 
@@ -164,7 +172,10 @@ def main() -> int:
                               "bookkeeping_before_units_s": fresh["bookkeeping_done"] - fresh["start"],
                               "after_last_commit_s": fresh["end"] - fresh["last_commit"],
                               "wall_s": fresh["end"] - fresh["start"], "driver_maxrss_mb": fresh["maxrss_mb"],
-                              "data_bytes_read": data_bytes_read(reqs), "server_s": server_s(reqs)}}
+                              "data_bytes_read": data_bytes_read(reqs), "server_s": server_s(reqs),
+                              "server_s_by_kind": server_s_by_kind(reqs),
+                              "after_last_commit_requests": [r[:2] + (round(r[3], 3),) for r in reqs
+                                                             if len(r) > 4 and r[4] >= fresh["last_commit"]]}}
             noop = run_child(root, out, sets + ["run.executor=ray"], env)
             reqs = counts.snapshot(reset=True)
             size["noop"] = {"requests": len(reqs), "by_kind": by_kind(reqs), "target": 2 * u + 60,

@@ -1,6 +1,8 @@
 """Training benchmarks: can the shipped trainer make a model learn, and how fast is a step.
 
     python scripts/bench_train.py [--scale tiny] [--iterations 1500] [--every 500] [--out DIR]
+    python scripts/bench_train.py --arms fastinst:imagenet,maskrcnn:imagenet,fastinst:scratch,maskrcnn:scratch \\
+        --iterations 1000 --every 500 --out DIR               # the four curves of FastInst vs the reference
     python scripts/bench_train.py --scale full [--iters 30]      # on a GPU machine
 
 ``--scale tiny`` (learnability, CPU): the unmodified ``write_sample(images=80, size=1024x512, seed=0)``;
@@ -57,8 +59,14 @@ def tiny(args) -> dict:
     orig = os.path.join(out, "original")
     if not os.path.isdir(orig):
         write_originals(root, orig, load_config(None), log=lambda *a: None)
+    model, init = (args.arm or "fastinst:scratch").split(":")
+    arm = [f"train.model.name={model}", "train.model.tiny=true"]
+    if args.arm:  # the four-curve comparison: one backbone for all, ImageNet weights or none
+        arm += ["train.model.params={backbone: mobilenet_v2}"]
+        if init == "imagenet":
+            arm += ["train.model.backbone_weights=bundled"]
     sets = [f"train.dirs=[{orig}]", f"train.storage_path={out}/runs", f"train.name={args.name}",
-            "train.model.name=fastinst", "train.model.tiny=true", f"train.iterations={args.iterations}",
+            *arm, f"train.iterations={args.iterations}",
             f"train.checkpoint_every={args.every}", "train.keep_checkpoints=100", "train.num_workers=1",
             f"train.cpus_per_worker={os.cpu_count() or 2}", f"train.batch_size={args.batch}", f"train.lr={args.lr}",
             "train.backbone_lr_mult=1.0", f"train.warmup_iters={args.warmup}", "train.crop=384x192",
@@ -89,11 +97,13 @@ def tiny(args) -> dict:
         print(f"step {step:>5}: train AP50 {point['train']['AP50'] or 0:.3f} (agnostic "
               f"{point['train']['agnostic_AP50']:.3f}), val AP50 {point['val']['AP50'] or 0:.3f} "
               f"(agnostic {point['val']['agnostic_AP50']:.3f})", flush=True)
-    report = {"machine": machine(), "config": sets, "train_seconds": train_s,
+    report = {"machine": machine(), "arm": args.arm or "fastinst:scratch", "config": sets, "train_seconds": train_s,
               "s_per_iter": train_s / args.iterations, "total_seconds": time.time() - t0, "curve": curve}
-    with open(os.path.join(out, "curve.json"), "w") as f:
+    stem = f"curve-{args.arm.replace(':', '-')}" if args.arm else "curve"
+    with open(os.path.join(out, f"{stem}.json"), "w") as f:
         json.dump(report, f, indent=1)
-    plot(report, os.path.join(out, "curve.png"))
+    plot(report, os.path.join(out, f"{stem}.png"))
+    ray.shutdown()
     last = curve[-1]
     print(f"\n{report['machine']}: {args.iterations} iterations in {train_s:.0f} s "
           f"({report['s_per_iter']:.2f} s/iter, incl. start-up); total {report['total_seconds']:.0f} s")
@@ -120,6 +130,34 @@ def plot(report: dict, path: str) -> None:
     ax.set_ylabel("AP50")
     ax.set_title(f"tiny FastInst on the 80-image sample ({report['machine']})", fontsize=8)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_arms(reports: list[dict], path: str) -> None:
+    """Train and held-out AP50 of every arm (model x init) in one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, split, title in ((axes[0], "train", "train split"), (axes[1], "val", "held-out (val)")):
+        for r in reports:
+            steps = [p["step"] for p in r["curve"]]
+            style = "-" if r["arm"].startswith("fastinst") else "--"
+            marker = "o" if r["arm"].endswith("imagenet") else "x"
+            vals = [p[split]["AP50"] or 0 for p in r["curve"]]
+            ax.plot(steps, vals, marker + style, label=f"{r['arm']} ({r['s_per_iter']:.2f} s/it)")
+            for x, y in zip(steps, vals):
+                ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_title(f"AP50, {title}")
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("AP50")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"FastInst vs torchvision Mask R-CNN, MobileNetV2, 80-image sample ({reports[0]['machine']})",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -241,10 +279,27 @@ def main() -> None:
     ap.add_argument("--json", help="also write the result here")
     ap.add_argument("--profile", help="--scale full: write torch profiler tables (3 steps) into this dir")
     ap.add_argument("--set", action="append", default=[], help="extra train config overrides")
+    ap.add_argument("--arms", help="--scale tiny: MODEL:INIT,... (fastinst|maskrcnn : scratch|imagenet), each on "
+                    "MobileNetV2 with the same rows, crops, batch, iterations and test scale; one figure of all")
+    ap.add_argument("--arm", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    res = tiny(args) if args.scale == "tiny" else full(args)
+    if args.arms:
+        reports = []
+        for arm in args.arms.split(","):
+            r = subprocess.run([sys.executable, __file__, "--scale", "tiny", "--out", args.out, "--arm", arm,
+                                "--name", f"{args.name}-{arm.replace(':', '-')}", "--iterations", str(args.iterations),
+                                "--every", str(args.every), "--batch", str(args.batch), "--lr", str(args.lr),
+                                "--warmup", str(args.warmup)] + sum((["--set", x] for x in args.set), []))
+            if r.returncode:
+                raise SystemExit(f"arm {arm} failed ({r.returncode})")
+            reports.append(json.load(open(os.path.join(args.out, f"curve-{arm.replace(':', '-')}.json"))))
+        plot_arms(reports, os.path.join(args.out, "curves.png"))
+        res = {"arms": reports}
+        print(f"wrote {os.path.join(args.out, 'curves.png')}")
+    else:
+        res = tiny(args) if args.scale == "tiny" else full(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -46,7 +46,7 @@ def kind_of(method: str, query: str, headers) -> str:
 
 class CountingS3:
     """Start with ``start()``; ``requests`` holds (kind, prefix, bytes sent back, seconds the server spent
-    on it, latency excluded) per request."""
+    on it, latency excluded, when it ended: time.time()) per request."""
 
     def __init__(self, port: int = 0, latency_s: float = 0.0):
         self.port, self.latency_s = port, latency_s
@@ -94,7 +94,7 @@ class CountingS3:
                 body.close()
             with self._lock:
                 self.requests.append((kind, prefix_of(key) if key else "(bucket)", sent,
-                                      time.perf_counter() - t0))
+                                      time.perf_counter() - t0, time.time()))
             return chunks
         return app
 

@@ -16,7 +16,7 @@ from instsynth import shards, storage
 from instsynth.cli import main
 from instsynth.config import load_config
 from instsynth.originals import write_originals
-from instsynth.site import write_report
+from instsynth.site import PAGE_SIZE, write_report
 from instsynth.synth import run_synth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,14 +137,14 @@ def test_report_in_a_real_browser(outputs, tmp_path):
     dom = _browse(chromium, url, tmp_path, "--dump-dom")
     cards = len({r["w"] for r in rows})
     assert _attr(dom, "grid", "data-total") == cards
-    assert dom.count('class="sample"') == min(cards, 48)
+    assert dom.count('class="sample"') == min(cards, PAGE_SIZE)
     assert _attr(dom, "img-status", "data-broken") == 0
     assert _attr(dom, "img-status", "data-loaded") == _attr(dom, "img-status", "data-total") > 0
     persons = {r["w"] for r in rows if r["c"] == "person"}
     assert persons
     dom = _browse(chromium, url + "#class=person", tmp_path, "--dump-dom")
     shown = re.findall(r'class="sample" data-class="([^"]+)"', dom)
-    assert len(shown) == min(len(persons), 48) and set(shown) == {"person"}
+    assert len(shown) == min(len(persons), PAGE_SIZE) and set(shown) == {"person"}
     assert _attr(dom, "img-status", "data-broken") == 0
     shot = tmp_path / "shot.png"
     _browse(chromium, url + "#class=person", tmp_path, f"--screenshot={shot}", "--window-size=1200,900")

@@ -2,8 +2,8 @@
 // The page state lives in the URL hash (#class=person&generator=recolor&page=2), so a view can be linked.
 (function () {
   "use strict";
-  var PAGE = 48;
   var R = window.REPORT, rows = window.SAMPLES;
+  var PAGE = R.page_size || 48;
   var byId = {}, cards = [];
   rows.forEach(function (s) {  // one card per work id; dirs that share a plan line up side by side
     var c = byId[s.w];

@@ -24,6 +24,31 @@ from instsynth.cityscapes import THING_CLASSES, THING_IDS
 
 LABEL_IDS = {name: cid for cid, name in THING_IDS.items()}
 _LOCK = threading.Lock()
+#: print the evaluators' own progress and summary dumps (``--verbose``; ``train.verbose`` in workers)
+VERBOSE = False
+
+
+@contextlib.contextmanager
+def quiet(*modules):
+    """Silence the evaluators' prints unless ``VERBOSE``.  ``redirect_stdout`` alone is not enough: in a
+    Ray Train worker ``print`` itself is patched to write to a logger, so ``print`` is also shadowed in
+    the modules that print (pycocotools, cityscapesscripts) for the duration."""
+    if VERBOSE:
+        yield
+        return
+    missing = object()
+    saved = [(m, m.__dict__.get("print", missing)) for m in modules]
+    for m in modules:
+        m.print = lambda *a, **k: None
+    try:
+        with contextlib.redirect_stdout(open(os.devnull, "w")):
+            yield
+    finally:
+        for m, old in saved:
+            if old is missing:
+                del m.print
+            else:
+                m.print = old
 
 
 class _NumpyShim(types.ModuleType):
@@ -105,7 +130,7 @@ def evaluate_cityscapes(gt_files: list[str], predictions: list[list[dict]]) -> d
         saved = (ev.np, ev.writeDict2JSON)
         ev.np, ev.writeDict2JSON = _NumpyShim(), _write_json
         try:
-            with _in_dir(tmp), contextlib.redirect_stdout(open(os.devnull, "w")):
+            with _in_dir(tmp), quiet(ev):
                 res = ev.evaluateImgLists(pred_files, gt_files, args)
         finally:
             ev.np, ev.writeDict2JSON = saved
@@ -121,6 +146,8 @@ def _nan0(v) -> float | None:
 
 def evaluate_coco(gt_maps: list[np.ndarray], predictions: list[list[dict]]) -> dict:
     """COCO-style segm AP / AP50 with pycocotools, as a second opinion (group regions are crowd)."""
+    import pycocotools.coco
+    import pycocotools.cocoeval
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -149,7 +176,7 @@ def evaluate_coco(gt_maps: list[np.ndarray], predictions: list[list[dict]]) -> d
                          "score": float(p["score"])})
     gt = COCO()
     gt.dataset = {"images": images, "annotations": anns, "categories": cats}
-    with contextlib.redirect_stdout(open(os.devnull, "w")):
+    with quiet(pycocotools.coco, pycocotools.cocoeval):
         gt.createIndex()
         if not dets:
             return {"AP": 0.0, "AP50": 0.0}

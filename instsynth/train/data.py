@@ -11,7 +11,9 @@ apart, about 100 bytes a row (12k rows of IS-Cityscapes: ~1 MB) - and nothing el
 * Step ``s`` of a run with batch ``B`` takes global samples ``s*B .. s*B+B-1``; worker ``r`` of ``W``
   with micro-batch ``b`` takes micro-batch ``a`` at ``s*B + (a*W + r)*b``.  So which row a worker
   trains on at which step is arithmetic, and a resumed run continues the same sequence.
-* Each worker decodes its own samples (read the rows' Parquet files, decode, augment) in a small
+* Each worker decodes its own samples (read each row's two PNGs with one ranged read each, at the
+  offsets its commit marker recorded; parts written before markers held them are read whole; decode,
+  augment) in a small
   thread pool, in order, a bounded number of micro-batches ahead (``SampleLoader``); the crop, scale
   and flip of a row are drawn from ``(seed, epoch, crc32(work_id))`` alone, so they do not depend on
   the worker, the step or the arm.
@@ -41,7 +43,8 @@ _MEMO_LOCK = threading.Lock()
 
 @dataclass
 class Catalog:
-    """Addresses of every committed training row: (part file, row index in it, work id)."""
+    """Addresses of every committed training row: (part file, row index in it, work id, where its PNGs
+    lie in the part: (image offset, bytes, ids offset, bytes) or None for parts written before that)."""
 
     orig: list[tuple[str, int, str]]
     synth: list[tuple[str, int, str]]
@@ -82,7 +85,7 @@ class Catalog:
 
         h = hashlib.sha1()
         for rows in (self.orig, self.synth):
-            for part, i, wid in rows:
+            for part, i, wid, *_ in rows:
                 h.update(f"{part}|{i}|{wid}\n".encode())
             h.update(b"--\n")
         return h.hexdigest()[:10]
@@ -97,23 +100,49 @@ def dir_generator(d: str) -> str | None:
 
 
 def build_catalog(dirs: list[str], ratio: float | None = None, seed: int = 0) -> Catalog:
-    """Read only the ``work_id`` column of every committed part of ``dirs``."""
+    """Every committed row's address from the dirs' commit markers (work ids, and where each row's PNGs
+    lie in its part); parts whose markers predate that are read once, ``work_id`` column only."""
     import pyarrow.parquet as pq
 
     if not dirs:
         raise ValueError("train.dirs: give at least one output dir (e.g. the originals)")
     orig, synth = [], []
     for d in dirs:
-        parts = shards.committed_parts(d)
-        if not parts:
+        markers = {u: m for u, m in sorted(shards.committed_units(d).items()) if m["rows"]}
+        if not markers:
             raise ConfigError(f"train.dirs: {d} has no committed rows")
-        rows = []
-        for p in parts:
-            fs, path = storage.filesystem(p)
-            ids = pq.read_table(path, columns=["work_id"], filesystem=fs).column("work_id").to_pylist()
-            rows += [(p, i, w) for i, w in enumerate(ids)]
-        (orig if dir_generator(d) == "original" else synth).extend(rows)
+        rows, gens = [], set()
+        for u, m in markers.items():
+            p = shards.part_path(d, u)
+            locs = m.get("data", {}).get("rows_at")
+            if "stats" in m:  # format 2: the marker lists the rows in file order
+                gens.update(g for g, *_ in m["stats"]["models"])
+                rows += [(p, i, w, tuple(locs[i]) if locs else None) for i, w in enumerate(m["work_ids"])]
+            else:
+                fs, path = storage.filesystem(p)
+                ids = pq.read_table(path, columns=["work_id"], filesystem=fs).column("work_id").to_pylist()
+                rows += [(p, i, w, None) for i, w in enumerate(ids)]
+        gen = gens.pop() if len(gens) == 1 else dir_generator(d)
+        (orig if gen == "original" else synth).extend(rows)
     return Catalog(orig, synth, ratio, seed)
+
+
+def read_rows(addrs: list[tuple]) -> list[dict]:
+    """{work_id, image, instance_ids} of each address: two ranged reads of exactly the row's PNGs where
+    the marker recorded them, else (older parts) the part read once, projected to these columns."""
+    out: list[dict | None] = [None] * len(addrs)
+    whole: dict[str, list[int]] = {}
+    for k, (part, i, wid, loc) in enumerate(addrs):
+        if loc:
+            out[k] = {"work_id": wid, "image": storage.read_range(part, loc[0], loc[1]),
+                      "instance_ids": storage.read_range(part, loc[2], loc[3])}
+        else:
+            whole.setdefault(part, []).append(k)
+    for part, ks in whole.items():
+        t = storage.read_parquet(part).select(COLUMNS)
+        for k in ks:
+            out[k] = {c: t.column(c)[addrs[k][1]].as_py() for c in COLUMNS}
+    return out
 
 
 def crop_rng(seed: int, epoch: int, work_id: str) -> np.random.Generator:
@@ -184,11 +213,8 @@ def load_samples(batch: dict, catalog: Catalog, spec: dict) -> dict:
     epochs, pos = g // catalog.epoch_len, g % catalog.epoch_len
     orders = {int(e): catalog.epoch(int(e)) for e in np.unique(epochs)}
     addr = [orders[int(e)][int(p)] for e, p in zip(epochs, pos)]
-    tables = {part: storage.read_parquet(part).select(COLUMNS) for part in {a[0] for a in addr}}
     images, ids, wids = [], [], []
-    for (part, i, wid), e in zip(addr, epochs):
-        t = tables[part]
-        row = {c: t.column(c)[i].as_py() for c in COLUMNS}
+    for row, (_, _, wid, _), e in zip(read_rows(addr), addr, epochs):
         out = augment(row, spec["short_edge"], spec["crop"], spec["flip"], crop_rng(catalog.seed, int(e), wid))
         images.append(out["image"])
         ids.append(out["ids"])

@@ -13,6 +13,7 @@ import os
 
 from instsynth import storage
 from instsynth.config import Config, ConfigError, to_dict
+from instsynth.train import cs_eval
 from instsynth.train.evaluate import evaluate_checkpoint, format_table
 
 
@@ -23,7 +24,7 @@ def run_name(cfg: Config, arm: str, catalog, k: int = 0) -> str:
     does not depend on ``train.synthetic_ratio``, so its hash sees that key at its default: changing
     the synthetic side reuses finished baseline runs."""
     t = to_dict(cfg)["train"]
-    for k in ("dirs", "name", "storage_path"):
+    for k in ("dirs", "name", "storage_path", "verbose"):  # where and how loudly, not what is trained
         t.pop(k)
     if not catalog.synth:  # hashed at its default, so names made before this rule stay valid
         t["synthetic_ratio"] = to_dict(Config())["train"]["synthetic_ratio"]
@@ -60,6 +61,7 @@ def run_experiment(cfg: Config, log=print) -> dict:
     if e.seeds < 1:
         raise ConfigError(f"experiment.seeds: {e.seeds}: give 1 or more")
     check_inputs(cfg, e.originals + e.synthetic)
+    cs_eval.VERBOSE = t.verbose
     arms = (("baseline", e.originals), ("augmented", e.originals + e.synthetic))
     per_seed, names = [], {a: [] for a, _ in arms}
     for k in range(e.seeds):

@@ -21,7 +21,8 @@ def resolve_paths(cfg: Config) -> Config:
     t.dirs = [storage.absolute(d) for d in t.dirs]
     t.eval_root = storage.absolute(t.eval_root)
     t.storage_path = storage.absolute(t.storage_path)
-    t.model.backbone_weights = storage.absolute(t.model.backbone_weights)
+    if t.model.backbone_weights != "bundled":  # found on each worker with importlib.resources
+        t.model.backbone_weights = storage.absolute(t.model.backbone_weights)
     if t.model.pretrained and os.path.exists(os.path.expanduser(t.model.pretrained)):
         t.model.pretrained = storage.absolute(t.model.pretrained)  # a local dir; hub ids stay as they are
     e.originals = [storage.absolute(d) for d in e.originals]
@@ -45,8 +46,15 @@ def check_inputs(cfg: Config, dirs: list[str]) -> None:
     if t.eval_root:
         check_eval_root(t.eval_root, t.eval_split)
     w = t.model.backbone_weights
-    if w and not storage.exists(w):
+    if w and w != "bundled" and not storage.exists(w):
         raise ConfigError(f"train.model.backbone_weights: {w}: no such file")
+    if w and t.model.name in ("fastinst", "maskrcnn"):  # every key and shape, before any worker starts
+        from instsynth.train.models.backbones import WeightsError, check_weights
+
+        try:
+            check_weights(w, t.model.params.get("backbone", "resnet18" if t.model.tiny else "resnet50"))
+        except WeightsError as e:
+            raise ConfigError(str(e)) from None
     check_pretrained(t.model.pretrained)
 
 

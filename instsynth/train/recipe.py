@@ -24,7 +24,8 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
                 continue
             seen.add(id(p))
             full = f"{mname}.{pname}" if mname else pname
-            backbone = full.startswith("backbone.") or ".backbone." in full
+            # the CNN trains at backbone_lr_mult; an FPN inside a "backbone" (torchvision's) is a head
+            backbone = (full.startswith("backbone.") or ".backbone." in full) and ".fpn." not in full
             decay = not (no_decay_module or p.ndim <= 1 or "pos_embed" in full)
             groups.setdefault((backbone, decay), []).append(p)
     out = []

@@ -24,7 +24,7 @@ from instsynth.config import Config, ModelConfig, TrainConfig, grad_accum, to_di
 
 
 def model_kwargs(m: ModelConfig) -> dict:
-    if m.name == "fastinst":
+    if m.name in ("fastinst", "maskrcnn"):
         return {"tiny": m.tiny, "backbone_weights": m.backbone_weights, **m.params}
     return {"pretrained": m.pretrained, "tiny": m.tiny, **m.params}
 
@@ -110,7 +110,7 @@ class Board:
 
 def bn_mode(cfg: TrainConfig, world: int) -> str:
     """``frozen`` with backbone weights (detectron2's FrozenBN), ``sync`` across GPU workers, else ``batch``."""
-    if cfg.model.name == "fastinst" and cfg.model.backbone_weights:
+    if cfg.model.name in ("fastinst", "maskrcnn") and cfg.model.backbone_weights:
         return "frozen"
     return "sync" if cfg.sync_bn and cfg.use_gpu and world > 1 else "batch"
 
@@ -130,6 +130,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     cfg = load_config(values={"train": config["train"]}).train
     run_dir, catalog = config["run_dir"], config["catalog"]
+    from instsynth.train import cs_eval
+
+    cs_eval.VERBOSE = cfg.verbose
     ctx = train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = get_device()
@@ -213,7 +216,7 @@ def make_trainer(cfg: Config, catalog=None):
 
     ``catalog``: the data's row catalog when the caller already built it (the experiment names its runs
     from it), so the committed parts are listed once."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from instsynth.train.data import build_catalog
@@ -231,7 +234,10 @@ def make_trainer(cfg: Config, catalog=None):
         train_loop_config={"train": to_dict(cfg)["train"], "run_dir": run_dir, "catalog": catalog},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=t.name, storage_path=t.storage_path,
-                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+                             # Ray Train's life-cycle INFO lines (resources, worker group, every report's
+                             # metrics) are noise on the console; its log files keep them; --verbose shows them
+                             logging_config=LoggingConfig(log_level="INFO" if t.verbose else "WARNING")),
     )
 
 

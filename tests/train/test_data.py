@@ -68,7 +68,7 @@ def test_crops_are_a_pure_function_of_seed_epoch_and_work_id(sample_root, tmp_pa
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["ids"], b["ids"])
     assert a["epoch"].tolist() == [0] * len(cat.orig) + [1] * len(cat.orig)
     # the same row in another arm (a catalog with more rows, other positions) gets the same crop
-    other = Catalog(cat.orig + [(p, i, "x" + w) for p, i, w in cat.orig], [], None, 3)
+    other = Catalog(cat.orig + [(p, i, "x" + w, loc) for p, i, w, loc in cat.orig], [], None, 3)
     c = load_samples({"id": np.arange(len(other.orig))}, other, spec)
     first = {w: img for w, img in zip(a["work_id"][: len(cat.orig)], a["image"][: len(cat.orig)])}
     for w, img in zip(c["work_id"], c["image"]):
@@ -93,3 +93,53 @@ def test_augment_with_the_same_rng_is_identical(sample_root):
     z = augment(row, (64, 256), (128, 64), True, crop_rng(0, 5, "w"))
     assert np.array_equal(x["image"], y["image"]) and np.array_equal(x["ids"], y["ids"])
     assert not np.array_equal(x["image"], z["image"])
+
+
+def test_a_sample_reads_only_its_rows_bytes_and_old_parts_still_train(s3_server, sample_root):
+    """On the local S3 server: a training sample costs two ranged GETs of exactly its PNGs (offsets from
+    the commit marker); a part written before markers held offsets (zstd PNG columns, old marker) is
+    read whole and gives the same rows."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from instsynth import shards, storage
+    from instsynth.synth import run_synth
+    from instsynth.train.data import build_catalog, read_rows
+
+    out = "s3://bucket/train-rows"
+    run_synth(sample_root, out, load_config(DEBUG, ["run.executor=local", "run.progress=false",
+                                                    "generator.name=recolor"]), log=lambda *a: None)
+    s3_server.reset()
+    cat = build_catalog([out])
+    assert s3_server.count("GET", "data") == 0 and s3_server.count("GET range", "data") == 0  # markers only
+    assert cat.synth and all(a[3] is not None for a in cat.synth)
+    addrs = cat.synth[:3]
+    s3_server.reset()
+    rows = read_rows(addrs)
+    assert s3_server.count("GET range", "data") == s3_server.count("GET", "data") == 2 * len(addrs)
+    assert s3_server.bytes_sent("data") == sum(a[3][1] + a[3][3] for a in addrs)  # nothing but the PNGs
+    ref = pq.read_table(io_bytes(storage.read_bytes(addrs[0][0]))).to_pylist()[addrs[0][1]]
+    assert rows[0]["image"] == ref["image"] and rows[0]["instance_ids"] == ref["instance_ids"]
+    # an old-layout part: PNG columns zstd-compressed, marker without offsets or stats
+    unit = os.path.basename(addrs[0][0])[len("part-"):-len(".parquet")]
+    table = pq.read_table(io_bytes(storage.read_bytes(addrs[0][0])))
+    buf = io_bytes()
+    pq.write_table(table, buf, compression="zstd")
+    storage.write_bytes(addrs[0][0], buf.getvalue())
+    marker = json.loads(storage.read_bytes(shards.marker_path(out, unit)))
+    marker = {k: v for k, v in marker.items() if k not in ("stats", "v")}
+    marker["data"] = {k: v for k, v in marker["data"].items() if k != "rows_at"} | {"bytes": len(buf.getvalue())}
+    storage.write_bytes(shards.marker_path(out, unit), json.dumps(marker).encode())
+    storage.remove_tree(storage.join(out, shards.LEDGER))
+    old = build_catalog([out])
+    olds = [a for a in old.synth if a[0] == addrs[0][0]]
+    assert olds and all(a[3] is None for a in olds)
+    again = read_rows([olds[addrs[0][1]]])
+    assert again[0]["image"] == rows[0]["image"] and again[0]["instance_ids"] == rows[0]["instance_ids"]
+
+
+def io_bytes(data: bytes = b""):
+    import io
+
+    return io.BytesIO(data)

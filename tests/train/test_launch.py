@@ -42,7 +42,7 @@ def _one_line_error(capsys, argv):
     return err
 
 
-@pytest.mark.parametrize("name", ["fastinst", "mask2former", "oneformer"])
+@pytest.mark.parametrize("name", ["fastinst", "maskrcnn", "mask2former", "oneformer"])
 def test_shipped_tiny_configs_run_from_another_directory(ray_local, demo_tree, tmp_path, monkeypatch, name):
     from instsynth.train.trainer import run_training
 
@@ -124,7 +124,14 @@ def test_full_config_names_missing_weights_then_gpus(ray_local, capsys, demo_tre
                                    *sum((["--set", s] for s in have), [])])
     assert "train.model.pretrained" in err and "facebook/mask2former-swin-tiny-coco-instance" in err
     weights = demo_tree / "r50.pth"
-    weights.write_bytes(b"not read at launch")
+    weights.write_bytes(b"not a state dict")
+    err = _one_line_error(capsys, ["train", "--config", fastinst, *sum((["--set", s] for s in have), []),
+                                   "--set", f"train.model.backbone_weights={weights}"])
+    assert f"train.model.backbone_weights: {weights}: not a PyTorch state dict" in err
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), weights)  # checked key by key at launch
     err = _one_line_error(capsys, ["train", "--config", fastinst, *sum((["--set", s] for s in have), []),
                                    "--set", f"train.model.backbone_weights={weights}"])
     assert "train.use_gpu: 4 GPU worker(s) asked for, this machine has 0 GPU(s)" in err
@@ -204,3 +211,23 @@ def test_generator_model_paths_relative_to_the_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "configs")
     assert load_config("g.yaml").generator.params == {"model": str(tmp_path / "models" / "m"), "vae": "org/vae"}
     assert load_config("h.yaml").generator.params["model"] == "org/some-model"  # a hub id stays as it is
+
+
+def test_train_output_is_quiet_and_names_the_best_checkpoint(demo_tree, tmp_path):
+    """A tiny `instsynth train` (its own local Ray, as a user runs it): no PlacementGroupCleaner lines, no
+    pycocotools dump without --verbose, and it ends with the best/ path and its AP50 at the test scale;
+    run again, it says there was nothing left to train."""
+    from instsynth.train.trainer import loss_name
+
+    assert (loss_name("loss"), loss_name("ce"), loss_name("loss_mask")) == ("loss", "loss_ce", "loss_mask")
+    cfg = str(demo_tree / "configs" / "train" / "fastinst.tiny.yaml")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "instsynth.cli", "train", "--config", cfg, "--set", "train.name=quiet",
+           "--set", "train.num_workers=1", "--set", "train.cpus_per_worker=1"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    assert "PlacementGroupCleaner" not in text and "Average Precision" not in text and "index created" not in text
+    assert "best checkpoint: " in text and "at test scale short edge 192 px" in text and "loss_loss" not in text
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert "nothing left to train: quiet already reached step 4" in again.stdout + again.stderr

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 
 def build_model(name: str, **kw):
-    """``fastinst`` | ``mask2former`` | ``oneformer`` with their own keyword arguments."""
+    """``fastinst`` | ``maskrcnn`` (the reference) | ``mask2former`` | ``oneformer`` with their own keyword arguments."""
     if name == "fastinst":
         from instsynth.train.models.fastinst import build_fastinst
 
         return build_fastinst(**kw)
+    if name == "maskrcnn":
+        from instsynth.train.models.maskrcnn import MaskRCNN
+
+        return MaskRCNN(**kw)
     if name == "mask2former":
         from instsynth.train.models.hf import Mask2Former
 
@@ -22,4 +26,4 @@ def build_model(name: str, **kw):
         from instsynth.train.models.hf import OneFormer
 
         return OneFormer(**kw)
-    raise ValueError(f"train.model.name: unknown model {name!r}; known: fastinst, mask2former, oneformer")
+    raise ValueError(f"train.model.name: unknown model {name!r}; known: fastinst, maskrcnn, mask2former, oneformer")

