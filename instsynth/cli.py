@@ -129,10 +129,20 @@ def cmd_status(args) -> int:
     return 2 if st["bad_shards"] else 1 if st["bad_rows"] else 0
 
 
+def _check_dirs(dirs: list[str]) -> None:
+    """Read-only commands refuse, in one line and before writing anything, a dir that is missing or
+    is not an InstSynth output dir."""
+    from instsynth.report import check_output_dir
+
+    for d in dirs:
+        check_output_dir(d)
+
+
 def cmd_stats(args) -> int:
     from instsynth.report import write_stats
 
     _config(args)
+    _check_dirs(args.dirs)
     out = args.out or storage.join(args.dirs[0], "stats")
     text, _ = write_stats(args.dirs, out)
     print(text)
@@ -144,6 +154,7 @@ def cmd_preview(args) -> int:
     from instsynth.report import compare_grid, preview
 
     _config(args)
+    _check_dirs([args.out_dir])
     if args.compare:
         out = args.out or storage.join(args.out_dir, "stats", "compare.png")
         png = compare_grid(args.out_dir, n=args.n, class_name=args.class_name, generator=args.generator_name)
@@ -169,6 +180,7 @@ def cmd_export(args) -> int:
     from instsynth.export import export_cityscapes, export_coco, export_parquet, parse_bytes
 
     _config(args)
+    _check_dirs(args.dirs)
     if args.format == "cityscapes":
         export_cityscapes(args.dirs, args.out, split=args.split)
     elif args.format == "parquet":
@@ -195,9 +207,8 @@ def cmd_evaluate(args) -> int:
     from instsynth.train.evaluate import evaluate_checkpoint, format_table
 
     _config(args)
-    from instsynth.train.launch import check_eval_root
-
     from instsynth.train import cs_eval
+    from instsynth.train.launch import check_eval_root
 
     cs_eval.VERBOSE = bool(args.verbose)
     ckpt, root = storage.absolute(args.checkpoint), storage.absolute(args.data_root)
@@ -230,6 +241,7 @@ def cmd_quality(args) -> int:
     from instsynth.quality.report import write_quality
 
     cfg = _config(args)
+    _check_dirs(args.dirs)
     out = args.out or storage.join(args.dirs[0], "stats")
     text, _ = write_quality(args.dirs, cfg.quality, out, args.data_root)
     print(text)

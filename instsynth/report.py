@@ -141,6 +141,17 @@ def format_stats(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (laid out tight), closed afterwards."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def stats_chart(stats: dict) -> bytes:
     """A grouped bar chart (PNG bytes): visible instances per class and source."""
     import matplotlib
@@ -163,11 +174,7 @@ def stats_chart(stats: dict) -> bytes:
     ax.set_ylabel("instances")
     ax.set_title("IS-Cityscapes instances per class")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def write_stats(dirs: list[str], out: str) -> tuple[str, dict]:

@@ -35,7 +35,12 @@ from instsynth import shards, storage
 from instsynth.cityscapes import THING_CLASSES, DataError, decode_ids, decode_image, read_image
 from instsynth.quality.report import quality_chart
 from instsynth.report import (
-    add_failure_stats, add_row_stats, check_output_dir, new_class_stats, stats_chart, visible_instances,
+    add_failure_stats,
+    add_row_stats,
+    check_output_dir,
+    new_class_stats,
+    stats_chart,
+    visible_instances,
 )
 
 THUMB = (320, 160)  # (w, h) box a thumbnail fits in
@@ -220,11 +225,9 @@ def runs_chart(runs_by_dir: dict[str, list[dict]]) -> bytes | None:
     ax.set_ylabel("units committed per minute")
     ax.set_title("throughput over time")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    from instsynth.report import figure_png
+
+    return figure_png(fig)
 
 
 def write_report(dirs: list[str], out: str, log=print) -> dict:

@@ -105,6 +105,7 @@ def main() -> int:
     ap.add_argument("--items", type=int, default=400, help="items of the larger CPU-stage job and of the fleet run")
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--only-memory", action="store_true", help="step 3 alone (no timing in it)")
     args = ap.parse_args()
     if args.child == "job":
         child_job(args)
@@ -121,25 +122,26 @@ def main() -> int:
         write_sample(root, images=max(4, args.items // 24 + 2), size=(256, 128), seed=0, val_fraction=0.0001)
         base = ["run.progress=false", "run.rows_per_unit=4", "plan.min_pixels=16", "plan.variants=8",
                 "generator.name=simulate", "generator.batch_size=4"]
-        # 1. the CPU stages' steady state
         small, big = args.items // 4, args.items
-        walls = {}
-        for n in (small, big):
-            walls[n] = run("job", root, os.path.join(tmp, f"cpu-{n}"),
-                           base + ["generator.params.cost_s=0", f"run.limit={n}"])["wall_s"]
-        cpu_rate = (big - small) / max(walls[big] - walls[small], 1e-9)
-        cost = args.gpus / (0.8 * cpu_rate)
-        res["cpu_stages"] = {"items_per_s_steady": cpu_rate, "walls": walls}
-        res["cost_s"] = cost
-        # 2. the fleet
-        trace = os.path.join(tmp, "trace")
-        fleet = run("job", root, os.path.join(tmp, "fleet"),
-                    base + [f"generator.params.cost_s={cost}", f"generator.params.trace={trace}",
-                            "generator.num_gpus=1", "generator.num_cpus=0", f"generator.min_actors={args.gpus}",
-                            f"generator.max_actors={args.gpus}", f"run.limit={big}"], gpus=args.gpus)
-        res["fleet"] = {**fleet, **busy_fraction(trace, args.gpus),
-                        "ideal_items_per_s": args.gpus / cost}
-        print(json.dumps(res, indent=1), flush=True)
+        if not args.only_memory:
+            # 1. the CPU stages' steady state
+            walls = {}
+            for n in (small, big):
+                walls[n] = run("job", root, os.path.join(tmp, f"cpu-{n}"),
+                               base + ["generator.params.cost_s=0", f"run.limit={n}"])["wall_s"]
+            cpu_rate = (big - small) / max(walls[big] - walls[small], 1e-9)
+            cost = args.gpus / (0.8 * cpu_rate)
+            res["cpu_stages"] = {"items_per_s_steady": cpu_rate, "walls": walls}
+            res["cost_s"] = cost
+            # 2. the fleet
+            trace = os.path.join(tmp, "trace")
+            fleet = run("job", root, os.path.join(tmp, "fleet"),
+                        base + [f"generator.params.cost_s={cost}", f"generator.params.trace={trace}",
+                                "generator.num_gpus=1", "generator.num_cpus=0", f"generator.min_actors={args.gpus}",
+                                f"generator.max_actors={args.gpus}", f"run.limit={big}"], gpus=args.gpus)
+            res["fleet"] = {**fleet, **busy_fraction(trace, args.gpus),
+                            "ideal_items_per_s": args.gpus / cost}
+            print(json.dumps(res, indent=1), flush=True)
         # 3. driver memory per planned item
         if not args.skip_memory:
             mem = {}

@@ -80,7 +80,7 @@ def test_noop_resume_reads_no_data_and_starts_no_ray(s3_server, s3_out, sample_r
     def no_ray(*a, **k):
         raise AssertionError("a no-op resume must not start Ray")
     monkeypatch.setattr(ray_exec, "init_ray", no_ray)
-    units = len(shards.committed_units(s3_out))
+    assert shards.committed_units(s3_out)
     s3_server.reset()
     s = run_synth(sample_root, s3_out, _cfg("run.executor=ray"), **QUIET)
     assert s["pending_items"] == 0

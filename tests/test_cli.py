@@ -8,15 +8,19 @@ import pytest
 from instsynth.cli import build_parser, main
 
 
-@pytest.mark.parametrize("cmd", [["status"], ["status", "--verify"]])
-def test_status_on_a_missing_or_foreign_dir_is_one_line_and_exit_2(cmd, tmp_path, capsys):
+@pytest.mark.parametrize("cmd", [["status"], ["status", "--verify"], ["stats"], ["preview"], ["quality"],
+                                 ["report"], ["export", "--format", "coco", "--out", "EXPORT"]])
+def test_read_only_commands_on_a_missing_or_foreign_dir_are_one_line_and_exit_2(cmd, tmp_path, capsys):
+    cmd = [str(tmp_path / "export") if c == "EXPORT" else c for c in cmd]
     assert main([*cmd[:1], str(tmp_path / "nope"), *cmd[1:]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such output dir" in err[0] and "nope" in err[0]
+    assert not (tmp_path / "nope").exists() and not (tmp_path / "export").exists()  # a refusal writes nothing
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("not an output")
     assert main([*cmd[:1], str(tmp_path / "other"), *cmd[1:]]) == 2
     assert "not an InstSynth output dir" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["x.txt"]
 
 
 def test_help_shows_plain_placeholders():

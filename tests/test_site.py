@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from instsynth import shards, storage
+from instsynth import shards
 from instsynth.cli import main
 from instsynth.config import load_config
 from instsynth.originals import write_originals

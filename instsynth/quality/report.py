@@ -10,7 +10,6 @@ weights are not configured are named with the weights they need; the rest is sti
 
 from __future__ import annotations
 
-import io
 import json
 from collections import defaultdict
 
@@ -166,11 +165,9 @@ def quality_chart(table: dict) -> bytes | None:
     ax.set_ylim(0, 1.12)
     ax.set_title("generation quality (means over samples)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    from instsynth.report import figure_png
+
+    return figure_png(fig)
 
 
 def write_quality(dirs, cfg, out, data_root=None, feature=None) -> tuple[str, dict]:

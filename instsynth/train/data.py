@@ -132,7 +132,7 @@ def read_rows(addrs: list[tuple]) -> list[dict]:
     the marker recorded them, else (older parts) the part read once, projected to these columns."""
     out: list[dict | None] = [None] * len(addrs)
     whole: dict[str, list[int]] = {}
-    for k, (part, i, wid, loc) in enumerate(addrs):
+    for k, (part, _, wid, loc) in enumerate(addrs):
         if loc:
             out[k] = {"work_id": wid, "image": storage.read_range(part, loc[0], loc[1]),
                       "instance_ids": storage.read_range(part, loc[2], loc[3])}
