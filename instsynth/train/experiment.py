@@ -24,8 +24,8 @@ def run_name(cfg: Config, arm: str, catalog, k: int = 0) -> str:
     does not depend on ``train.synthetic_ratio``, so its hash sees that key at its default: changing
     the synthetic side reuses finished baseline runs."""
     t = to_dict(cfg)["train"]
-    for k in ("dirs", "name", "storage_path", "verbose"):  # where and how loudly, not what is trained
-        t.pop(k)
+    for key in ("dirs", "name", "storage_path", "verbose"):  # where and how loudly, not what is trained
+        t.pop(key)
     if not catalog.synth:  # hashed at its default, so names made before this rule stay valid
         t["synthetic_ratio"] = to_dict(Config())["train"]["synthetic_ratio"]
     h = hashlib.sha1(json.dumps({"data": catalog.fingerprint(), "train": t}, sort_keys=True).encode())

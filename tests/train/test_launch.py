@@ -70,6 +70,7 @@ def test_shipped_debug_experiment_and_fingerprinted_runs(ray_local, demo_tree, t
     assert report["seeds"] == [0, 1] and len(report["per_seed"]) == 2
     assert {a: n[0] for a, n in report["seed_runs"].items()} == report["runs"]
     assert all("-seed1-" in report["seed_runs"][a][1] for a in report["seed_runs"])
+    assert not any("-seed" in n for n in report["runs"].values())  # seed 0: the one-seed names
     for arm in ("baseline", "augmented"):
         assert report[arm]["step"] == 2 and os.path.basename(report[arm]["checkpoint"]) != "best"
         assert set(report["arms"][arm]["AP"]) == {"mean", "std"}

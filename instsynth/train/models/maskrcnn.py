@@ -83,7 +83,8 @@ class MaskRCNN(nn.Module):
         if self.training and targets is not None:
             losses = self.net(x, [_target(t) for t in targets])
             return {"loss": sum(losses.values()), **losses}
-        out = self.net(x)
+        with torch.no_grad():
+            out = self.net(x)
         return [{"masks": (o["masks"][:, 0] > 0.5).cpu(), "labels": (o["labels"] - 1).cpu(),
                  "scores": o["scores"].cpu()} for o in out]
 
