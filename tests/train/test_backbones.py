@@ -11,20 +11,7 @@ from instsynth.cli import main
 from instsynth.train.models import backbones, build_model
 from instsynth.train.models.fastinst import FastInst, FastInstConfig
 from instsynth.train.trainer import train_step
-
-
-def _images(b=1, h=128, w=256):
-    return torch.randint(0, 255, (b, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-
-
-def _targets(b=1, h=128, w=256):
-    out = []
-    for _ in range(b):
-        m = torch.zeros(2, h, w, dtype=torch.bool)
-        m[0, 10:60, 20:90] = True
-        m[1, 70:120, 100:200] = True
-        out.append({"masks": m, "labels": torch.tensor([2, 0])})
-    return out
+from tests.train.test_fastinst import _images, _targets
 
 
 def test_bundled_weights_load_in_both_layouts(tmp_path):
@@ -85,7 +72,7 @@ def test_mobilenet_fastinst_learns_one_image():
     assert m.backbone.channels == (32, 96, 1280)
     assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in m.backbone.modules())  # frozen with weights
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    images, targets = _images(), _targets()
+    images, targets = _images(1), _targets(1)
     first = train_step(m, opt, [(images, targets)])["loss"]
     for _ in range(5):
         last = train_step(m, opt, [(images, targets)])["loss"]
