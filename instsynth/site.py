@@ -76,12 +76,12 @@ def _round(v):
 
 def _source_root(d: str) -> str | None:
     """The recorded Cityscapes root when it is reachable (the before panels need it), else None."""
-    from instsynth.plan import read_plan
+    from instsynth.report import source_root
 
-    if not storage.exists(shards.plan_path(d)):
+    try:
+        return source_root(d)
+    except DataError:
         return None
-    root = read_plan(shards.plan_path(d))[1]
-    return root if root and storage.is_dir(storage.join(root, "leftImg8bit")) else None
 
 
 class _Source:
