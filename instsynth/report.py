@@ -69,6 +69,33 @@ def format_status(st: dict) -> str:
     return "\n".join(lines)
 
 
+#: the waits between the Ray executor's stages, as (name, stage it follows, stage it waits for)
+QUEUES = (("to generate", "prepare", "generate"), ("to commit", "generate", "commit"))
+
+
+def stage_queues(units: list[dict], step: float = 0.5) -> dict:
+    """Queue depths over time from a run record's units (``_runs/<run>.json``, each with its stages'
+    wall-clock ``[start, end]``): at each time, the units whose previous stage has ended and whose next
+    has not begun (waiting in Ray Data's queues or in transit), and the units inside each stage.  Times
+    are seconds from the first stage start; clocks of different nodes are taken as they are."""
+    timed = [u["stages"] for u in units if u.get("stages")]
+    if not timed:
+        return {"t": [], "queued": {}, "running": {}}
+    t0 = min(iv[0] for st in timed for iv in st.values())
+    t1 = max(iv[1] for st in timed for iv in st.values())
+    t = np.arange(0.0, t1 - t0 + step, step)
+    queued = {name: np.zeros(len(t), np.int64) for name, _, _ in QUEUES}
+    running = {stage: np.zeros(len(t), np.int64) for stage in sorted({k for st in timed for k in st})}
+    for st in timed:
+        for stage, (a, b) in st.items():
+            running[stage] += (t >= a - t0) & (t < b - t0)
+        for name, before, after in QUEUES:
+            if before in st and after in st:
+                queued[name] += (t >= st[before][1] - t0) & (t < st[after][0] - t0)
+    return {"t": t.tolist(), "queued": {k: v.tolist() for k, v in queued.items()},
+            "running": {k: v.tolist() for k, v in running.items()}}
+
+
 def visible_instances(ids: np.ndarray) -> Counter:
     vals = np.unique(ids)
     return Counter(THING_IDS[v // 1000] for v in vals.tolist() if v >= 1000 and v // 1000 in THING_IDS)

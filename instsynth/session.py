@@ -130,7 +130,9 @@ class WriterSession:
             self.ledger.flush(self.run_id)
         self.units.append({"unit": marker["unit"], "rows": marker["rows"], "failures": marker["failures"],
                            "committed_at": round(time.time(), 3),
-                           "nodes": {s: w.get("node", "") for s, w in (placement or {}).items()}})
+                           "nodes": {s: w.get("node", "") for s, w in (placement or {}).items()},
+                           "stages": {s: [round(w["end"] - w["seconds"], 3), round(w["end"], 3)]
+                                      for s, w in (placement or {}).items() if "end" in w}})
 
     def verified(self) -> tuple[dict[str, dict], dict[str, list[str]]]:
         """(good markers, {damaged unit: problems}) from the ledger's last listing (no request)."""

@@ -1,6 +1,6 @@
 """A simulated GPU fleet on one machine, and the driver's memory per planned item.
 
-    python scripts/bench_fleet.py [--gpus 16] [--items 400] [--out docs/bench_fleet.json] [--skip-memory]
+    python scripts/bench_fleet.py [--gpus 16] [--items 400] [--out docs/bench_fleet.json] [--png docs/bench_fleet_queues.png] [--skip-memory]
 
 1. CPU stages alone: the real pipeline (prepare tasks -> generator actors -> compose/commit tasks) with
    the ``simulate`` generator at ``cost_s: 0``: the steady-state items/s the CPU stages sustain here
@@ -9,7 +9,9 @@
    (``generator.num_gpus: 1, num_cpus: 0``), ``cost_s`` set so that gpus/cost_s is 80% of step 1's
    items/s.  From the actors' busy intervals (``generator.params.trace``): the fraction of time the
    simulated GPUs are busy in the steady state (the middle 80% of the span between the first and last
-   generator call).  Target: >= 90%.
+   generator call).  Target: >= 90%.  Queue depths per stage from the run record's per-unit stage
+   intervals (``report.stage_queues``): units waiting between prepare and the generators, between the
+   generators and commit, and units inside each stage, as steady-state mean/max and a PNG over time.
 3. Driver USS (private memory; RSS also counts object-store pages) after planning and scheduling a
    10k- and a 100k-item plan with ``run.limit`` (the slope is the per-item cost), extrapolated to 1M.
    Target: <= 1.5 KB per planned item; 1M items <= 2 GB.
@@ -94,6 +96,37 @@ def busy_fraction(trace: str, gpus: int) -> dict:
             "actors": len(os.listdir(trace))}
 
 
+def queue_depths(out: str, png: str | None = None) -> dict:
+    """Steady-state (middle 80% of the run) mean and max of each queue and stage occupancy, in units."""
+    from instsynth.report import stage_queues
+
+    units = []
+    for name in os.listdir(os.path.join(out, "_runs")):
+        units += json.load(open(os.path.join(out, "_runs", name)))["units"]
+    q = stage_queues(units, step=0.25)
+    n = len(q["t"])
+    lo, hi = int(0.1 * n), max(int(0.9 * n), int(0.1 * n) + 1)
+    series = {**{f"queued {k}": v for k, v in q["queued"].items()}, **{f"in {k}": v for k, v in q["running"].items()}}
+    summary = {k: {"mean": sum(v[lo:hi]) / (hi - lo), "max": max(v[lo:hi])} for k, v in series.items()}
+    if png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(9, 3.4), dpi=100)
+        for k, v in series.items():
+            ax.plot(q["t"], v, label=k, lw=1.2)
+        ax.axvspan(q["t"][lo], q["t"][hi - 1], color="grey", alpha=0.12, label="steady state")
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("units (4 items each)")
+        ax.set_title("simulated GPU fleet: queue depths and stage occupancy over the run", fontsize=9)
+        ax.legend(fontsize=7, ncol=3)
+        fig.tight_layout()
+        fig.savefig(png)
+    return summary
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", choices=["job", "memory"], help=argparse.SUPPRESS)
@@ -104,6 +137,8 @@ def main() -> int:
     ap.add_argument("--gpus", type=int, default=16)
     ap.add_argument("--items", type=int, default=400, help="items of the larger CPU-stage job and of the fleet run")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--png", default=None, help="queue depths over the fleet run")
+    ap.add_argument("--set", action="append", default=[], help="extra config overrides of the timed runs")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--only-memory", action="store_true", help="step 3 alone (no timing in it)")
     args = ap.parse_args()
@@ -116,12 +151,13 @@ def main() -> int:
     from instsynth.sample import write_sample
 
     tmp = tempfile.mkdtemp(prefix="bench-fleet-")
-    res = {"machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)", "gpus": args.gpus}
+    res = {"machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)", "gpus": args.gpus,
+           "set": args.set}
     try:
         root = os.path.join(tmp, "root")
         write_sample(root, images=max(4, args.items // 24 + 2), size=(256, 128), seed=0, val_fraction=0.0001)
         base = ["run.progress=false", "run.rows_per_unit=4", "plan.min_pixels=16", "plan.variants=8",
-                "generator.name=simulate", "generator.batch_size=4"]
+                "generator.name=simulate", "generator.batch_size=4", *args.set]
         small, big = args.items // 4, args.items
         if not args.only_memory:
             # 1. the CPU stages' steady state
@@ -140,7 +176,8 @@ def main() -> int:
                                 "generator.num_gpus=1", "generator.num_cpus=0", f"generator.min_actors={args.gpus}",
                                 f"generator.max_actors={args.gpus}", f"run.limit={big}"], gpus=args.gpus)
             res["fleet"] = {**fleet, **busy_fraction(trace, args.gpus),
-                            "ideal_items_per_s": args.gpus / cost}
+                            "ideal_items_per_s": args.gpus / cost,
+                            "queues_units": queue_depths(os.path.join(tmp, "fleet"), args.png)}
             print(json.dumps(res, indent=1), flush=True)
         # 3. driver memory per planned item
         if not args.skip_memory:

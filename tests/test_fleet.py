@@ -14,6 +14,7 @@ from instsynth import shards
 from instsynth.config import GeneratorConfig
 from instsynth.generators import GeneratorError, build_generator
 from instsynth.plan import read_plan
+from instsynth.report import stage_queues
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,3 +69,11 @@ def test_fleet_of_fake_gpus_commits_every_item_once_on_several_actors(sample_roo
     assert summary["pending_items"] == 0 and summary["ok"]
     pids = {ln.split()[0] for f in os.listdir(trace) for ln in open(os.path.join(trace, f))}
     assert len(pids) > 1  # the work was spread over several simulated GPUs
+    # the run record carries each unit's stage intervals, in pipeline order, from which queue depths follow
+    record = json.load(open(next(os.path.join(out, "_runs", f) for f in os.listdir(os.path.join(out, "_runs")))))
+    for u in record["units"]:
+        st = u["stages"]
+        assert st["prepare"][0] <= st["prepare"][1] <= st["generate"][0] <= st["generate"][1] <= st["commit"][0]
+    q = stage_queues(record["units"], step=0.05)
+    assert max(q["running"]["generate"]) > 1 and max(q["running"]["generate"]) <= 4 * 2  # 2 calls per actor
+    assert all(v >= 0 for vals in q["queued"].values() for v in vals)

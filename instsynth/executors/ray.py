@@ -28,7 +28,9 @@ from instsynth.config import ComposeConfig, Config, GeneratorConfig
 
 
 def _where(stage: str, unit, started: float) -> None:
-    """Record where (host, node, pid) and how long (seconds, incl. (de)serialisation) a stage ran."""
+    """Record where (host, node, pid), how long (seconds, incl. (de)serialisation) and when (wall-clock
+    ``end``) a stage ran: the run record keeps each unit's stage intervals, from which the time each
+    unit waited between stages - the queue depths - follows without any sampling of Ray's internals."""
     import ray
 
     try:
@@ -37,7 +39,7 @@ def _where(stage: str, unit, started: float) -> None:
         node = ""
     unit.placement = getattr(unit, "placement", {})
     unit.placement[stage] = {"host": socket.gethostname(), "node": node, "pid": os.getpid(),
-                             "seconds": time.perf_counter() - started}
+                             "seconds": time.perf_counter() - started, "end": time.time()}
 
 
 def fit_threads() -> int:
@@ -102,8 +104,8 @@ def _compose_commit(row: dict, out: str, compose_cfg: ComposeConfig, pause_after
     fit_threads()
     t0 = time.perf_counter()
     unit = compose(pickle.loads(row["payload"]), compose_cfg)
-    _where("commit", unit, t0)
     marker = shards.commit_unit(out, unit.name, unit.out, unit.failures, writer=writer)
+    _where("commit", unit, t0)  # compose + the writes + the marker
     if pause_after is not None and len(shards.committed_units(out)) >= pause_after:
         time.sleep(3600)  # test-only: hold the run here so a test can kill the driver mid-job
     # the whole marker travels back: the driver's ledger learns the commit without reading it
