@@ -16,8 +16,7 @@
    10k- and a 100k-item plan with ``run.limit`` (the slope is the per-item cost), extrapolated to 1M.
    Target: <= 1.5 KB per planned item; 1M items <= 2 GB.
 
-Autoscaling (Ray's fake autoscaling cluster) is not run here: its start/shutdown runs
-``ray stop --force``, which kills every Ray process on the machine.
+Autoscaling (Ray's fake autoscaling cluster) is ``scripts/bench_autoscale.py``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,173 @@
+"""Why does FastInst learn slowly on the sample?  The measurements behind the README's answer.
+
+    python scripts/diag_fastinst.py oracle [--strides 4,8,16]
+    python scripts/diag_fastinst.py train [--iterations 600] [--every 300] [--params '{"num_queries": 100}'] [--bb 1.0]
+
+``oracle``: the ceiling a mask predicted on a stride-S grid can reach here.  Each ground-truth mask at
+the test scale (short edge 384) is area-averaged onto the stride-S grid, upsampled bilinearly and
+thresholded at 0.5 - what FastInst's head does with its stride-8 mask logits - and scored by the
+project's evaluator as if predicted with score 1 (AP50 on 20 train and 20 val images).
+
+``train``: the learnability recipe of ``bench_train.py --arms fastinst:imagenet`` (same sample, crops,
+batch 2, AdamW, test scale, MobileNetV2 with the bundled ImageNet weights) in one process without Ray,
+so each step can be inspected.  Every 50 steps it prints the losses and, for the Hungarian matches of
+the step: ``coverable`` (share of GT instances with at least one E4 (stride-16) pixel inside, the
+ceiling of the location cost), ``inside`` (share of matched queries whose source pixel lies inside
+their GT), ``clsacc`` (matched queries whose best foreground class is right).  At each evaluation:
+AP50 (train / val, 20 images each) and, on 10 train images, the mean best mask IoU of each GT instance
+(>= 100 px) over all predictions and the share with some prediction at IoU > 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+TEST_SHORT_EDGE = 384
+
+
+def sample(out: str) -> tuple[str, str]:
+    """The 80-image sample and its originals (written once into ``out``)."""
+    from instsynth.config import load_config
+    from instsynth.originals import write_originals
+    from instsynth.sample import write_sample
+
+    root, orig = os.path.join(out, "cityscapes"), os.path.join(out, "original")
+    if not os.path.isdir(root):
+        write_sample(root, images=80, size=(1024, 512), seed=0)
+    if not os.path.isdir(orig):
+        write_originals(root, orig, load_config(None), log=lambda *a: None)
+    return root, orig
+
+
+def oracle(root: str, stride: int) -> dict:
+    import cv2
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from instsynth.train.data import targets_from_ids
+    from instsynth.train.evaluate import evaluate_model
+
+    def predict(img, ids):
+        h, w = ids.shape
+        s = TEST_SHORT_EDGE / min(h, w)
+        th, tw = round(h * s), round(w * s)
+        small = cv2.resize(ids, (tw, th), interpolation=cv2.INTER_NEAREST)
+        masks, labels = targets_from_ids(small)
+        out = []
+        for m, lab in zip(masks, labels):
+            g = F.adaptive_avg_pool2d(torch.from_numpy(m).float()[None, None], (max(1, th // stride), max(1, tw // stride)))
+            up = F.interpolate(g, size=(th, tw), mode="bilinear", align_corners=False)[0, 0].numpy() > 0.5
+            full = cv2.resize(up.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+            if full.any():
+                out.append({"mask": full, "label": int(lab), "score": 1.0})
+        return out
+
+    return {split: round(evaluate_model(None, root, split, max_images=20, predictor=predict)["cityscapes"]["AP50"], 3)
+            for split in ("train", "val")}
+
+
+def mask_quality(model, root: str, images: int = 10) -> dict:
+    """Mean best IoU of each GT instance (>= 100 px) over all predictions, and the share above 0.5."""
+    import numpy as np
+
+    from instsynth import storage
+    from instsynth.cityscapes import discover, read_ids, read_image
+    from instsynth.train.data import targets_from_ids
+    from instsynth.train.evaluate import predict_image
+
+    best = []
+    for rec in list(discover(root, "train"))[:images]:
+        img, ids = read_image(storage.join(root, rec.image)), read_ids(storage.join(root, rec.instance_ids))
+        preds = predict_image(model, img, short_edge=TEST_SHORT_EDGE)
+        for m in targets_from_ids(ids)[0]:
+            if m.sum() >= 100:
+                best.append(max((float((p["mask"] & m).sum() / (p["mask"] | m).sum()) for p in preds), default=0.0))
+    return {"mean_best_iou": round(float(np.mean(best)), 3), "iou_gt_0.5": round(float(np.mean(np.array(best) > 0.5)), 3),
+            "instances": len(best)}
+
+
+def train(args, root: str, orig: str) -> None:
+    import numpy as np
+    import torch
+
+    from instsynth.config import load_config
+    from instsynth.train.data import SampleLoader, build_catalog
+    from instsynth.train.evaluate import evaluate_model
+    from instsynth.train.models import build_model
+    from instsynth.train.models import fastinst as fi
+    from instsynth.train.recipe import make_optimizer, set_lr
+    from instsynth.train.trainer import train_step
+
+    cfg = load_config(None, [f"train.dirs=[{orig}]", f"train.iterations={args.iterations}", "train.batch_size=2",
+                             f"train.lr={args.lr}", f"train.backbone_lr_mult={args.bb}", "train.warmup_iters=100",
+                             "train.crop=384x192", "train.short_edge=[288, 480]"]).train
+    torch.manual_seed(0)
+    model = build_model("fastinst", tiny=True, backbone_weights="bundled",
+                        **{"backbone": "mobilenet_v2", **json.loads(args.params)})
+    opt = make_optimizer(model, cfg)
+    stats: dict[str, list] = {}
+    match = fi.FastInst.match
+
+    def counted_match(self, preds, targets, idx, e4_size):
+        out = match(self, preds, targets, idx, e4_size)
+        for (cls_l, _), per_image in zip(preds, out):
+            for b, (qi, ti) in enumerate(per_image):
+                if len(qi):
+                    on = fi._on_grid(targets[b]["masks"], e4_size)
+                    stats.setdefault("coverable", []).append(float(on[ti].any(1).float().mean()))
+                    stats.setdefault("inside", []).append(float(on[ti, idx[b][qi]].float().mean()))
+                    right = cls_l[b][qi][:, :-1].argmax(-1) == targets[b]["labels"][ti]
+                    stats.setdefault("clsacc", []).append(float(right.float().mean()))
+        return out
+
+    fi.FastInst.match = counted_match  # this process only: the matching itself is unchanged
+    losses: dict[str, list] = {}
+    t0 = time.time()
+    for step, batch in enumerate(SampleLoader(build_catalog(cfg.dirs, None, cfg.seed), cfg, 0, args.iterations, threads=1)):
+        set_lr(opt, step, cfg)
+        for k, v in train_step(model, opt, [batch], cfg.grad_clip, None).items():
+            losses.setdefault(k, []).append(v)
+        if (step + 1) % 50 == 0:
+            print(f"{step + 1:>5} " + " ".join(f"{k}={np.mean(v):.3f}" for k, v in losses.items()) + " "
+                  + " ".join(f"{k}={np.mean(v):.2f}" for k, v in stats.items()) + f" t={time.time() - t0:.0f}s", flush=True)
+            losses.clear()
+            stats.clear()
+        if (step + 1) % args.every == 0 or step + 1 == args.iterations:
+            with torch.no_grad():
+                r = {s: round(evaluate_model(model, root, s, max_images=20, short_edge=TEST_SHORT_EDGE)["cityscapes"]["AP50"] or 0, 3)
+                     for s in ("train", "val")}
+                r.update(mask_quality(model, root))
+            model.train()
+            print(f"EVAL step {step + 1}: {r}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("mode", choices=["oracle", "train"])
+    ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "instsynth-diag-fastinst"))
+    ap.add_argument("--strides", default="4,8,16")
+    ap.add_argument("--iterations", type=int, default=600)
+    ap.add_argument("--every", type=int, default=300)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--bb", type=float, default=1.0, help="backbone LR multiplier")
+    ap.add_argument("--params", default='{"num_queries": 100, "test_topk": 100}', help="FastInst params (JSON)")
+    args = ap.parse_args()
+    root, orig = sample(args.out)
+    if args.mode == "oracle":
+        for s in args.strides.split(","):
+            print(f"stride {s}: AP50 {oracle(root, int(s))}", flush=True)
+    else:
+        train(args, root, orig)
+
+
+if __name__ == "__main__":
+    main()
