@@ -96,6 +96,31 @@ def stage_queues(units: list[dict], step: float = 0.5) -> dict:
             "running": {k: v.tolist() for k, v in running.items()}}
 
 
+def queues_chart(units: list[dict], title: str, window: tuple[float, float] | None = None) -> bytes | None:
+    """Queue depths and stage occupancy over a run (PNG, from ``stage_queues``); None without stage
+    intervals (the local executor records none).  ``window``: a span (seconds) to shade, e.g. a steady state."""
+    q = stage_queues(units, step=0.25)
+    if not q["t"]:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.4), dpi=100)
+    for k, v in q["queued"].items():
+        ax.plot(q["t"], v, label=f"queued {k}", lw=1.4)
+    for k, v in q["running"].items():
+        ax.plot(q["t"], v, label=f"in {k}", lw=1.0, ls="--")
+    if window:
+        ax.axvspan(*window, color="grey", alpha=0.12, label="steady state")
+    ax.set_xlabel("seconds since the first stage started")
+    ax.set_ylabel("units")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=3)
+    return figure_png(fig)
+
+
 def visible_instances(ids: np.ndarray) -> Counter:
     vals = np.unique(ids)
     return Counter(THING_IDS[v // 1000] for v in vals.tolist() if v >= 1000 and v // 1000 in THING_IDS)

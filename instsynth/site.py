@@ -39,6 +39,7 @@ from instsynth.report import (
     add_row_stats,
     check_output_dir,
     new_class_stats,
+    queues_chart,
     stats_chart,
     visible_instances,
 )
@@ -299,7 +300,10 @@ def write_report(dirs: list[str], out: str, log=print) -> dict:
     stats = {k: v for k, v in counts.items()}
     qtable = quality.table()
     images = {"class_counts.png": stats_chart(stats) if stats else None, "quality.png": quality_chart(qtable),
-              "runs.png": runs_chart({i["name"]: runs_by_dir[i["key"]] for i in info})}
+              "runs.png": runs_chart({i["name"]: runs_by_dir[i["key"]] for i in info}),
+              **{f"queues-{i['key']}.png": queues_chart(runs_by_dir[i["key"]][-1].get("units", []),
+                                                          f"{i['name']}: where units waited in its latest run")
+                 for i in info if runs_by_dir[i["key"]]}}
     for n, png in images.items():
         if png:
             storage.write_bytes(storage.join(out, n), png)
@@ -384,6 +388,8 @@ def _index_html(info, stats, qtable, runs_by_dir, failures, scripts, images) -> 
                           f"{dur:.1f} s", len(r.get("units", [])), r.get("rows_committed", 0),
                           f"{r.get('rows_per_s', 0):.2f}", _e(r.get("executor", "")), _e(", ".join(hosts) or "–")])
     img = '<img src="runs.png" alt="units per minute over time">' if "runs.png" in images else ""
+    img += "".join(f'<img src="{n}" alt="queue depths over the latest run of {_e(i["name"])}">'
+                   for i in info for n in [f"queues-{i['key']}.png"] if n in images)
     parts.append('<section id="runs"><h2>Runs</h2>' + (_table(
         ["dir", "run", "started", "took", "units", "rows", "rows/s", "executor", "hosts"], rrows) if rrows else
         "<p>no run records</p>") + img + "</section>")

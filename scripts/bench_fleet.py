@@ -108,21 +108,11 @@ def queue_depths(out: str, png: str | None = None) -> dict:
     series = {**{f"queued {k}": v for k, v in q["queued"].items()}, **{f"in {k}": v for k, v in q["running"].items()}}
     summary = {k: {"mean": sum(v[lo:hi]) / (hi - lo), "max": max(v[lo:hi])} for k, v in series.items()}
     if png:
-        import matplotlib
+        from instsynth.report import queues_chart
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(9, 3.4), dpi=100)
-        for k, v in series.items():
-            ax.plot(q["t"], v, label=k, lw=1.2)
-        ax.axvspan(q["t"][lo], q["t"][hi - 1], color="grey", alpha=0.12, label="steady state")
-        ax.set_xlabel("seconds")
-        ax.set_ylabel("units (4 items each)")
-        ax.set_title("simulated GPU fleet: queue depths and stage occupancy over the run", fontsize=9)
-        ax.legend(fontsize=7, ncol=3)
-        fig.tight_layout()
-        fig.savefig(png)
+        with open(png, "wb") as f:
+            f.write(queues_chart(units, "simulated GPU fleet: queue depths and stage occupancy over the run",
+                                 (q["t"][lo], q["t"][hi - 1])))
     return summary
 
 

@@ -152,3 +152,31 @@ def test_report_in_a_real_browser(outputs, tmp_path):
     assert img is not None and img.shape[:2] == (900, 1200)
     # the filtered gallery comes first: its thumbnails (not a blank page) fill the screenshot
     assert float(np.std(img[200:, :].astype(np.float32))) > 20
+
+
+def test_queue_depths_come_from_the_run_records_stage_intervals(outputs, tmp_path):
+    from instsynth.report import stage_queues
+
+    units = [{"stages": {"prepare": [100.0, 101.0], "generate": [102.0, 104.0], "commit": [105.0, 106.0]}},
+             {"stages": {"prepare": [100.0, 102.0], "generate": [103.0, 105.0], "commit": [107.0, 108.0]}},
+             {"unit": "local executor: no stages"}]
+    q = stage_queues(units, step=0.5)
+    at = {t: i for i, t in enumerate(q["t"])}
+    assert q["queued"]["to generate"][at[1.0]] == 1 and q["running"]["prepare"][at[1.0]] == 1
+    assert q["queued"]["to generate"][at[2.5]] == 1 and q["running"]["generate"][at[2.5]] == 1
+    assert q["queued"]["to commit"][at[4.5]] == 1 and q["running"]["generate"][at[4.5]] == 1
+    assert q["queued"]["to commit"][at[6.0]] == 1 and q["running"]["commit"][at[6.0]] == 0
+    assert stage_queues([{"unit": "x"}])["t"] == []
+    # the report draws them for a dir whose latest run recorded stages (the Ray executor does)
+    synth = str(tmp_path / "recolor")
+    shutil.copytree(outputs[0], synth)
+    runs = os.path.join(synth, "_runs")
+    latest = sorted(os.listdir(runs))[-1]
+    record = json.load(open(os.path.join(runs, latest)))
+    for k, u in enumerate(record["units"]):
+        u["stages"] = {"prepare": [k, k + 1.0], "generate": [k + 2.0, k + 3.0], "commit": [k + 3.5, k + 4.0]}
+    json.dump(record, open(os.path.join(runs, latest), "w"))
+    site = str(tmp_path / "site")
+    write_report([synth], site, **QUIET)
+    assert cv2.imread(os.path.join(site, "queues-d0.png")) is not None
+    assert 'src="queues-d0.png"' in open(os.path.join(site, "index.html")).read()
