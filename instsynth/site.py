@@ -201,6 +201,11 @@ def _runs(d: str) -> list[dict]:
     return sorted(runs, key=lambda r: r.get("start", 0))
 
 
+def _latest_timed_units(runs: list[dict]) -> list[dict]:
+    """The units of the latest run that recorded stage intervals (a no-op resume or a local run has none)."""
+    return next((r["units"] for r in reversed(runs) if any(u.get("stages") for u in r.get("units", []))), [])
+
+
 def runs_chart(runs_by_dir: dict[str, list[dict]]) -> bytes | None:
     """Units committed per minute over each run's time (PNG); None when no run committed anything."""
     import matplotlib
@@ -301,9 +306,9 @@ def write_report(dirs: list[str], out: str, log=print) -> dict:
     qtable = quality.table()
     images = {"class_counts.png": stats_chart(stats) if stats else None, "quality.png": quality_chart(qtable),
               "runs.png": runs_chart({i["name"]: runs_by_dir[i["key"]] for i in info}),
-              **{f"queues-{i['key']}.png": queues_chart(runs_by_dir[i["key"]][-1].get("units", []),
-                                                          f"{i['name']}: where units waited in its latest run")
-                 for i in info if runs_by_dir[i["key"]]}}
+              **{f"queues-{i['key']}.png": queues_chart(_latest_timed_units(runs_by_dir[i["key"]]),
+                                                          f"{i['name']}: where units waited in its latest Ray run")
+                 for i in info}}
     for n, png in images.items():
         if png:
             storage.write_bytes(storage.join(out, n), png)
@@ -388,7 +393,7 @@ def _index_html(info, stats, qtable, runs_by_dir, failures, scripts, images) -> 
                           f"{dur:.1f} s", len(r.get("units", [])), r.get("rows_committed", 0),
                           f"{r.get('rows_per_s', 0):.2f}", _e(r.get("executor", "")), _e(", ".join(hosts) or "–")])
     img = '<img src="runs.png" alt="units per minute over time">' if "runs.png" in images else ""
-    img += "".join(f'<img src="{n}" alt="queue depths over the latest run of {_e(i["name"])}">'
+    img += "".join(f'<img src="{n}" alt="queue depths over the latest Ray run of {_e(i["name"])}">'
                    for i in info for n in [f"queues-{i['key']}.png"] if n in images)
     parts.append('<section id="runs"><h2>Runs</h2>' + (_table(
         ["dir", "run", "started", "took", "units", "rows", "rows/s", "executor", "hosts"], rrows) if rrows else

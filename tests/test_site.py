@@ -176,6 +176,9 @@ def test_queue_depths_come_from_the_run_records_stage_intervals(outputs, tmp_pat
     for k, u in enumerate(record["units"]):
         u["stages"] = {"prepare": [k, k + 1.0], "generate": [k + 2.0, k + 3.0], "commit": [k + 3.5, k + 4.0]}
     json.dump(record, open(os.path.join(runs, latest), "w"))
+    # a later no-op resume (no units) does not hide the chart of the run that did the work
+    noop = {"run": "zz-noop", "start": record["start"] + 1000, "end": record["start"] + 1001, "units": []}
+    json.dump(noop, open(os.path.join(runs, "zz-noop.json"), "w"))
     site = str(tmp_path / "site")
     write_report([synth], site, **QUIET)
     assert cv2.imread(os.path.join(site, "queues-d0.png")) is not None
