@@ -423,6 +423,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"plan.variants must be >= 1, got {cfg.plan.variants}")
     if cfg.run.rows_per_unit < 1:
         raise ConfigError(f"run.rows_per_unit must be >= 1, got {cfg.run.rows_per_unit}")
+    if cfg.run.inflight_mb < 1:
+        raise ConfigError(f"run.inflight_mb must be >= 1, got {cfg.run.inflight_mb}")
+    if cfg.run.num_cpus <= 0:
+        raise ConfigError(f"run.num_cpus must be > 0, got {cfg.run.num_cpus}")
     if cfg.run.executor not in ("ray", "local"):
         raise ConfigError(f"run.executor must be 'ray' or 'local', got {cfg.run.executor!r}")
     bs = cfg.generator.batch_size

@@ -132,6 +132,7 @@ def test_cpu_stages_not_fused_into_generator_actors(ray_local, sample_root, tmp_
     actor_lines = [ln for ln in physical.splitlines() if "ActorPoolMapOperator" in ln]
     assert actor_lines == [actor_lines[0]] and "_prepare" not in actor_lines[0] and "_compose" not in actor_lines[0]
     assert "TaskPoolMapOperator[Map(_prepare)]" in physical
+    assert "TaskPoolMapOperator[Map(_feed)]" in physical  # apart from prepare, which flow.py holds back by unit
     assert "TaskPoolMapOperator[Map(_compose_commit)]" in physical
 
 

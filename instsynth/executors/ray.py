@@ -1,7 +1,10 @@
 """The Ray Data executor: the stages composed into one streaming pipeline.
 
-    units (one block each) -> prepare (CPU tasks) -> generator (actor pool, GPU) -> compose (CPU tasks)
-                           -> commit (CPU tasks: Parquet, then marker) -> tiny summaries to the driver
+    plan (Arrow blocks of many units) -> feed (one block per unit) -> prepare (CPU tasks)
+        -> generator (actor pool, GPU) -> compose + commit (CPU tasks: Parquet, then marker)
+        -> tiny summaries to the driver
+
+How much may be in flight, and which stage goes first, is ``flow.py``'s job (Ray Data backpressure).
 
 Why this shape (measured with Ray 2.60, see issue #3): ``read_parquet`` over a small manifest
 arrives as one block, so one task would hold all the work and nothing would reach a writer until
@@ -59,6 +62,12 @@ def fit_threads() -> int:
     return n
 
 
+def _feed(row: dict) -> dict:
+    """Pass a unit on unchanged: this stage turns the plan's blocks of many units into one block per unit,
+    so that prepare runs one unit per task and can be held back unit by unit (flow.py)."""
+    return row
+
+
 def _prepare(row: dict, root: str, compose_cfg: ComposeConfig) -> dict:
     from instsynth.stages import Unit, prepare
 
@@ -112,6 +121,9 @@ def _compose_commit(row: dict, out: str, compose_cfg: ComposeConfig, pause_after
     return {"unit": unit.name, "marker": json.dumps(marker), "placement": pickle.dumps(unit.placement)}
 
 
+#: the feed stage's CPU share (flow.py holds it back; it only re-blocks rows)
+FEED_CPUS = 0.01
+
 #: most units per input block: the driver ships the plan in a few Arrow blocks (not one Python
 #: object per unit), while prepare still emits each unit as its own block (``target_max_block_size``)
 UNITS_PER_BLOCK = 64
@@ -141,6 +153,8 @@ def build_dataset(units, root: str, out: str, cfg: Config, writer: str | None = 
     # prepare stays in CPU tasks whatever the resources: Ray Data fuses a task map into the next actor
     # map when their remote args are equal, and then the GPU actor would decode and crop between batches
     # (an actor never takes ``max_retries``, so giving it to the tasks keeps the two operators apart)
+    # a tiny CPU share: the feed never holds a core, and differs from prepare's resources so the two stay apart
+    ds = ds.map(_feed, num_cpus=FEED_CPUS)
     ds = ds.map(_prepare, fn_kwargs={"root": root, "compose_cfg": cfg.compose}, num_cpus=cfg.run.num_cpus,
                 max_retries=3)
     ds = ds.map_batches(
@@ -237,9 +251,16 @@ def configure_context(cfg: Config) -> None:
     # Ray Data reserves half of the resources per operator by default; on small machines that
     # idles cores between our three short stages (measured: scripts/bench_pipeline.py).
     ctx.op_resource_reservation_enabled = bool(cfg.run.op_reservation)
-    # bound the data in flight (object store), so memory stays flat however large the plan is
+    # bound the data in flight (object store), so memory stays flat however large the plan is: Ray's
+    # reservation enforces it when on; otherwise our policy does, holding prepare back (flow.py)
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
         object_store_memory=cfg.run.inflight_mb * 2**20)
+    from instsynth.executors.flow import configure_flow, remove_flow
+
+    if cfg.run.op_reservation:
+        remove_flow(ctx)
+    else:
+        configure_flow(ctx, cfg.run.inflight_mb * 2**20, cfg.run.num_cpus)
 
 
 def run_ray(units, root, out, cfg: Config, log=print, writer: str | None = None, on_commit=None) -> dict:
