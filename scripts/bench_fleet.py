@@ -4,7 +4,7 @@
 
 1. CPU stages alone: the real pipeline (prepare tasks -> generator actors -> compose/commit tasks) with
    the ``simulate`` generator at ``cost_s: 0``: the steady-state items/s the CPU stages sustain here
-   (s/item between two job sizes, so fixed start-up cancels).
+   (s/item between two job sizes, so fixed start-up cancels; the faster of two runs per size).
 2. The fleet: Ray started with ``--gpus`` declared fake GPUs, the generator pool at ``--gpus`` actors
    (``generator.num_gpus: 1, num_cpus: 0``), ``cost_s`` set so that gpus/cost_s is 80% of step 1's
    items/s.  From the actors' busy intervals (``generator.params.trace``): the fraction of time the
@@ -150,13 +150,16 @@ def main() -> int:
         small, big = args.items // 4, args.items
         if not args.only_memory:
             # 1. the CPU stages' steady state
-            walls = {}
+            # the fastest of two runs per size: a single short run on a shared VM read anywhere from 37 to 63
+            # items/s, and cost_s (so the fleet's demand) follows that number
+            walls, tries = {}, {}
             for n in (small, big):
-                walls[n] = run("job", root, os.path.join(tmp, f"cpu-{n}"),
-                               base + ["generator.params.cost_s=0", f"run.limit={n}"])["wall_s"]
+                tries[n] = [run("job", root, os.path.join(tmp, f"cpu-{n}-{i}"),
+                                base + ["generator.params.cost_s=0", f"run.limit={n}"])["wall_s"] for i in range(2)]
+                walls[n] = min(tries[n])
             cpu_rate = (big - small) / max(walls[big] - walls[small], 1e-9)
             cost = args.gpus / (0.8 * cpu_rate)
-            res["cpu_stages"] = {"items_per_s_steady": cpu_rate, "walls": walls}
+            res["cpu_stages"] = {"items_per_s_steady": cpu_rate, "walls": walls, "tries": tries}
             res["cost_s"] = cost
             # 2. the fleet
             trace = os.path.join(tmp, "trace")

@@ -36,12 +36,19 @@ from ray.data._internal.execution.backpressure_policy import (
     ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
     BackpressurePolicy,
     ConcurrencyCapBackpressurePolicy,
+    DownstreamCapacityBackpressurePolicy,
+)
+from ray.data._internal.execution.backpressure_policy.resource_budget_backpressure_policy import (
+    ResourceBudgetBackpressurePolicy,
 )
 from ray.data._internal.execution.operators.map_operator import MapOperator
 from ray.data._internal.execution.operators.task_pool_map_operator import TaskPoolMapOperator
 
 #: how often the cluster's CPU count is re-read (a GCS call) while a job runs
 CPUS_REFRESH_S = 5.0
+
+#: the names of the pipeline's feed and prepare functions (ray.py), by which the policy knows its pipeline
+FEED, PREPARE = "_feed", "_prepare"
 
 #: DataContext config key of the policy's settings: {"budget_bytes": int, "task_cpus": float}
 FLOW_CONFIG_KEY = "instsynth.flow"
@@ -75,6 +82,12 @@ class HoldPreparePolicy(BackpressurePolicy):
         ops = list(topology)  # the topology lists operators from the source to the sink
         maps = [op for op in ops if isinstance(op, MapOperator)]
         self.feed, self.prepare = (maps + [None, None])[:2]
+        if not (self.prepare is not None and FEED in self.feed.name and PREPARE in self.prepare.name):
+            # another Dataset of this process (a training read, a user's): Ray Data's own policies
+            self.feed = self.prepare = None
+        self.fallback = [] if self.prepare is not None else [
+            p(data_context, topology, resource_manager)
+            for p in (ResourceBudgetBackpressurePolicy, DownstreamCapacityBackpressurePolicy)]
         after = ops[ops.index(self.prepare) + 1:] if self.prepare is not None else []
         self.downstream = [self.prepare, *after] if self.prepare is not None else []
         # CPU task stages after the first actor pool (the generators): commit
@@ -102,7 +115,9 @@ class HoldPreparePolicy(BackpressurePolicy):
                 + self._topology[self.prepare].total_enqueued_input_blocks())
 
     def can_add_input(self, op) -> bool:
-        if self.prepare is None or op not in (self.feed, self.prepare):
+        if self.prepare is None:
+            return all(p.can_add_input(op) for p in self.fallback)
+        if op not in (self.feed, self.prepare):
             return True
         if op is self.feed:
             return may_feed(op.num_active_tasks(), self.waiting_for_prepare(), self.slots())
@@ -110,6 +125,9 @@ class HoldPreparePolicy(BackpressurePolicy):
                            self.slots(), self.in_flight_bytes(), self.budget)
 
     def max_task_output_bytes_to_read(self, op):
+        if self.prepare is None:
+            limits = [x for x in (p.max_task_output_bytes_to_read(op) for p in self.fallback) if x is not None]
+            return min(limits) if limits else None
         return None  # never stop reading a running task: it would wait holding its CPU or GPU
 
 
