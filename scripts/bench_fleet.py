@@ -1,6 +1,7 @@
 """A simulated GPU fleet on one machine, and the driver's memory per planned item.
 
-    python scripts/bench_fleet.py [--gpus 16] [--items 400] [--out docs/bench_fleet.json] [--png docs/bench_fleet_queues.png] [--skip-memory]
+    python scripts/bench_fleet.py [--gpus 16] [--items 400] [--demand 0.6,0.7,0.8] [--out docs/bench_fleet.json]
+        [--png docs/bench_fleet_queues.png] [--curve-png docs/bench_fleet_demand.png] [--skip-memory]
 
 1. CPU stages alone: the real pipeline (prepare tasks -> generator actors -> compose/commit tasks) with
    the ``simulate`` generator at ``cost_s: 0``: the steady-state items/s the CPU stages sustain here
@@ -116,6 +117,29 @@ def queue_depths(out: str, png: str | None = None) -> dict:
     return summary
 
 
+def demand_chart(res: dict, png: str) -> None:
+    """Busy fraction and delivered items/s against the fleet's demand (fraction of the CPU stages' rate)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = res["demand_curve"]
+    x = [p["demand"] for p in c]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(x, [p["busy_fraction"] for p in c], "o-")
+    ax[0].axhline(0.9, color="grey", ls="--", label="target 90%")
+    ax[0].set(xlabel="fleet demand / CPU stages' items/s alone", ylabel="GPUs busy (steady state)", ylim=(0, 1.05))
+    ax[0].legend()
+    ax[1].plot(x, [p["delivered_items_per_s"] for p in c], "o-", label="delivered to the GPUs")
+    ax[1].plot(x, [d * res["cpu_stages"]["items_per_s_steady"] for d in x], "--", label="the GPUs' demand")
+    ax[1].set(xlabel="fleet demand / CPU stages' items/s alone", ylabel="items/s")
+    ax[1].legend()
+    fig.suptitle(f"{res['gpus']} simulated GPUs on {res['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", choices=["job", "memory"], help=argparse.SUPPRESS)
@@ -128,6 +152,10 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--png", default=None, help="queue depths over the fleet run")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides of the timed runs")
+    ap.add_argument("--demand", type=lambda v: [float(x) for x in v.split(",")], default=[0.8],
+                    help="the fleet's demand as fractions of the CPU stages' items/s, e.g. 0.6,0.7,0.8 (the last is "
+                         "the reported fleet run)")
+    ap.add_argument("--curve-png", default=None, help="busy fraction against demand (with several --demand)")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--only-memory", action="store_true", help="step 3 alone (no timing in it)")
     args = ap.parse_args()
@@ -158,18 +186,27 @@ def main() -> int:
                                 base + ["generator.params.cost_s=0", f"run.limit={n}"])["wall_s"] for i in range(2)]
                 walls[n] = min(tries[n])
             cpu_rate = (big - small) / max(walls[big] - walls[small], 1e-9)
-            cost = args.gpus / (0.8 * cpu_rate)
             res["cpu_stages"] = {"items_per_s_steady": cpu_rate, "walls": walls, "tries": tries}
-            res["cost_s"] = cost
-            # 2. the fleet
-            trace = os.path.join(tmp, "trace")
-            fleet = run("job", root, os.path.join(tmp, "fleet"),
-                        base + [f"generator.params.cost_s={cost}", f"generator.params.trace={trace}",
-                                "generator.num_gpus=1", "generator.num_cpus=0", f"generator.min_actors={args.gpus}",
-                                f"generator.max_actors={args.gpus}", f"run.limit={big}"], gpus=args.gpus)
-            res["fleet"] = {**fleet, **busy_fraction(trace, args.gpus),
-                            "ideal_items_per_s": args.gpus / cost,
-                            "queues_units": queue_depths(os.path.join(tmp, "fleet"), args.png)}
+            # 2. the fleet, at each demand (the GPUs' items/s as a fraction of the CPU stages'; the issue's is 0.8)
+            curve = []
+            for demand in args.demand:
+                cost = args.gpus / (demand * cpu_rate)
+                trace, out = os.path.join(tmp, f"trace-{demand}"), os.path.join(tmp, f"fleet-{demand}")
+                fleet = run("job", root, out,
+                            base + [f"generator.params.cost_s={cost}", f"generator.params.trace={trace}",
+                                    "generator.num_gpus=1", "generator.num_cpus=0", f"generator.min_actors={args.gpus}",
+                                    f"generator.max_actors={args.gpus}", f"run.limit={big}"], gpus=args.gpus)
+                busy = busy_fraction(trace, args.gpus)
+                curve.append({"demand": demand, "cost_s": cost, **fleet, **busy, "ideal_items_per_s": args.gpus / cost,
+                              "delivered_items_per_s": busy["busy_fraction"] * args.gpus / cost,
+                              "queues_units": queue_depths(out, args.png if demand == args.demand[-1] else None)})
+                print(json.dumps(curve[-1]), flush=True)
+            res["cost_s"], res["fleet"] = curve[-1]["cost_s"], curve[-1]
+            if len(curve) > 1:
+                res["demand_curve"] = [{k: c[k] for k in ("demand", "cost_s", "busy_fraction", "delivered_items_per_s")}
+                                       for c in curve]
+                if args.curve_png:
+                    demand_chart(res, args.curve_png)
             print(json.dumps(res, indent=1), flush=True)
         # 3. driver memory per planned item
         if not args.skip_memory:
