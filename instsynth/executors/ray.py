@@ -150,13 +150,14 @@ def build_dataset(units, root: str, out: str, cfg: Config, writer: str | None = 
 
     g = cfg.generator
     ds = input_dataset(units)
-    # prepare stays in CPU tasks whatever the resources: Ray Data fuses a task map into the next actor
-    # map when their remote args are equal, and then the GPU actor would decode and crop between batches
-    # (an actor never takes ``max_retries``, so giving it to the tasks keeps the two operators apart)
     # a tiny CPU share: the feed never holds a core, and differs from prepare's resources so the two stay apart
     ds = ds.map(_feed, num_cpus=FEED_CPUS)
+    # prepare stays in CPU tasks whatever the resources: Ray Data fuses a task map into the next actor
+    # map when their remote args are equal, and then the GPU actor would decode and crop between batches;
+    # ``max_calls`` applies to task workers only (0: Ray's default, unlimited), so an actor never has it
+    # and the two operators' args never match
     ds = ds.map(_prepare, fn_kwargs={"root": root, "compose_cfg": cfg.compose}, num_cpus=cfg.run.num_cpus,
-                max_retries=3)
+                max_calls=0)
     ds = ds.map_batches(
         GeneratorActor, fn_constructor_kwargs={"gen_cfg": g, "quality_cfg": cfg.quality}, batch_size=1, batch_format="numpy",
         # a GPU actor takes two units at once, in two threads: while one unit's batch holds the model
