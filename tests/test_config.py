@@ -29,6 +29,13 @@ def test_type_errors_name_the_key():
         load_config(None, ["plan.classes=[caravan]"])
 
 
+def test_run_budgets_must_be_positive():
+    with pytest.raises(ConfigError, match="run.inflight_mb must be >= 1, got 0"):
+        load_config(None, ["run.inflight_mb=0"])
+    with pytest.raises(ConfigError, match="run.num_cpus must be > 0, got 0"):
+        load_config(None, ["run.num_cpus=0"])
+
+
 def test_missing_config_file_is_one_line(tmp_path):
     with pytest.raises(Exception, match="nope.yaml: cannot read"):
         load_config(str(tmp_path / "nope.yaml"))

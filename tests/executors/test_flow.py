@@ -52,3 +52,22 @@ def test_a_small_budget_holds_prepared_units_back_and_loses_nothing(ray_local, s
     assert loose > n // 2  # the generator is the bottleneck: with room, prepare runs ahead
     # 1 MB holds ~4 prepared units (~250 KB each here) plus one per prepare slot (4 CPUs in ray_local)
     assert tight <= 12 and 2 * tight <= loose
+
+
+def test_op_reservation_hands_scheduling_back_to_ray():
+    from ray.data import DataContext
+    from ray.data._internal.execution.backpressure_policy import ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY
+
+    from instsynth.executors.flow import FLOW_CONFIG_KEY, HoldPreparePolicy
+    from instsynth.executors.ray import configure_context
+
+    ctx = DataContext.get_current()
+    saved = ctx.copy()
+    try:
+        configure_context(load_config(os.path.join(ROOT, "configs", "debug.yaml"), ["run.inflight_mb=64"]))
+        assert HoldPreparePolicy in ctx.get_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY)
+        assert ctx.get_config(FLOW_CONFIG_KEY)["budget_bytes"] == 64 * 2**20
+        configure_context(load_config(os.path.join(ROOT, "configs", "debug.yaml"), ["run.op_reservation=true"]))
+        assert ctx.get_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY) is None and ctx.op_resource_reservation_enabled
+    finally:
+        DataContext._set_current(saved)
