@@ -13,6 +13,8 @@
    generator call).  Target: >= 90%.  Queue depths per stage from the run record's per-unit stage
    intervals (``report.stage_queues``): units waiting between prepare and the generators, between the
    generators and commit, and units inside each stage, as steady-state mean/max and a PNG over time.
+   Also the fleet's own cost to this machine: the cores ``--gpus`` idle actors take (they share the cores
+   with the CPU stages here; on a real fleet they run on the GPU nodes).
 3. Driver USS (private memory; RSS also counts object-store pages) after planning and scheduling a
    10k- and a 100k-item plan with ``run.limit`` (the slope is the per-item cost), extrapolated to 1M.
    Target: <= 1.5 KB per planned item; 1M items <= 2 GB.
@@ -51,6 +53,30 @@ def child_job(args) -> None:
     s = run_synth(args.root, args.out_dir, cfg, log=lambda *a: None)
     print("RESULT " + json.dumps({"wall_s": time.time() - t0, "rows": s["committed_rows"],
                                   "pending": s["pending_items"]}), flush=True)
+    ray.shutdown()
+
+
+def child_idle(args) -> None:
+    """CPU that ``--gpus`` idle actors (num_gpus=1, num_cpus=0, no work) take from the machine: Ray's own
+    per-process cost, which a fleet simulated on one machine takes from the CPU stages."""
+    import psutil
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), num_gpus=args.gpus, include_dashboard=False, logging_level="ERROR",
+             _temp_dir=args.ray_tmp)
+
+    @ray.remote(num_gpus=1, num_cpus=0)
+    class Idle:
+        def pid(self):
+            return os.getpid()
+
+    actors = [Idle.remote() for _ in range(args.gpus)]
+    procs = [psutil.Process(p) for p in ray.get([a.pid.remote() for a in actors])]
+    time.sleep(5)  # past their start-up
+    c0, t0 = sum(sum(p.cpu_times()[:2]) for p in procs), time.time()
+    time.sleep(20)
+    cores = (sum(sum(p.cpu_times()[:2]) for p in procs) - c0) / (time.time() - t0)
+    print("RESULT " + json.dumps({"idle_actors": args.gpus, "cores_used": cores}), flush=True)
     ray.shutdown()
 
 
@@ -142,7 +168,7 @@ def demand_chart(res: dict, png: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--child", choices=["job", "memory"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["job", "memory", "idle"], help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", help=argparse.SUPPRESS)
     ap.add_argument("--sets", default="[]", help=argparse.SUPPRESS)
@@ -164,6 +190,9 @@ def main() -> int:
         return 0
     if args.child == "memory":
         child_memory(args)
+        return 0
+    if args.child == "idle":
+        child_idle(args)
         return 0
     from instsynth.sample import write_sample
 
@@ -202,6 +231,8 @@ def main() -> int:
                               "queues_units": queue_depths(out, args.png if demand == args.demand[-1] else None)})
                 print(json.dumps(curve[-1]), flush=True)
             res["cost_s"], res["fleet"] = curve[-1]["cost_s"], curve[-1]
+            # what the fleet itself costs this machine: its actors idle (no work), in cores
+            res["fleet_overhead"] = run("idle", root, os.path.join(tmp, "idle"), [], gpus=args.gpus)
             if len(curve) > 1:
                 res["demand_curve"] = [{k: c[k] for k in ("demand", "cost_s", "busy_fraction", "delivered_items_per_s")}
                                        for c in curve]
