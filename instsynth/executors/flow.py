@@ -31,7 +31,6 @@ import math
 import time
 
 import ray
-
 from ray.data._internal.execution.backpressure_policy import (
     ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
     BackpressurePolicy,
@@ -82,17 +81,18 @@ class HoldPreparePolicy(BackpressurePolicy):
         ops = list(topology)  # the topology lists operators from the source to the sink
         maps = [op for op in ops if isinstance(op, MapOperator)]
         self.feed, self.prepare = (maps + [None, None])[:2]
+        self.fallback, self.downstream, self.cpu_after = [], [], []
         if not (self.prepare is not None and FEED in self.feed.name and PREPARE in self.prepare.name):
             # another Dataset of this process (a training read, a user's): Ray Data's own policies
             self.feed = self.prepare = None
-        self.fallback = [] if self.prepare is not None else [
-            p(data_context, topology, resource_manager)
-            for p in (ResourceBudgetBackpressurePolicy, DownstreamCapacityBackpressurePolicy)]
-        after = ops[ops.index(self.prepare) + 1:] if self.prepare is not None else []
-        self.downstream = [self.prepare, *after] if self.prepare is not None else []
-        # CPU task stages after the first actor pool (the generators): commit
-        pools = [i for i, op in enumerate(after) if not isinstance(op, TaskPoolMapOperator)]
-        self.cpu_after = [op for op in after[pools[0] + 1:] if isinstance(op, TaskPoolMapOperator)] if pools else []
+            self.fallback = [p(data_context, topology, resource_manager)
+                             for p in (ResourceBudgetBackpressurePolicy, DownstreamCapacityBackpressurePolicy)]
+            return
+        self.downstream = ops[ops.index(self.prepare):]
+        # the CPU task stages after the first actor pool (the generators): commit
+        pool = next((i for i, op in enumerate(self.downstream) if not isinstance(op, TaskPoolMapOperator)), None)
+        if pool is not None:
+            self.cpu_after = [op for op in self.downstream[pool + 1:] if isinstance(op, TaskPoolMapOperator)]
 
     def in_flight_bytes(self) -> int:
         """Object-store bytes held from prepare to the driver (queued, in tasks, outputs not yet taken)."""

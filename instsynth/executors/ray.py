@@ -125,7 +125,8 @@ def _compose_commit(row: dict, out: str, compose_cfg: ComposeConfig, pause_after
 FEED_CPUS = 0.01
 
 #: most units per input block: the driver ships the plan in a few Arrow blocks (not one Python
-#: object per unit), while prepare still emits each unit as its own block (``target_max_block_size``)
+#: object per unit, ~34 KB of driver memory per block), and the feed re-emits each unit as its own
+#: block (``target_max_block_size``) so prepare runs one unit per task
 UNITS_PER_BLOCK = 64
 
 

@@ -3,8 +3,6 @@
 import json
 import os
 
-import pytest
-
 from instsynth import shards
 from instsynth.config import load_config
 from instsynth.executors.flow import may_feed, may_prepare
