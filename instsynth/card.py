@@ -8,6 +8,8 @@ import yaml
 
 from instsynth import __version__, shards, storage
 from instsynth.config import Config, to_yaml
+from instsynth.datasets import LabelSpace
+from instsynth.schema import ROW_FORMAT, hf_features, markdown_table
 
 
 def code_version() -> str:
@@ -19,28 +21,16 @@ def code_version() -> str:
     return f"{__version__}" + (f" ({sha})" if sha else "")
 
 
-#: Hugging Face ``datasets`` features of the row schema (``dataset_info.features`` in the card):
-#: PNG bytes decode as images - ``instance_ids`` is a 16-bit PNG, which PIL opens as mode I;16,
-#: losslessly - and the boxes as fixed-length sequences.  The shards keep their plain Parquet schema.
-HF_FEATURES = {"image": {"dtype": "image"}, "instance_ids": {"dtype": "image"},
-               "bbox": {"list": "int32", "length": 4}, "crop_box": {"list": "int32", "length": 4},
-               "square_box": {"list": "int32", "length": 4}}
-ARROW_TO_HF = {"string": "string", "int32": "int32", "int64": "int64", "double": "float64", "binary": "binary"}
-
-LICENCE = """Derived from the Cityscapes dataset (or a dataset in its layout). The Cityscapes terms of use
+LICENCE = {"cityscapes": """Derived from the Cityscapes dataset (or a dataset in its layout). The Cityscapes terms of use
 apply: non-commercial research and teaching only, cite Cordts et al. (CVPR 2016), and **data derived
 from Cityscapes may not be redistributed** - do not upload it to a public Hugging Face repository or
 share it outside your group; keep it private to the people who hold a Cityscapes licence. Generated
 pixels come from the models listed below, each under its own licence (e.g. CreativeML Open RAIL++-M for
-SDXL). The embedded sample of InstSynth is synthetic and carries no Cityscapes pixels."""
-
-
-def hf_features() -> list[dict]:
-    out = []
-    for f in shards.ROW_SCHEMA:
-        spec = HF_FEATURES.get(f.name) or {"dtype": ARROW_TO_HF[str(f.type)]}
-        out.append({"name": f.name, **spec})
-    return out
+SDXL). The embedded sample of InstSynth is synthetic and carries no Cityscapes pixels.""",
+           "other": """Derived from the source dataset named below: its terms of use apply to these rows (COCO's
+annotations are CC BY 4.0 and its images under their Flickr licences; check your own data's licence before
+sharing). Generated pixels come from the models listed below, each under its own licence (e.g. CreativeML
+Open RAIL++-M for SDXL). The embedded sample of InstSynth is synthetic."""}
 
 
 def size_category(n: int) -> str:
@@ -63,22 +53,37 @@ def data_files(ledger, good: list[str], glob: bool = True) -> list[str]:
     return [f"data/{n}" for n in names] or ["data/*.parquet"]
 
 
-def front_matter(rows: int, generator: str, files: list[str]) -> str:
+def front_matter(rows: int, generator: str, files: list[str], space: LabelSpace, row_format: int) -> str:
     """The card's YAML header: licence, task, tags, size, features and ``configs`` listing exactly the
     committed shards, so ``load_dataset(OUT)`` (and the Hub) read those and nothing else in OUT."""
+    cs = space.name == "cityscapes"
     meta = {
         "license": "other",
-        "license_name": "cityscapes-derived",
-        "license_details": "Derived from Cityscapes: non-commercial research only; must not be redistributed.",
-        "pretty_name": f"IS-Cityscapes ({generator})",
+        "license_name": "cityscapes-derived" if cs else "source-dataset-derived",
+        "license_details": "Derived from Cityscapes: non-commercial research only; must not be redistributed."
+        if cs else f"Derived from {space.name}: the source dataset's terms apply.",
+        "pretty_name": f"IS-{'Cityscapes' if cs else space.name} ({generator})",
         "task_categories": ["image-segmentation"],
         "task_ids": ["instance-segmentation"],
-        "tags": ["cityscapes", "synthetic", "diffusion", "inpainting", "instsynth", "urban-scenes"],
+        "tags": (["cityscapes", "urban-scenes"] if cs else []) + ["synthetic", "diffusion", "inpainting", "instsynth"],
         "size_categories": [size_category(rows)],
-        "dataset_info": {"features": hf_features()},
+        "dataset_info": {"features": hf_features(space) if row_format == ROW_FORMAT else legacy_features()},
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": files}]}],
     }
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, width=1000) + "---\n"
+
+
+def legacy_features() -> list[dict]:
+    """Features of row format 1 (outputs written before label spaces; never rewritten)."""
+    arrow = {"string": "string", "int32": "int32", "int64": "int64", "double": "float64", "binary": "binary"}
+    cols = [("work_id", "string"), ("image_id", "string"), ("split", "string"), ("city", "string"),
+            ("instance_id", "int32"), ("class_name", "string"), ("image", None), ("instance_ids", None),
+            ("width", "int32"), ("height", "int32"), ("bbox", 4), ("crop_box", 4), ("square_box", 4),
+            ("lam", "double"), ("prompt", "string"), ("negative_prompt", "string"), ("generator", "string"),
+            ("model_id", "string"), ("model_revision", "string"), ("seed", "int64"), ("gen_seed", "int64"),
+            ("variant", "int32"), ("source_image", "string"), ("gen_stats", "string")]
+    return [{"name": n, "dtype": "image"} if t is None else {"name": n, "list": "int32", "length": 4}
+            if t == 4 else {"name": n, "dtype": arrow[t]} for n, t in cols]
 
 
 def write_card(out: str, cfg: Config, summary: dict, ledger=None, generator: str | None = None,
@@ -94,36 +99,54 @@ def write_card(out: str, cfg: Config, summary: dict, ledger=None, generator: str
     damaged = set(summary.get("damaged_units", []))
     good = [u for u in sorted(ledger.markers) if u not in damaged]
     tot = ledger.totals(good)
-    return render_card(out, cfg, summary, generator, tot["classes"], tot["models"], data_files(ledger, good, glob))
+    from instsynth.outputs import output_dataset
+
+    with_rows = [ledger.markers[u] for u in good if ledger.markers[u]["rows"]]
+    fmt = ROW_FORMAT if not with_rows or with_rows[0].get("v", 1) >= 3 else 1
+    return render_card(out, cfg, summary, generator, tot["classes"], tot["models"], data_files(ledger, good, glob),
+                       output_dataset(out)[1], fmt)
 
 
 def render_card(out: str, cfg: Config, summary: dict, generator: str, per_class: dict, models,
-                files: list[str]) -> str:
+                files: list[str], space: LabelSpace, row_format: int = ROW_FORMAT) -> str:
     """The card text from counts (shared by output dirs and ``export --format parquet``); written to OUT."""
     rows = "\n".join(f"| {c or '(none: original frames)'} | {n} |" for c, n in sorted(per_class.items())) \
         or "| (none) | 0 |"
     model_lines = "\n".join(f"- generator `{g}`, model `{m or '-'}`, revision `{r or '-'}`"
                             for g, m, r in sorted(models)) or f"- generator `{generator}`"
     if generator == "original":
-        what = (f"The original `{cfg.plan.split}` images of the source dataset as IS-Cityscapes rows, written by "
-                f"InstSynth {code_version()}: full frames with their instanceIds maps (generator `original`, "
+        what = (f"The original `{cfg.plan.split}` images of the source dataset as InstSynth rows, written by "
+                f"InstSynth {code_version()}: full frames with their label maps (generator `original`, "
                 "no synthesis), so 'original + synthetic' training reads one schema.")
     else:
         what = (f"Instance-segmentation training data synthesized by InstSynth {code_version()}: the top-"
                 f"{cfg.plan.top_k}\ninstances of each source image were re-generated by `{generator}` from a "
                 "category-driven prompt,\npasted back through their masks and cut into focused 2:1 crops "
                 f"(lambda ~ N({cfg.compose.lam_mean}, {cfg.compose.lam_sd})).")
-    text = front_matter(summary["committed_rows"], generator, files) + f"""# IS-Cityscapes shard set ({generator})
+    if row_format == ROW_FORMAT:
+        fmt = (f"Row format {ROW_FORMAT}: `labels` is a 16-bit index map (0 = unlabelled, k = `regions[k-1]`) and "
+               "`regions` its table (the dataset's own id, class id and name, thing and crowd flags); `class_label` "
+               "is a `ClassLabel` of the label space below.")
+        cls_line = (f"- label space `{space.name}`: " + ", ".join(f"{c.id} {c.name}" for c in space.classes[:100])
+                    + (" ..." if len(space.classes) > 100 else ""))
+    else:
+        fmt = ("Row format 1 (written before datasets other than Cityscapes were read; read everywhere, never "
+               "rewritten): `instance_ids` is the 16-bit instanceIds map (classId*1000+k).")
+        cls_line = "- label space `cityscapes`"
+    schema = f"\n## Schema\n{markdown_table()}\n" if row_format == ROW_FORMAT else ""
+    title = "IS-Cityscapes" if space.name == "cityscapes" else f"InstSynth ({space.name})"
+    text = front_matter(summary["committed_rows"], generator, files, space, row_format) + f"""# {title} shard set ({generator})
 
 {what}
 
 ## Contents
 - committed rows: {summary['committed_rows']} (planned {summary['planned']}, failed {summary['failed_items']},
   pending {summary['pending_items']})
-- rows are in the `data/part-*.parquet` files listed in the header above (only committed units; see the
-  InstSynth README for the schema). Open them with `datasets.load_dataset("<this dir>", split="train")`:
-  `image` and `instance_ids` decode to PIL images (`instance_ids` is 16-bit: `np.array(...)` gives the
-  uint16 instanceIds map, classId*1000+k).
+- rows are in the `data/part-*.parquet` files listed in the header above (only committed units; the schema
+  is below). Open them with `datasets.load_dataset("<this dir>", split="train")`: the PNG columns decode to
+  PIL images (16-bit maps: `np.array(...)` gives the uint16 map).
+- {fmt}
+{cls_line}
 
 | class | synthesized instances |
 |---|---|
@@ -131,9 +154,10 @@ def render_card(out: str, cfg: Config, summary: dict, generator: str, per_class:
 
 ## Models
 {model_lines}
+{schema}
 
 ## Licence
-{LICENCE}
+{LICENCE["cityscapes" if space.name == "cityscapes" else "other"]}
 
 ## Config
 ```yaml

@@ -22,16 +22,19 @@ ALIASES: dict[str, list[tuple[str, str, type, str]]] = {
              ("--top-k", "plan.top_k", int, "instances per image (Eq. 1, default 3)"),
              ("--min-pixels", "plan.min_pixels", int, "smallest eligible instance"),
              ("--variants", "plan.variants", int, "variants per instance"),
-             ("--seed", "plan.seed", int, "run seed")],
+             ("--seed", "plan.seed", int, "run seed"),
+             ("--image-root", "dataset.image_root", str, "where a COCO file's images lie")],
     "synth": [("--generator", "generator.name", str, "generator name (identity, recolor, sdxl-inpaint, ...)"),
               ("--seed", "plan.seed", int, "run seed"),
               ("--address", "run.address", str, "Ray address to join (default: start a local Ray)"),
-              ("--data-root", "run.data_root", str, "dataset root (overrides the plan's)"),
+              ("--data-root", "run.data_root", str, "dataset root or COCO JSON (overrides the plan's)"),
+              ("--image-root", "dataset.image_root", str, "where a COCO file's images lie"),
               ("--executor", "run.executor", str, "ray (default) or local"),
               ("--limit", "run.limit", int, "run at most this many pending work items"),
               ("--rows-per-unit", "run.rows_per_unit", int, "work items per committed unit")],
 }
-ALIASES["originals"] = [("--split", "plan.split", str, "split (default train)")]
+ALIASES["originals"] = [("--split", "plan.split", str, "split (default train)"),
+                        ("--image-root", "dataset.image_root", str, "where a COCO file's images lie")]
 ALIASES["train"] = [("--address", "run.address", str, "Ray address to join"),
                     ("--name", "train.name", str, "run name (same name = resume)"),
                     ("--storage-path", "train.storage_path", str, "where checkpoints go (local or s3://)"),
@@ -42,7 +45,7 @@ ALIASES["experiment"] = ALIASES["train"] + [("--seeds", "experiment.seeds", int,
                                               "runs per arm; run k uses train.seed + k (mean, std, paired interval)")]
 ALIASES["status"] = []
 #: plain words for the flags' values in --help (argparse would print the dest: ALIAS:GENERATOR.NAME)
-METAVARS = {"--generator": "NAME", "--address": "ADDR", "--data-root": "ROOT", "--executor": "NAME",
+METAVARS = {"--image-root": "DIR", "--generator": "NAME", "--address": "ADDR", "--data-root": "ROOT", "--executor": "NAME",
             "--size": "WxH", "--split": "NAME", "--name": "NAME", "--storage-path": "PATH"}
 
 
@@ -79,13 +82,17 @@ def _progress(label: str, total: int | None = None):
 
 def cmd_sample(args) -> int:
     from instsynth.config import parse_size
-    from instsynth.sample import write_sample
+    from instsynth.datasets.sample import write_sample
 
     cfg = _config(args)
     s = cfg.sample
     stems = write_sample(args.out, s.images, parse_size(s.size, "sample.size"), s.seed, s.val_fraction,
-                         progress=_progress("sample images"))
-    print(f"wrote {len(stems)} synthetic scenes in Cityscapes layout to {args.out}")
+                         progress=_progress("sample images"), format=args.format)
+    if args.format == "coco":
+        print(f"wrote {len(stems)} synthetic scenes as a COCO dataset to {args.out} "
+              f"(annotations/instances_{{train,val}}.json, images in train/ and val/)")
+    else:
+        print(f"wrote {len(stems)} synthetic scenes in Cityscapes layout to {args.out}")
     return 0
 
 
@@ -274,11 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         if name == "sample":
             p.add_argument("--out", required=True, help="dataset root to write")
+            p.add_argument("--format", choices=["cityscapes", "coco"], default="cityscapes",
+                           help="Cityscapes layout (default) or a COCO dataset (instances JSON + JPEG images)")
         elif name == "plan":
-            p.add_argument("root", help="Cityscapes root")
+            p.add_argument("root", metavar="SOURCE", help="Cityscapes root or COCO instances .json")
             p.add_argument("--out", required=True, help="plan .parquet to write")
         elif name == "synth":
-            p.add_argument("source", help="Cityscapes root, or an existing plan .parquet")
+            p.add_argument("source", help="Cityscapes root, COCO instances .json, or an existing plan .parquet")
             p.add_argument("--out", required=True, help="output dir (local path or s3:// gs:// URI)")
             p.add_argument("--dry-run", action="store_true", help="print work size and GPU-hours; write nothing")
             p.add_argument("--overwrite", action="store_true", help="discard an existing output dir")
@@ -287,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--force-unlock", action="store_true",
                            help="take the writer lease even from a live-looking holder (its owner must be gone)")
         elif name == "originals":
-            p.add_argument("root", help="Cityscapes root")
+            p.add_argument("root", metavar="SOURCE", help="Cityscapes root or COCO instances .json")
             p.add_argument("--out", required=True, help="output dir")
         elif name == "status":
             p.add_argument("out_dir", metavar="OUT", help="output dir")
@@ -318,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--split", default="train", help="split name in the Cityscapes layout")
         elif name == "quality":
             p.add_argument("dirs", nargs="+", metavar="DIR", help="output dirs")
-            p.add_argument("--data-root", help="Cityscapes root of the originals (default: from the plan)")
+            p.add_argument("--data-root", help="the source dataset (root or COCO JSON; default: from the plan)")
             p.add_argument("--out", help="where to write quality.json/.txt/.png (default: DIR/stats)")
         elif name == "models":
             p.add_argument("action", choices=["prefetch"])
@@ -337,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from instsynth.cityscapes import DataError
+    from instsynth.datasets import DataError
     from instsynth.generators import GeneratorError
     from instsynth.lease import LeaseError
 

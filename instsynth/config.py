@@ -16,8 +16,6 @@ from typing import Any
 
 import yaml
 
-THING_CLASSES = ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
-
 
 class ConfigError(ValueError):
     """A config file or override is malformed; the message names the key."""
@@ -34,6 +32,16 @@ class SampleConfig:
 
 
 @dataclass
+class DatasetConfig:
+    """Which reader a SOURCE goes through (``instsynth.datasets``): ``auto`` takes a ``.json`` path as a COCO
+    instances file and a folder with ``leftImg8bit/`` as Cityscapes.  ``image_root``: where a COCO file's
+    ``file_name``s lie (``--image-root``; default ``<root>/<name>/`` for ``<root>/annotations/instances_<name>.json``)."""
+
+    format: str = "auto"
+    image_root: str | None = None
+
+
+@dataclass
 class PlanConfig:
     """Phase 1 selection and the work plan (paper Eq. 1)."""
 
@@ -43,7 +51,9 @@ class PlanConfig:
     margin: float = 0.1
     variants: int = 1
     seed: int = 0
-    classes: list[str] = field(default_factory=lambda: list(THING_CLASSES))
+    #: classes Phase 1 may select; None: every selectable class of the dataset's label space (Cityscapes:
+    #: its eight evaluated thing classes; COCO: every category).  Checked against the label space at plan time.
+    classes: list[str] | None = None
     class_variants: dict[str, int] = field(default_factory=dict)
     workers: int = 4
 
@@ -81,6 +91,8 @@ class PromptConfig:
     """Category-driven prompts: a template per class; each ``{slot}`` draws from ``vocab[slot]``."""
 
     templates: dict[str, str] = field(default_factory=_default_templates)
+    #: the template of every class without its own; ``{name}`` is the class's noun from the label space
+    default_template: str = "A photo of a {colour} {name}"
     vocab: dict[str, list[str]] = field(default_factory=_default_vocab)
     negative: str = ""
 
@@ -209,6 +221,7 @@ class ExperimentConfig:
 @dataclass
 class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     compose: ComposeConfig = field(default_factory=ComposeConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
@@ -232,6 +245,7 @@ EXECUTION_ONLY = {
     "run.max_failure_fraction",
     "run.executor",
     "run.data_root",
+    "dataset.image_root",  # where the same data lies (like run.data_root)
     "run.op_reservation",
     "run.inflight_mb",
     "generator.min_actors",
@@ -380,7 +394,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
 
 
 #: path keys that a config *file* may give relative to itself (on the command line: to the current dir)
-FILE_RELATIVE_PATHS = ("train.dirs", "train.eval_root", "train.storage_path", "train.model.backbone_weights",
+FILE_RELATIVE_PATHS = ("dataset.image_root", "train.dirs", "train.eval_root", "train.storage_path", "train.model.backbone_weights",
                        "experiment.originals", "experiment.synthetic", "experiment.out")
 
 
@@ -411,12 +425,8 @@ def _anchor_paths(cfg: Config, data: dict, base: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks with short messages naming the key."""
-    unknown = [c for c in cfg.plan.classes if c not in THING_CLASSES]
-    if unknown:
-        raise ConfigError(f"plan.classes: {unknown} are not evaluated thing classes; valid: {THING_CLASSES}")
-    for c in cfg.plan.class_variants:
-        if c not in THING_CLASSES:
-            raise ConfigError(f"plan.class_variants: unknown class {c!r}; valid: {THING_CLASSES}")
+    if cfg.dataset.format not in ("auto", "cityscapes", "coco"):
+        raise ConfigError(f"dataset.format must be auto, cityscapes or coco, got {cfg.dataset.format!r}")
     if cfg.plan.top_k < 1:
         raise ConfigError(f"plan.top_k must be >= 1, got {cfg.plan.top_k}")
     if cfg.plan.variants < 1:
@@ -435,9 +445,6 @@ def validate(cfg: Config) -> None:
     if cfg.compose.resize is not None:
         parse_size(cfg.compose.resize, "compose.resize")
     parse_size(cfg.sample.size, "sample.size")
-    for c in cfg.plan.classes:
-        if c not in cfg.prompts.templates:
-            raise ConfigError(f"prompts.templates: no template for class {c!r}")
     t = cfg.train
     if t.amp not in ("auto", "bf16", "fp16", "fp32"):
         raise ConfigError(f"train.amp must be auto, bf16, fp16 or fp32, got {t.amp!r}")
@@ -495,12 +502,14 @@ _SECTIONS = {f.name for f in dataclasses.fields(Config)}
 
 
 def result_differences(a: dict, b: dict) -> list[str]:
-    """Keys whose values differ between two resolved configs, ignoring execution-only keys."""
+    """Keys whose values differ between two resolved configs, ignoring execution-only keys.  A key one
+    side lacks (a config written before the key existed) counts as its default."""
     fa, fb = flatten(a), flatten(b)
+    defaults = flatten(to_dict(Config()))
     diffs = []
     for k in sorted(set(fa) | set(fb)):
         if k in EXECUTION_ONLY or k.split(".")[0] in EXECUTION_ONLY:
             continue
-        if fa.get(k) != fb.get(k):
+        if fa.get(k, defaults.get(k)) != fb.get(k, defaults.get(k)):
             diffs.append(k)
     return diffs

@@ -17,93 +17,40 @@ import io
 import json
 from collections import defaultdict
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from cityscapesscripts.helpers.labels import id2label
 
 from instsynth import shards, storage
-from instsynth.cityscapes import (
-    THING_IDS,
-    decode_ids,
-    encode_ids,
-    encode_png,
-    gt_paths,
-    label_ids_from_instance_ids,
-)
-
-
-def _region_polygon(mask: np.ndarray) -> list[list[int]] | None:
-    """One polygon for a region: its components' outer contours, chained through their first points."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    contours = sorted((c[:, 0, :] for c in contours), key=lambda c: -len(c))
-    if not contours:
-        return None
-    poly: list[list[int]] = []
-    anchor = None
-    for c in contours:
-        pts = c.tolist()
-        if anchor is not None:
-            poly.append(anchor)
-        poly.extend(pts + [pts[0]])
-        anchor = anchor or pts[0]
-    if len(poly) < 3:  # a single pixel or a line: make it a degenerate triangle PIL still fills
-        x, y = poly[0]
-        poly = [[x, y], [x, y], [x, y]]
-    return poly
-
-
-def polygons_for(ids: np.ndarray) -> tuple[dict, np.ndarray]:
-    """(Cityscapes polygon JSON, instanceIds renumbered to the JSON's instance order)."""
-    h, w = ids.shape
-    vals, counts = np.unique(ids, return_counts=True)
-    order = sorted(zip(vals.tolist(), counts.tolist()), key=lambda vc: (-vc[1], vc[0]))
-    objects, renum = [], {}
-    k_per_class: dict[int, int] = defaultdict(int)
-    for v, _ in order:
-        cid = v // 1000 if v >= 1000 else v
-        lb = id2label.get(cid)
-        if lb is None or lb.id <= 0:
-            continue  # unlabeled/unknown: left to the background value
-        poly = _region_polygon(ids == v)
-        if poly is None:
-            continue
-        if v >= 1000:
-            label = lb.name
-            renum[v] = cid * 1000 + k_per_class[cid]
-            k_per_class[cid] += 1
-        else:
-            label = lb.name + "group" if lb.hasInstances else lb.name
-            renum[v] = v
-        objects.append({"label": label, "polygon": poly})
-    lut = np.arange(int(ids.max(initial=0)) + 1, dtype=np.int32)
-    for v, nv in renum.items():
-        lut[v] = nv
-    new = lut[ids]
-    return {"imgHeight": int(h), "imgWidth": int(w), "objects": objects}, new.astype(np.int32)
+from instsynth.datasets import DataError
+from instsynth.datasets.cityscapes import instance_ids, polygons_for, write_image
+from instsynth.outputs import label_space
+from instsynth.schema import ROW_SCHEMA, labels_of, normalize
 
 
 def export_cityscapes(dirs: list[str], out: str, split: str = "train", log=print) -> int:
-    """Write every committed row of ``dirs`` into a Cityscapes-layout tree under ``out``."""
+    """Write every committed row of ``dirs`` into a Cityscapes-layout tree under ``out``: the rows' own
+    instanceIds maps (a Cityscapes-sourced row keeps every source id).  Rows of other label spaces are
+    refused before anything is written (use ``--format coco``)."""
+    space = label_space(dirs)
+    if space.name != "cityscapes":
+        raise DataError(f"export --format cityscapes: {dirs[0]} comes from {space.name}, not Cityscapes; "
+                        "use --format coco")
     seq: dict[str, int] = defaultdict(int)
     index = io.StringIO()
     writer = csv.writer(index)
     writer.writerow(["stem", "work_id", "generator", "source_image"])
     n = 0
     for d in dirs:
-        for t in shards.iter_tables(d):
+        for t in shards.iter_tables(d, ["work_id", "group", "image", "labels", "regions", "generator",
+                                        "source_image"]):
             for r in t.to_pylist():
-                city = r["city"].replace("_", "")
+                r = normalize(r)
+                city = (r["group"] or "synthetic").replace("_", "").replace("/", "")
                 stem = f"{city}_{seq[city]:06d}_000019"
                 seq[city] += 1
-                ids = decode_ids(r["instance_ids"], r["work_id"])
-                poly, ids_new = polygons_for(ids)
-                p = gt_paths(split, city, stem)
-                storage.write_bytes(storage.join(out, p["image"]), r["image"])
-                storage.write_bytes(storage.join(out, p["instance_ids"]), encode_ids(ids_new))
-                storage.write_bytes(storage.join(out, p["label_ids"]), encode_png(label_ids_from_instance_ids(ids_new)))
-                storage.write_bytes(storage.join(out, p["polygons"]), json.dumps(poly).encode())
+                poly, ids_new = polygons_for(instance_ids(labels_of(r)))
+                write_image(out, split, city, stem, r["image"], ids_new, poly, compact_json=True)
                 writer.writerow([stem, r["work_id"], r["generator"], r["source_image"]])
                 n += 1
     storage.write_bytes(storage.join(out, "export_index.csv"), index.getvalue().encode())
@@ -112,32 +59,42 @@ def export_cityscapes(dirs: list[str], out: str, split: str = "train", log=print
 
 
 def export_coco(dirs: list[str], out: str, log=print) -> dict:
-    """COCO instances JSON (RLE masks) + images; group regions become iscrowd=1 annotations."""
+    """COCO instances JSON (RLE masks) + images: the label space's evaluated classes with the input's own
+    category ids and names (Cityscapes: its eight evaluated classes), one annotation per instance or crowd
+    region of those classes in every row (``iscrowd`` from the region), each naming its ``source_id``."""
     from pycocotools import mask as mask_utils
 
-    cats = [{"id": cid, "name": name, "supercategory": "cityscapes"} for cid, name in sorted(THING_IDS.items())]
+    space = label_space(dirs)
+    evaluated = set(space.evaluated)
+    cats = [{"id": c.id, "name": c.name, "supercategory": space.name} for c in space.classes if c.name in evaluated]
     images, anns = [], []
     for d in dirs:
-        for t in shards.iter_tables(d):
+        for t in shards.iter_tables(d, ["work_id", "generator", "image", "labels", "regions", "width", "height",
+                                        "source_image", "image_id"]):
             for r in t.to_pylist():
+                r = normalize(r)
                 image_id = len(images) + 1
-                fname = f"images/{r['generator']}/{r['work_id']}.png"
+                ext = "jpg" if r["image"][:3] == b"\xff\xd8\xff" else "png"
+                fname = f"images/{r['generator']}/{r['work_id']}.{ext}"
                 storage.write_bytes(storage.join(out, fname), r["image"])
                 images.append({"id": image_id, "file_name": fname, "width": r["width"], "height": r["height"],
-                               "work_id": r["work_id"], "generator": r["generator"]})
-                ids = decode_ids(r["instance_ids"], r["work_id"])
-                for v in np.unique(ids).tolist():
-                    cid = v // 1000 if v >= 1000 else v
-                    if cid not in THING_IDS:
+                               "work_id": r["work_id"], "generator": r["generator"], "source_image": r["source_image"],
+                               "source_image_id": r["image_id"]})
+                labels = labels_of(r)
+                for reg in labels.regions:
+                    if not reg["thing"] or reg["class_name"] not in evaluated:
                         continue
-                    m = np.asfortranarray((ids == v).astype(np.uint8))
+                    m = np.asfortranarray((labels.index == reg["index"]).astype(np.uint8))
                     rle = mask_utils.encode(m)
                     area = float(mask_utils.area(rle))
+                    if not area:
+                        continue
                     bbox = [float(b) for b in mask_utils.toBbox(rle)]
                     rle["counts"] = rle["counts"].decode("ascii")
-                    anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cid,
-                                 "segmentation": rle, "area": area, "bbox": bbox, "iscrowd": int(v < 1000)})
-    coco = {"info": {"description": "IS-Cityscapes export (InstSynth)"}, "images": images,
+                    anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": reg["class_id"],
+                                 "segmentation": rle, "area": area, "bbox": bbox, "iscrowd": int(reg["crowd"]),
+                                 "source_id": reg["source_id"]})
+    coco = {"info": {"description": f"InstSynth export ({space.name})"}, "images": images,
             "annotations": anns, "categories": cats}
     storage.write_bytes(storage.join(out, "instances.json"), json.dumps(coco).encode())
     log(f"exported {len(images)} images, {len(anns)} annotations as COCO to {out}/instances.json")
@@ -200,7 +157,7 @@ def export_parquet(dirs: list[str], out: str, shard_size: int = 500 * 10**6, log
             files.append(name)
             state["ctx"] = storage.open_output(storage.join(out, "data", name))
             state["sink"] = state["ctx"].__enter__()
-            state["writer"] = pq.ParquetWriter(state["sink"], shards.ROW_SCHEMA, compression="zstd")
+            state["writer"] = pq.ParquetWriter(state["sink"], ROW_SCHEMA, compression="zstd")
             state["bytes"] = 0
         t = pa.concat_tables(buf)
         state["writer"].write_table(t, row_group_size=len(t))
@@ -213,7 +170,9 @@ def export_parquet(dirs: list[str], out: str, shard_size: int = 500 * 10**6, log
                 m = ledger.markers[u]
                 if not m["rows"]:
                     continue
-                t = storage.read_parquet(shards.part_path(ledger.out, u)).cast(shards.ROW_SCHEMA)
+                t = storage.read_parquet(shards.part_path(ledger.out, u))
+                t = t.cast(ROW_SCHEMA) if "labels" in t.column_names else \
+                    pa.Table.from_pylist([normalize(r) for r in t.to_pylist()], schema=ROW_SCHEMA)
                 buf.append(t)
                 buffered += t.num_rows
                 rows += t.num_rows
@@ -244,7 +203,7 @@ def export_parquet(dirs: list[str], out: str, shard_size: int = 500 * 10**6, log
     cfg_path = storage.join(dirs[0], "config.yaml")
     cfg = load_config(cfg_path) if storage.exists(cfg_path) else load_config()
     render_card(out, cfg, {"committed_rows": rows, "planned": planned, "failed_items": failed, "pending_items": 0},
-                "+".join(gens), classes, sorted(models), ["data/train-*.parquet"])
+                "+".join(gens), classes, sorted(models), ["data/train-*.parquet"], label_space(dirs))
     log(f"exported {rows} rows from {len(dirs)} dirs as {len(files)} Parquet shards to {out}/data "
         f"(card: {storage.join(out, 'README.md')})")
     return {"rows": rows, "files": files}

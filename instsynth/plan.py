@@ -1,9 +1,10 @@
-"""The work plan: one Parquet row per (selected instance, variant), made from instance maps alone.
+"""The work plan: one Parquet row per (selected instance, variant), made from label maps alone.
 
 Why a plan: it fixes *what* will be generated (instances, crop boxes, prompts, seeds) before any
 GPU is touched, so a run can be sized (``synth --dry-run``), split into units, resumed, and audited.
 ``work_id`` is deterministic (``{image_id}_{instance_id}_v{variant}``), so every random choice keyed
-on it is reproducible and independent of processing order.
+on it is reproducible and independent of processing order.  The plan records its dataset (format,
+source, image root) and label space in its metadata, so every later command finds the source from it.
 """
 
 from __future__ import annotations
@@ -16,23 +17,37 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 
 from instsynth import storage
-from instsynth.cityscapes import DataError, SampleRecord, discover, read_ids
 from instsynth.config import Config, to_yaml
+from instsynth.datasets import (
+    DataError,
+    Dataset,
+    DatasetSpec,
+    ImageRef,
+    Labels,
+    LabelSpace,
+    move,
+    open_dataset,
+    resolve,
+)
+from instsynth.datasets.cityscapes import IMAGE_WITHOUT_MAP, MAP_WITHOUT_IMAGE
 from instsynth.phases.prompts import make_prompt
 from instsynth.phases.select import select_instances, square_box
 from instsynth.rng import item_rng
 
 ROOT_KEY = b"instsynth.root"
 CONFIG_KEY = b"instsynth.config"
+DATASET_KEY = b"instsynth.dataset"
+LABELS_KEY = b"instsynth.label_space"
 
 PLAN_SCHEMA = pa.schema([
     ("work_id", pa.string()),
     ("image_id", pa.string()),
     ("split", pa.string()),
-    ("city", pa.string()),
+    ("group", pa.string()),
     ("image_path", pa.string()),
-    ("instance_ids_path", pa.string()),
-    ("instance_id", pa.int32()),
+    ("label_path", pa.string()),
+    ("instance_id", pa.int64()),
+    ("class_id", pa.int32()),
     ("class_name", pa.string()),
     ("pixels", pa.int64()),
     ("bbox", pa.list_(pa.int32(), 4)),
@@ -45,31 +60,43 @@ PLAN_SCHEMA = pa.schema([
     ("seed", pa.int64()),
     ("variant", pa.int32()),
 ])
+#: columns of plans written before the dataset seam, and what they became
+LEGACY_COLUMNS = {"city": "group", "instance_ids_path": "label_path"}
 
 FAILURE_SCHEMA = pa.schema([("image_id", pa.string()), ("file", pa.string()), ("reason", pa.string())])
-IMAGE_WITHOUT_MAP = "image without its gtFine instance map"
-MAP_WITHOUT_IMAGE = "instance map without its image"
+__all__ = ["IMAGE_WITHOUT_MAP", "MAP_WITHOUT_IMAGE", "make_plan", "read_plan", "plan_dataset"]
 
 
 def work_id(image_id: str, instance_id: int, variant: int) -> str:
     return f"{image_id}_{instance_id}_v{variant}"
 
 
-def plan_image(rec: SampleRecord, ids, cfg: Config) -> list[dict]:
-    """Plan rows for one image given its decoded instance map."""
+def resolve_classes(cfg: Config, space: LabelSpace) -> None:
+    """``plan.classes`` defaults to every selectable class of the label space; names are checked
+    against it (one line listing the valid ones)."""
+    if cfg.plan.classes is None:
+        cfg.plan.classes = space.selectable
+    space.check_classes(cfg.plan.classes, "plan.classes")
+    space.check_classes(list(cfg.plan.class_variants), "plan.class_variants")
+
+
+def plan_image(ref: ImageRef, labels: Labels, cfg: Config, space: LabelSpace) -> list[dict]:
+    """Plan rows for one image given its labels."""
     p = cfg.plan
-    height, width = ids.shape
+    height, width = labels.index.shape
     rows = []
-    for inst in select_instances(ids, p.top_k, p.min_pixels, p.classes):
+    for inst in select_instances(labels, p.top_k, p.min_pixels, p.classes):
         for v in range(p.class_variants.get(inst.class_name, p.variants)):
-            wid = work_id(rec.image_id, inst.instance_id, v)
+            wid = work_id(ref.image_id, inst.instance_id, v)
             prompt, words = make_prompt(inst.class_name, cfg.prompts.templates, cfg.prompts.vocab,
-                                        item_rng(p.seed, wid, "prompt"))
+                                        item_rng(p.seed, wid, "prompt"), noun=space.noun(inst.class_name),
+                                        default=cfg.prompts.default_template)
             rows.append({
-                "work_id": wid, "image_id": rec.image_id, "split": rec.split, "city": rec.city,
-                "image_path": rec.image, "instance_ids_path": rec.instance_ids,
-                "instance_id": inst.instance_id, "class_name": inst.class_name, "pixels": inst.pixels,
-                "bbox": list(inst.bbox), "crop_box": list(square_box(inst.bbox, width, height, p.margin)),
+                "work_id": wid, "image_id": ref.image_id, "split": ref.split, "group": ref.group,
+                "image_path": ref.image, "label_path": ref.labels,
+                "instance_id": inst.instance_id, "class_id": inst.class_id, "class_name": inst.class_name,
+                "pixels": inst.pixels, "bbox": list(inst.bbox),
+                "crop_box": list(square_box(inst.bbox, width, height, p.margin)),
                 "image_width": width, "image_height": height,
                 "prompt": prompt, "prompt_words": json.dumps(words, sort_keys=True),
                 "negative_prompt": cfg.prompts.negative, "seed": p.seed, "variant": v,
@@ -77,67 +104,55 @@ def plan_image(rec: SampleRecord, ids, cfg: Config) -> list[dict]:
     return rows
 
 
-def iter_plan(root: str, cfg: Config) -> Iterator[tuple[SampleRecord, list[dict] | None, str | None]]:
-    """(record, rows or None, failure reason or None) per image, decoding maps on a few threads."""
-    recs = discover(root, cfg.plan.split)
+def iter_plan(ds: Dataset, cfg: Config) -> Iterator[tuple[ImageRef, list[dict] | None, str | None]]:
+    """(image, rows or None, failure reason or None) per image, reading label maps on a few threads."""
 
-    def one(rec: SampleRecord):
-        path = storage.join(root, rec.instance_ids)
+    def one(ref: ImageRef):
         try:
-            ids = read_ids(path)
+            labels = ds.load_labels(ref)
         except DataError as e:
-            if not storage.exists(path):
-                return rec, None, f"{IMAGE_WITHOUT_MAP}: {rec.instance_ids} is missing"
-            return rec, None, str(e)
-        return rec, plan_image(rec, ids, cfg), None
+            return ref, None, str(e)
+        return ref, plan_image(ref, labels, cfg, ds.label_space), None
 
     with ThreadPoolExecutor(max(1, cfg.plan.workers)) as pool:
-        yield from pool.map(one, recs)
+        yield from pool.map(one, ds.discover(cfg.plan.split))
 
 
-def orphan_maps(root: str, split: str) -> Iterator[tuple[str, str]]:
-    """(image_id, instance map path) of every gtFine instance map whose leftImg8bit image is missing."""
-    base = storage.join(root, "gtFine", split)
-    if not storage.is_dir(base):
-        return
-    images = {r.image_id for r in discover(root, split)}
-    for path in storage.walk(base, "_gtFine_instanceIds.png"):
-        rel = storage.relpath(path, base).replace("\\", "/")
-        parts = rel.split("/")
-        if len(parts) != 2:
-            continue
-        stem = parts[1][: -len("_gtFine_instanceIds.png")]
-        if stem not in images:
-            yield stem, f"gtFine/{split}/{rel}"
+def dataset_spec(source: str, cfg: Config) -> DatasetSpec:
+    return resolve(source, cfg.dataset.format, cfg.dataset.image_root)
 
 
-def make_plan(root: str, cfg: Config, progress=None) -> tuple[pa.Table, pa.Table, dict]:
-    """(plan table, failures table, summary) for ``root``; the root and config go into the metadata."""
+def make_plan(source: str | DatasetSpec, cfg: Config, progress=None) -> tuple[pa.Table, pa.Table, dict]:
+    """(plan table, failures table, summary) for a dataset; its spec, label space and the config go
+    into the metadata."""
+    spec = source if isinstance(source, DatasetSpec) else dataset_spec(source, cfg)
+    ds = open_dataset(spec)
+    resolve_classes(cfg, ds.label_space)
     rows, failures = [], []
     images = empty = 0
-    for rec, rs, reason in iter_plan(root, cfg):
+    for ref, rs, reason in iter_plan(ds, cfg):
         images += 1
         if reason is not None:
-            failures.append({"image_id": rec.image_id, "file": rec.instance_ids, "reason": reason})
+            failures.append({"image_id": ref.image_id, "file": ref.labels or ref.image, "reason": reason})
         elif not rs:
             empty += 1
         else:
             rows.extend(rs)
         if progress:
             progress(images)
-    orphans = 0
-    for image_id, path in orphan_maps(root, cfg.plan.split):
-        orphans += 1
-        failures.append({"image_id": image_id, "file": path,
-                         "reason": f"{MAP_WITHOUT_IMAGE}: no leftImg8bit image for {path}"})
-    meta = {ROOT_KEY: str(root).encode(), CONFIG_KEY: to_yaml(cfg).encode()}
+    extra = list(ds.failures(cfg.plan.split))
+    failures.extend(extra)
+    meta = {ROOT_KEY: spec.source.encode(), CONFIG_KEY: to_yaml(cfg).encode(), DATASET_KEY: spec.to_json().encode(),
+            LABELS_KEY: ds.label_space.to_json().encode()}
     table = pa.Table.from_pylist(rows, schema=PLAN_SCHEMA).replace_schema_metadata(meta)
     fails = pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA)
     summary = {
         "images": images, "images_without_instances": empty, "failures": len(failures),
         "images_without_map": sum(f["reason"].startswith(IMAGE_WITHOUT_MAP) for f in failures),
-        "maps_without_image": orphans,
+        "maps_without_image": sum(f["reason"].startswith(MAP_WITHOUT_IMAGE) for f in extra),
+        "bad_records": sum(not f["reason"].startswith(MAP_WITHOUT_IMAGE) for f in extra),
         "work_items": len(rows), "per_class": dict(sorted(Counter(r["class_name"] for r in rows).items())),
+        "dataset": spec.format,
     }
     return table, fails, summary
 
@@ -152,22 +167,62 @@ def write_plan(plan_path: str, table: pa.Table, failures: pa.Table) -> None:
     storage.write_parquet(table, plan_path)
 
 
+def _upgrade(table: pa.Table) -> pa.Table:
+    """A plan written before the dataset seam, in today's columns (read only; the file is never rewritten)."""
+    from instsynth.datasets import cityscapes_space
+
+    meta = table.schema.metadata
+    names = [LEGACY_COLUMNS.get(n, n) for n in table.column_names]
+    table = table.rename_columns(names)
+    if "class_id" not in names:
+        space = cityscapes_space()
+        ids = [space.by_name[c].id if c in space.by_name else 0 for c in table.column("class_name").to_pylist()]
+        table = table.append_column("class_id", pa.array(ids, pa.int32()))
+    table = table.select(PLAN_SCHEMA.names).cast(PLAN_SCHEMA)
+    return table.replace_schema_metadata(meta)
+
+
 def read_plan(plan_path: str) -> tuple[pa.Table, str | None]:
-    """(plan table, root recorded in its metadata)."""
+    """(plan table, source recorded in its metadata: a Cityscapes root or a COCO JSON)."""
     table = storage.read_parquet(plan_path)
-    missing = [n for n in PLAN_SCHEMA.names if n not in table.schema.names]
+    have = {LEGACY_COLUMNS.get(n, n) for n in table.schema.names} | {"class_id"}
+    missing = [n for n in PLAN_SCHEMA.names if n not in have]
     if missing:
         raise DataError(f"{plan_path}: not an InstSynth plan (missing columns {missing})")
+    if table.schema.names != PLAN_SCHEMA.names:
+        table = _upgrade(table)
     meta = table.schema.metadata or {}
     root = meta.get(ROOT_KEY, b"").decode() or None
     return table, root
 
 
+def plan_dataset(table: pa.Table, data_root: str | None = None, image_root: str | None = None) -> DatasetSpec | None:
+    """The dataset a plan was made from (plans before the seam: a Cityscapes root), moved by
+    ``--data-root`` / ``--image-root`` when given (``datasets.move``)."""
+    meta = table.schema.metadata or {}
+    if DATASET_KEY in meta:
+        spec = DatasetSpec.from_json(meta[DATASET_KEY])
+    elif meta.get(ROOT_KEY):
+        spec = DatasetSpec("cityscapes", meta[ROOT_KEY].decode())
+    else:
+        spec = None
+    return move(spec, data_root, image_root)
+
+
+def plan_label_space(table: pa.Table) -> LabelSpace:
+    from instsynth.datasets import cityscapes_space
+
+    meta = table.schema.metadata or {}
+    return LabelSpace.from_json(meta[LABELS_KEY]) if LABELS_KEY in meta else cityscapes_space()
+
+
 def format_summary(summary: dict) -> str:
-    lines = [f"{'class':<12}{'work items':>12}"]
+    lines = [f"{'class':<16}{'work items':>12}"]
     for c, n in summary["per_class"].items():
-        lines.append(f"{c:<12}{n:>12}")
+        lines.append(f"{c:<16}{n:>12}")
+    extra = (f"maps without image: {summary.get('maps_without_image', 0)}" if summary.get("dataset", "cityscapes")
+             == "cityscapes" else f"bad records: {summary.get('bad_records', 0)}")
     lines.append(f"images: {summary['images']}  without instances: {summary['images_without_instances']}  "
                  f"failures: {summary['failures']} (images without map: {summary.get('images_without_map', 0)}, "
-                 f"maps without image: {summary.get('maps_without_image', 0)})  work items: {summary['work_items']}")
+                 f"{extra})  work items: {summary['work_items']}")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """What people look at: run status, per-class counts (table + bar chart), and a preview grid.
 
 Counting follows the paper's Table I: besides one synthesized instance per row, every focused crop
-shows several more instances; "visible" counts every evaluated-class instance in every crop (the
-original dirs' visible instances are the original split's).  All readers stream unit by unit.
+shows several more instances; "visible" counts every instance of an evaluated class of the dirs' label
+space in every crop (the original dirs' visible instances are the original split's).  All readers
+stream unit by unit and read rows of either row format (``schema.normalize``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import cv2
 import numpy as np
 
 from instsynth import shards, storage
-from instsynth.cityscapes import THING_CLASSES, THING_IDS, DataError, decode_ids, decode_image
+from instsynth.datasets import DataError, decode_image
+from instsynth.outputs import label_space, source_dataset
+from instsynth.schema import instance_mask, labels_of, visible
 
 
 class NotAnOutput(DataError):
@@ -121,11 +124,6 @@ def queues_chart(units: list[dict], title: str, window: tuple[float, float] | No
     return figure_png(fig)
 
 
-def visible_instances(ids: np.ndarray) -> Counter:
-    vals = np.unique(ids)
-    return Counter(THING_IDS[v // 1000] for v in vals.tolist() if v >= 1000 and v // 1000 in THING_IDS)
-
-
 def new_class_stats() -> dict:
     """{source: {"synthesized", "visible", "accepted", "retried", "rejected": Counter, "rows": n}}, source = generator."""
     return defaultdict(lambda: {"synthesized": Counter(), "visible": Counter(), "rows": 0,
@@ -151,25 +149,26 @@ def add_failure_stats(out: dict, f: dict) -> None:
         out[details.get("generator", "?")]["rejected"][details.get("class_name", "?")] += 1
 
 
-def class_stats(dirs: list[str]) -> dict:
+def class_stats(dirs: list[str], space=None) -> dict:
     """``new_class_stats`` filled from every committed row and failure of ``dirs`` (streamed)."""
     out = new_class_stats()
+    space = space or label_space(dirs)
     for d in dirs:
-        for t in shards.iter_tables(d, ["generator", "class_name", "instance_ids", "work_id", "gen_stats"]):
+        for t in shards.iter_tables(d, ["generator", "class_name", "labels", "regions", "work_id", "gen_stats"]):
             for r in t.to_pylist():
-                add_row_stats(out, r, visible_instances(decode_ids(r["instance_ids"], r["work_id"])))
+                add_row_stats(out, r, Counter(visible(labels_of(r), space)))
         for f in shards.read_failures(d).to_pylist():
             add_failure_stats(out, f)
     return {k: v for k, v in out.items()}
 
 
-def format_stats(stats: dict) -> str:
+def format_stats(stats: dict, classes: list[str]) -> str:
     sources = sorted(stats, key=lambda s: (s != "original", s))
     header = f"{'class':<12}" + "".join(
         f"{(s + ' visible') if s == 'original' else s + ' synth/visible':>26}" for s in sources) + f"{'all visible':>14}"
     lines = [header]
     totals = Counter()
-    for c in THING_CLASSES:
+    for c in classes:
         cells = []
         allv = 0
         for s in sources:
@@ -186,7 +185,7 @@ def format_stats(stats: dict) -> str:
     if gens:
         lines.append("")
         lines.append(f"{'class':<12}" + "".join(f"{g + ' accepted/retried/rejected':>36}" for g in gens))
-        for c in THING_CLASSES:
+        for c in classes:
             lines.append(f"{c:<12}" + "".join(
                 f"{str(stats[g]['accepted'][c]) + ' / ' + str(stats[g]['retried'][c]) + ' / ' + str(stats[g]['rejected'][c]):>36}"
                 for g in gens))
@@ -204,7 +203,7 @@ def figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def stats_chart(stats: dict) -> bytes:
+def stats_chart(stats: dict, classes: list[str], title: str = "instances per class") -> bytes:
     """A grouped bar chart (PNG bytes): visible instances per class and source."""
     import matplotlib
 
@@ -212,31 +211,33 @@ def stats_chart(stats: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     sources = sorted(stats, key=lambda s: (s != "original", s))
-    x = np.arange(len(THING_CLASSES))
+    x = np.arange(len(classes))
     width = 0.8 / max(1, len(sources))
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
     for i, s in enumerate(sources):
-        bars = ax.bar(x + i * width, [stats[s]["visible"][c] for c in THING_CLASSES], width, label=f"{s} (visible)")
+        bars = ax.bar(x + i * width, [stats[s]["visible"][c] for c in classes], width, label=f"{s} (visible)")
         ax.bar_label(bars, fontsize=7)
         if s != "original":  # solid, not translucent: the legend swatch then shows the bars' own colour
-            inner = ax.bar(x + i * width, [stats[s]["synthesized"][c] for c in THING_CLASSES], width * 0.5,
+            inner = ax.bar(x + i * width, [stats[s]["synthesized"][c] for c in classes], width * 0.5,
                            color="#333333", label=f"{s} (synthesized)")
             ax.bar_label(inner, label_type="center", color="white", fontsize=6)
-    ax.set_xticks(x + width * (len(sources) - 1) / 2, THING_CLASSES, rotation=20)
+    ax.set_xticks(x + width * (len(sources) - 1) / 2, classes, rotation=20 if len(classes) < 20 else 90)
     ax.set_ylabel("instances")
-    ax.set_title("IS-Cityscapes instances per class")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     return figure_png(fig)
 
 
 def write_stats(dirs: list[str], out: str) -> tuple[str, dict]:
-    stats = class_stats(dirs)
-    text = format_stats(stats)
+    space = label_space(dirs)
+    stats = class_stats(dirs, space)
+    text = format_stats(stats, space.evaluated)
     storage.write_bytes(storage.join(out, "class_counts.txt"), (text + "\n").encode())
     storage.write_bytes(storage.join(out, "class_counts.json"), json.dumps(
         {s: {k: dict(v) if isinstance(v, Counter) else v for k, v in d.items()} for s, d in stats.items()},
         indent=1).encode())
-    storage.write_bytes(storage.join(out, "class_counts.png"), stats_chart(stats))
+    storage.write_bytes(storage.join(out, "class_counts.png"),
+                        stats_chart(stats, space.evaluated, f"instances per class ({space.name})"))
     return text, stats
 
 
@@ -252,18 +253,19 @@ def grid_png(tiles: list[np.ndarray], cols: int) -> bytes:
 def preview(out: str, n: int = 16, tile: tuple[int, int] = (384, 192), cols: int = 4) -> bytes:
     """A grid PNG of the first ``n`` committed rows: crop, instance outline, prompt."""
     tiles = []
-    for t in shards.iter_tables(out, ["image", "instance_ids", "instance_id", "prompt", "work_id", "generator"]):
+    for t in shards.iter_tables(out, ["image", "labels", "regions", "instance_index", "instance_id", "prompt", "work_id",
+                                      "generator"]):
         for r in t.to_pylist():
             img = decode_image(r["image"], r["work_id"])
-            ids = decode_ids(r["instance_ids"], r["work_id"])
+            mask = instance_mask(r)
             sx, sy = tile[0] / img.shape[1], tile[1] / img.shape[0]
             s = min(sx, sy)
             small = cv2.resize(img, (max(1, int(img.shape[1] * s)), max(1, int(img.shape[0] * s))),
                                interpolation=cv2.INTER_AREA)
             canvas = np.zeros((tile[1] + 22, tile[0], 3), np.uint8)
             canvas[:small.shape[0], :small.shape[1]] = small
-            if r["instance_id"]:
-                mask = cv2.resize((ids == r["instance_id"]).astype(np.uint8), (small.shape[1], small.shape[0]),
+            if mask is not None:
+                mask = cv2.resize(mask.astype(np.uint8), (small.shape[1], small.shape[0]),
                                   interpolation=cv2.INTER_NEAREST)
                 contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
                 cv2.drawContours(canvas, contours, -1, (255, 255, 0), 2)
@@ -287,36 +289,21 @@ def fit(img: np.ndarray, box: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 
-def source_root(out: str) -> str:
-    """The Cityscapes root recorded in OUT's plan, checked reachable (one line naming it if not)."""
-    from instsynth.plan import read_plan
-
-    if not storage.exists(shards.plan_path(out)):
-        raise DataError(f"{out}: no plan.parquet, so no recorded source root (is it an InstSynth output dir?)")
-    _, root = read_plan(shards.plan_path(out))
-    if not root or not storage.is_dir(storage.join(root, "leftImg8bit")):
-        raise DataError(f"{out}: the source root recorded in its plan, {root}, is not reachable "
-                        "(no leftImg8bit/ there); the before panels need it")
-    return root
-
-
 def compare_pairs(out: str, n: int = 8, class_name: str | None = None, generator: str | None = None):
     """(row, before, after) for the first ``n`` committed rows matching the filters: ``before`` is the
     source window (``crop_box`` of ``source_image`` under the recorded root, at the row's size),
     ``after`` the synthesized crop.  Streams unit by unit."""
-    from instsynth.cityscapes import read_image
-
-    root = source_root(out)
+    ds = source_dataset(out)
     got = 0
-    cols = ["work_id", "image", "instance_ids", "instance_id", "class_name", "generator", "prompt",
-            "crop_box", "source_image", "gen_stats", "width", "height"]
+    cols = ["work_id", "image", "labels", "regions", "instance_index", "instance_id", "class_name", "generator",
+            "prompt", "crop_box", "source_image", "gen_stats", "width", "height"]
     for t in shards.iter_tables(out, cols):
         for r in t.to_pylist():
             if (class_name and r["class_name"] != class_name) or (generator and r["generator"] != generator):
                 continue
             after = decode_image(r["image"], r["work_id"])
             x0, y0, x1, y1 = r["crop_box"]
-            before = read_image(storage.join(root, r["source_image"]))[y0:y1, x0:x1]
+            before = ds.read_image(r["source_image"])[max(0, y0):y1, max(0, x0):x1]
             if before.shape[:2] != after.shape[:2]:  # compose.resize: compare at the row's size
                 before = cv2.resize(before, (after.shape[1], after.shape[0]), interpolation=cv2.INTER_AREA)
             yield r, before, after
@@ -335,11 +322,12 @@ def compare_grid(out: str, n: int = 8, class_name: str | None = None, generator:
     text_h = 40
     tiles = []
     for r, before, after in compare_pairs(out, n, class_name, generator):
-        ids = decode_ids(r["instance_ids"], r["work_id"])
+        inst = instance_mask(r)
+        inst = inst if inst is not None else np.zeros(after.shape[:2], bool)
         canvas = np.zeros((tile[1] + text_h, 2 * tile[0] + 6, 3), np.uint8)
         for k, img in enumerate((before, after)):
             small = fit(img, tile)
-            mask = cv2.resize((ids == r["instance_id"]).astype(np.uint8), (small.shape[1], small.shape[0]),
+            mask = cv2.resize(inst.astype(np.uint8), (small.shape[1], small.shape[0]),
                               interpolation=cv2.INTER_NEAREST)
             contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             x = k * (tile[0] + 6)

@@ -41,6 +41,10 @@ def check_config(out: str, cfg: Config, overwrite: bool) -> None:
             return
         raise
     old = yaml.safe_load(raw.decode()) or {}
+    if "dataset" not in old and not overwrite and storage.list_names(storage.join(out, "_commits")):
+        # rows of the first format (instance_ids, city) are read everywhere but never mixed with new ones
+        raise ConfigError(f"{out} holds rows of the first row format (written before datasets other than Cityscapes "
+                          "were read); it stays readable as it is - write new rows to a new --out")
     diffs = result_differences(old, to_dict(cfg))
     if diffs and not overwrite:
         raise ConfigError(

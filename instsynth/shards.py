@@ -1,4 +1,4 @@
-"""IS-Cityscapes output: row schema, the output-dir layout, unit commits and readers.
+"""IS-Cityscapes output: the output-dir layout, unit commits and readers (the row schema: ``schema.py``).
 
 Layout of an output dir (fixed, so every tool can rely on it)::
 
@@ -32,54 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from instsynth import storage
-
-ROW_SCHEMA = pa.schema([
-    ("work_id", pa.string()),
-    ("image_id", pa.string()),
-    ("split", pa.string()),
-    ("city", pa.string()),
-    ("instance_id", pa.int32()),
-    ("class_name", pa.string()),
-    ("image", pa.binary()),
-    ("instance_ids", pa.binary()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("bbox", pa.list_(pa.int32(), 4)),
-    ("crop_box", pa.list_(pa.int32(), 4)),
-    ("square_box", pa.list_(pa.int32(), 4)),
-    ("lam", pa.float64()),
-    ("prompt", pa.string()),
-    ("negative_prompt", pa.string()),
-    ("generator", pa.string()),
-    ("model_id", pa.string()),
-    ("model_revision", pa.string()),
-    ("seed", pa.int64()),
-    ("gen_seed", pa.int64()),
-    ("variant", pa.int32()),
-    ("source_image", pa.string()),
-    ("gen_stats", pa.string()),
-])
-
-ROW_DOCS = {
-    "work_id": "deterministic id of the work item: {image_id}_{instance_id}_v{variant}",
-    "image_id": "Cityscapes stem of the source image ({city}_{seq:06d}_{frame:06d})",
-    "split": "source split", "city": "source city",
-    "instance_id": "instanceIds value of the synthesized instance (classId*1000+k)",
-    "class_name": "its class",
-    "image": "the focused crop, PNG bytes (RGB)",
-    "instance_ids": "instanceIds map of the crop, 16-bit PNG bytes; every instance in view keeps its id",
-    "width": "crop width in pixels", "height": "crop height in pixels",
-    "bbox": "box of the synthesized instance in the crop [x0, y0, x1, y1), exclusive ends",
-    "crop_box": "the focused window in the source image [x0, y0, x1, y1)",
-    "square_box": "Phase 1's square crop in the source image (may extend outside for huge instances)",
-    "lam": "lambda drawn for Eq. 2 (S_N = lambda * A_ins)",
-    "prompt": "the category-driven prompt", "negative_prompt": "negative prompt ('' if none)",
-    "generator": "generator name (original for unmodified training images)",
-    "model_id": "model path or hub id", "model_revision": "model revision ('' if unpinned)",
-    "seed": "the run seed", "gen_seed": "the per-item generator seed derived from (seed, work_id)",
-    "variant": "variant index of this instance", "source_image": "source image path relative to the root",
-    "gen_stats": "JSON: the generator's own per-sample numbers",
-}
+from instsynth.schema import RAW_COLUMNS, ROW_SCHEMA, read_columns  # noqa: E402 - the row lives in schema.py
 
 CLAIMS = "_claims"
 LEDGER = "_ledger"
@@ -142,10 +95,9 @@ def _file_entry(name: str, data: bytes, rows: int) -> dict:
     return {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "rows": rows}
 
 
-#: The PNG columns are stored as they are (PNG is compressed already; zstd gains ~nothing) and without
-#: a dictionary, so each value lies in the file verbatim: a trainer reads one row's image with one ranged
-#: read at an offset the marker records, instead of the whole part (``row_locations``).
-RAW_COLUMNS = ("image", "instance_ids")
+#: The PNG columns (``schema.RAW_COLUMNS``) are stored as they are (PNG is compressed already; zstd gains
+#: ~nothing) and without a dictionary, so each value lies in the file verbatim: a trainer reads one row's
+#: image with one ranged read at an offset the marker records, instead of the whole part (``row_locations``).
 
 
 def _parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
@@ -175,8 +127,15 @@ def row_locations(data: bytes, rows: list[dict]) -> list[list[int]] | None:
     return out
 
 
-#: Marker format: 2 carries ``stats`` (below), so nothing downstream re-reads a unit's files.
-MARKER_VERSION = 2
+def row_things(rows: list[dict]) -> list[list[list[int]]]:
+    """Per row, its instance regions as ``[index, class_id, crowd]``: what a trainer needs beside the two
+    PNGs, carried in the marker so that training reads no region table from the parts."""
+    return [[[r["index"], r["class_id"], int(r["crowd"])] for r in row["regions"] if r["thing"]] for row in rows]
+
+
+#: Marker format: 2 carries ``stats`` (below), so nothing downstream re-reads a unit's files; 3 marks
+#: parts of row format 2 (``schema.py``) and carries each row's instance regions (``data.things``).
+MARKER_VERSION = 3
 
 
 def unit_stats(rows: list[dict], failures: list[dict]) -> dict:
@@ -216,6 +175,7 @@ def commit_unit(out: str, name: str, rows: list[dict], failures: list[dict], wri
         locations = row_locations(data, rows)
         if locations is not None:
             marker["data"]["rows_at"] = locations
+        marker["data"]["things"] = row_things(rows)
     if failures:
         data = _parquet_bytes(failures, FAILURE_SCHEMA)
         storage.write_bytes(failures_path(out, name), data)
@@ -471,14 +431,16 @@ def _check_bytes(path: str, data: bytes | None, entry: dict | None, rows: int) -
 
 def _bad_pngs(data: bytes) -> list[str]:
     """Rows of a part whose PNGs do not decode or disagree with the row's size."""
-    from instsynth.cityscapes import DataError, decode_ids, decode_image
+    from instsynth.datasets import DataError, decode_image
+    from instsynth.schema import labels_of
 
     bad = []
-    t = pq.read_table(io.BytesIO(data), columns=["work_id", "image", "instance_ids", "width", "height"])
+    f = pq.ParquetFile(io.BytesIO(data))
+    t = f.read(columns=read_columns(f.schema_arrow, ["work_id", "image", "labels", "regions", "width", "height"]))
     for r in t.to_pylist():
         try:
             img = decode_image(r["image"], r["work_id"] + ":image")
-            ids = decode_ids(r["instance_ids"], r["work_id"] + ":instance_ids")
+            ids = labels_of(r).index
             if img.shape[:2] != ids.shape or ids.shape != (r["height"], r["width"]):
                 raise DataError(f"{r['work_id']}: image {img.shape[:2]}, ids {ids.shape}, "
                                 f"row says {r['height']}x{r['width']}")
@@ -597,14 +559,29 @@ def remove_uncommitted(out: str, ledger: Ledger | None = None, claims: bool = Tr
 
 
 def iter_tables(out: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
-    """Stream committed rows one unit at a time (memory stays flat as the dataset grows)."""
+    """Stream committed rows one unit at a time (memory stays flat as the dataset grows).  ``columns``
+    are today's names; a part written in the first row format yields the columns that stand in for
+    them (``schema.read_columns``): pass its rows through ``schema.normalize``."""
     for p in committed_parts(out):
-        yield storage.read_parquet(p, columns)
+        yield read_part(p, columns)
+
+
+def read_part(path: str, columns: list[str] | None = None) -> pa.Table:
+    """One part file, ``columns`` in today's names (see ``iter_tables``)."""
+    if columns is None:
+        return storage.read_parquet(path)
+    footer = storage.parquet_footer(path)  # one read: the schema and, for a small part, all of it
+    return storage.read_parquet_columns(path, read_columns(footer[0].schema.to_arrow_schema(), columns),
+                                        footer=footer)
 
 
 def iter_rows(out: str, columns: list[str] | None = None) -> Iterator[dict]:
+    """Committed rows as dicts in today's format (older rows normalized)."""
+    from instsynth.schema import normalize
+
     for t in iter_tables(out, columns):
-        yield from t.to_pylist()
+        for r in t.to_pylist():
+            yield normalize(r)
 
 
 def read_failures(out: str) -> pa.Table:

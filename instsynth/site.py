@@ -32,7 +32,8 @@ import cv2
 import numpy as np
 
 from instsynth import shards, storage
-from instsynth.cityscapes import THING_CLASSES, DataError, decode_ids, decode_image, read_image
+from instsynth.datasets import DataError, Dataset, decode_image
+from instsynth.outputs import label_space, source_dataset
 from instsynth.quality.report import quality_chart
 from instsynth.report import (
     add_failure_stats,
@@ -41,18 +42,18 @@ from instsynth.report import (
     new_class_stats,
     queues_chart,
     stats_chart,
-    visible_instances,
 )
+from instsynth.schema import instance_mask, labels_of, visible
 
 THUMB = (320, 160)  # (w, h) box a thumbnail fits in
 PAGE_SIZE = 96  # gallery cards per page
 JPEG_QUALITY = 85
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: rows of any dataset (index maps + region tables)
 QUALITY_KEYS = ("psnr_crop", "ssim_crop", "psnr_in", "psnr_out", "ssim_in", "ssim_out", "changed_inside",
                 "inside_share", "clip")
 SCORE_KEYS = ("clip", "psnr_in", "ssim_out", "changed_inside", "inside_share", "attempts")
-COLUMNS = ["work_id", "image_id", "class_name", "generator", "prompt", "image", "instance_ids", "instance_id",
-           "crop_box", "source_image", "gen_stats", "width", "height"]
+COLUMNS = ["work_id", "image_id", "class_name", "generator", "prompt", "image", "labels", "regions", "instance_index",
+           "instance_id", "crop_box", "source_image", "gen_stats", "width", "height"]
 
 
 def _jpeg(img: np.ndarray) -> bytes:
@@ -75,12 +76,10 @@ def _round(v):
     return round(v, 4) if isinstance(v, float) else v
 
 
-def _source_root(d: str) -> str | None:
-    """The recorded Cityscapes root when it is reachable (the before panels need it), else None."""
-    from instsynth.report import source_root
-
+def _source(d: str) -> Dataset | None:
+    """The dataset ``d`` was made from when it is reachable (the before panels need it), else None."""
     try:
-        return source_root(d)
+        return source_dataset(d)
     except DataError:
         return None
 
@@ -88,14 +87,14 @@ def _source_root(d: str) -> str | None:
 class _Source:
     """One decoded source image at a time (a unit's rows come grouped by source image)."""
 
-    def __init__(self, root: str | None):
-        self.root, self.name, self.img = root, None, None
+    def __init__(self, ds: Dataset | None):
+        self.ds, self.name, self.img = ds, None, None
 
     def window(self, row: dict) -> np.ndarray | None:
-        if self.root is None:
+        if self.ds is None:
             return None
         if row["source_image"] != self.name:
-            self.name, self.img = row["source_image"], read_image(storage.join(self.root, row["source_image"]))
+            self.name, self.img = row["source_image"], self.ds.read_image(row["source_image"])
         x0, y0, x1, y1 = row["crop_box"]
         win = self.img[max(0, y0):y1, max(0, x0):x1]
         if win.shape[:2] != (row["height"], row["width"]):
@@ -103,17 +102,17 @@ class _Source:
         return win
 
 
-def _unit_entries(out: str, key: str, d: str, unit: str, source: _Source) -> dict:
+def _unit_entries(out: str, key: str, d: str, unit: str, source: _Source, space) -> dict:
     """Thumbnails (written) and numbers of one unit's rows: {"samples": [...], "rows": [per-row stats]}."""
     from instsynth.quality.metrics import SSIM_MAX_SIDE, psnr, ssim_map
 
     samples, rows = [], []
-    t = storage.read_parquet(shards.part_path(d, unit), COLUMNS)
+    t = shards.read_part(shards.part_path(d, unit), COLUMNS)
     for r in t.to_pylist():
         after = decode_image(r["image"], r["work_id"])
-        ids = decode_ids(r["instance_ids"], r["work_id"])
+        labels = labels_of(r)
         original = r["generator"] == "original"
-        mask = None if original else ids == r["instance_id"]
+        mask = None if original else instance_mask(r, labels)
         base = f"thumbs/{key}/{unit}/{r['work_id']}"
         storage.write_bytes(storage.join(out, base + ".a.jpg"), _jpeg(_thumb(after, mask)))
         stats = json.loads(r["gen_stats"] or "{}")
@@ -130,7 +129,7 @@ def _unit_entries(out: str, key: str, d: str, unit: str, source: _Source) -> dic
                         "p": r["prompt"], "s": scores, "a": base + ".a.jpg", "b": b, "i": r["image_id"],
                         "src": r["source_image"], "u": unit})
         rows.append({"generator": r["generator"], "class_name": r["class_name"], "gen_stats": r["gen_stats"],
-                     "visible": dict(visible_instances(ids)),
+                     "visible": visible(labels, space),
                      "quality": {k: stats[k] for k in QUALITY_KEYS if stats.get(k) is not None}})
     return {"samples": samples, "rows": rows}
 
@@ -155,7 +154,7 @@ class _Quality:
                 for g, n in sorted(self.n.items())}
 
 
-def _failures(d: str, root: str | None) -> list[dict]:
+def _failures(d: str, ds: Dataset | None) -> list[dict]:
     """Failures of ``d`` (plan time and run time) with the source file each concerns."""
     from instsynth.plan import read_plan
 
@@ -178,14 +177,15 @@ def _failures(d: str, root: str | None) -> list[dict]:
             out.append({"stage": f["stage"], "id": f["work_id"], "reason": f["reason"],
                         "file": images.get(f["work_id"], "")})
     for f in out:
-        f["href"] = _file_href(root, f["file"]) if f["file"] else ""
+        f["href"] = _file_href(ds, f["file"]) if f["file"] else ""
     return out
 
 
-def _file_href(root: str | None, rel: str) -> str:
-    if not root:
+def _file_href(ds: Dataset | None, rel: str) -> str:
+    """A link to a source file: given relative to the dataset's image root (Cityscapes: its root)."""
+    if ds is None:
         return ""
-    path = storage.join(root, rel)
+    path = rel if rel.startswith("/") or storage.is_uri(rel) else ds.image_path(rel)
     return path if storage.is_uri(path) else "file://" + os.path.abspath(path)
 
 
@@ -240,6 +240,7 @@ def write_report(dirs: list[str], out: str, log=print) -> dict:
     """Write the site into ``out`` (``index.html`` + data scripts + images); returns a summary."""
     for d in dirs:
         check_output_dir(d)
+    space = label_space(dirs)
     started = time.time()
     counts = new_class_stats()
     quality = _Quality()
@@ -251,8 +252,8 @@ def write_report(dirs: list[str], out: str, log=print) -> dict:
         ledger.scan()
         bad = ledger.verify_sizes()
         good = {u: m for u, m in ledger.markers.items() if u not in bad}
-        root = _source_root(d)
-        source = _Source(root)
+        ds = _source(d)
+        source = _Source(ds)
         gens = Counter()
         name = f"samples-{key}.js"
         script_names.append(name)
@@ -273,7 +274,7 @@ def write_report(dirs: list[str], out: str, log=print) -> dict:
                     pass
                 if entry is None:
                     entry = {"v": CACHE_VERSION, "dir": d, "sha256": sha,
-                             **_unit_entries(out, key, d, u, source)}
+                             **_unit_entries(out, key, d, u, source, space)}
                     storage.write_bytes(cache_path, json.dumps(entry).encode())
                     decoded += 1
                 for s in entry["samples"]:
@@ -288,7 +289,7 @@ def write_report(dirs: list[str], out: str, log=print) -> dict:
                     log(f"report {d}: {n + 1}/{len(units)} units")
         for f in shards.read_failures(d).to_pylist():
             add_failure_stats(counts, f)
-        failures[key] = _failures(d, root)
+        failures[key] = _failures(d, ds)
         runs_by_dir[key] = _runs(d)
         tot = ledger.totals(sorted(good))
         planned = None
@@ -301,10 +302,12 @@ def write_report(dirs: list[str], out: str, log=print) -> dict:
                      "failed_items": tot["failures"], "planned": planned,
                      "pending": None if planned is None else max(planned - len(ledger.covered_ids(good)), 0),
                      "models": [" ".join(x for x in m if x) for m in tot["models"]],
-                     "failure_stages": tot["failure_stages"], "root": root or ""})
+                     "failure_stages": tot["failure_stages"],
+                     "root": (ds.spec.image_root or ds.spec.source) if ds else ""})
     stats = {k: v for k, v in counts.items()}
     qtable = quality.table()
-    images = {"class_counts.png": stats_chart(stats) if stats else None, "quality.png": quality_chart(qtable),
+    images = {"class_counts.png": stats_chart(stats, space.evaluated, f"instances per class ({space.name})")
+              if stats else None, "quality.png": quality_chart(qtable),
               "runs.png": runs_chart({i["name"]: runs_by_dir[i["key"]] for i in info}),
               **{f"queues-{i['key']}.png": queues_chart(_latest_timed_units(runs_by_dir[i["key"]]),
                                                           f"{i['name']}: where units waited in its latest Ray run")
@@ -312,14 +315,15 @@ def write_report(dirs: list[str], out: str, log=print) -> dict:
     for n, png in images.items():
         if png:
             storage.write_bytes(storage.join(out, n), png)
-    classes = sorted({c for s in stats.values() for c in s["synthesized"]}, key=_class_order)
+    order = {c: i for i, c in enumerate(space.evaluated)}
+    classes = sorted({c for s in stats.values() for c in s["synthesized"]}, key=lambda c: (order.get(c, len(order)), c))
     meta = {"dirs": info, "classes": classes, "generators": sorted({g for i in info for g in i["generators"]}),
             "page_size": PAGE_SIZE}
     storage.write_bytes(storage.join(out, "report-data.js"),
                         ("window.REPORT = " + json.dumps(meta, indent=1) + ";\n").encode())
     for asset in ("report.js", "report.css"):
         storage.write_bytes(storage.join(out, asset), resources.files("instsynth.static").joinpath(asset).read_bytes())
-    page = _index_html(info, stats, qtable, runs_by_dir, failures, script_names,
+    page = _index_html(info, stats, space.evaluated, qtable, runs_by_dir, failures, script_names,
                        {n for n, png in images.items() if png})
     storage.write_bytes(storage.join(out, "index.html"), page.encode())
     rows = sum(i["rows"] for i in info)
@@ -328,10 +332,6 @@ def write_report(dirs: list[str], out: str, log=print) -> dict:
     log(f"wrote {summary['index']}: {rows} samples from {len(dirs)} dirs "
         f"({decoded} units rendered, {reused} reused from the cache) in {summary['seconds']:.1f} s")
     return summary
-
-
-def _class_order(c: str) -> tuple:
-    return (THING_CLASSES.index(c) if c in THING_CLASSES else len(THING_CLASSES), c)
 
 
 def _e(v) -> str:
@@ -350,7 +350,7 @@ def _table(head: list[str], rows: list[list], cls: str = "") -> str:
     return f'<table class="{cls}"><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _index_html(info, stats, qtable, runs_by_dir, failures, scripts, images) -> str:
+def _index_html(info, stats, classes, qtable, runs_by_dir, failures, scripts, images) -> str:
     parts = []
     # summary
     rows = [[_e(i["name"]), _e(", ".join(i["generators"]) or "–"), i["rows"], i["units"], i["failed_items"],
@@ -364,7 +364,9 @@ def _index_html(info, stats, qtable, runs_by_dir, failures, scripts, images) -> 
     sources = sorted(stats, key=lambda s: (s != "original", s))
     head = ["class"] + [f"{s} visible" if s == "original" else f"{s} synthesized / visible" for s in sources]
     crow = []
-    for c in THING_CLASSES:
+    for c in classes:
+        if not any(stats[s]["visible"][c] or stats[s]["synthesized"][c] for s in sources):
+            continue  # a large label space (COCO's 80): only the classes the dirs hold
         crow.append([c] + [str(stats[s]["visible"][c]) if s == "original" else
                            f"{stats[s]['synthesized'][c]} / {stats[s]['visible'][c]}" for s in sources])
     img = '<img src="class_counts.png" alt="instances per class">' if "class_counts.png" in images else ""

@@ -20,11 +20,12 @@ from itertools import groupby
 import numpy as np
 
 from instsynth import storage
-from instsynth.cityscapes import DataError, check_same_size, encode_ids, encode_png, read_ids, read_image
 from instsynth.config import ComposeConfig, parse_size
+from instsynth.datasets import DataError, DatasetSpec, ImageRef, Labels, compact, encode_png, open_dataset
 from instsynth.phases.compose import cut_window, focused_window, paste, resize_window
 from instsynth.phases.select import bbox_of, prepare_instance
 from instsynth.rng import item_rng, item_seed
+from instsynth.schema import make_row
 
 
 @dataclass
@@ -86,44 +87,55 @@ def _reason(e: BaseException) -> str:
     return f"{e.__class__.__name__}: {e}{where}"
 
 
-def prepare(unit: Unit, root: str, compose: ComposeConfig) -> Unit:
+def image_ref(row: dict) -> ImageRef:
+    """The source image of a plan row."""
+    return ImageRef(row["image_id"], row["split"], row["group"], row["image_path"], row["label_path"],
+                    int(row["image_width"]), int(row["image_height"]))
+
+
+def prepare(unit: Unit, source: DatasetSpec, compose: ComposeConfig) -> Unit:
     """Decode each source image once, then Phase 1 crop + mask and the focused window per row.
 
-    The window is drawn here, before generation, because it depends only on the instance map;
+    The window is drawn here, before generation, because it depends only on the label map;
     carrying the window (not the full image) to Phase 3 keeps full frames out of the object store.
     """
-    for image_path, group in groupby(unit.rows, key=lambda r: r["image_path"]):
+    for _, group in groupby(unit.rows, key=lambda r: r["image_path"]):
         group = list(group)
         try:
-            image = read_image(storage.join(root, image_path))
-            ids = read_ids(storage.join(root, group[0]["instance_ids_path"]))
-            check_same_size(image, ids, image_path, group[0]["instance_ids_path"])
+            ds = open_dataset(source)
+            image, labels = ds.load(image_ref(group[0]))
         except Exception as e:  # noqa: BLE001 - any damage becomes a recorded failure
             for row in group:
                 unit.fail(row, "decode", _reason(e))
             continue
-        counts = np.bincount(ids.ravel(), minlength=1)
+        counts, instances = labels.counts(), labels.instances()
         for row in group:
             try:
-                unit.items.append(prepare_row(row, image, ids, counts, compose))
+                unit.items.append(prepare_row(row, image, labels, counts, instances, compose, ds))
             except Exception as e:  # noqa: BLE001
                 unit.fail(row, "prepare", _reason(e))
     return unit
 
 
-def prepare_row(row: dict, image: np.ndarray, ids: np.ndarray, counts: np.ndarray, compose: ComposeConfig) -> dict:
+def prepare_row(row: dict, image: np.ndarray, labels: Labels, counts: np.ndarray, instances: np.ndarray,
+                compose: ComposeConfig, ds) -> dict:
     iid = int(row["instance_id"])
-    if iid >= len(counts) or counts[iid] == 0:
-        raise DataError(f"{row['instance_ids_path']}: instance {iid} not found (map changed since planning?)")
+    k = labels.index_of(iid)
+    if k == 0 or counts[k] == 0:
+        raise DataError(f"{row['label_path'] or row['image_path']}: instance {iid} not found (labels changed since "
+                        "planning?)")
     bbox = tuple(int(v) for v in row["bbox"])
     square = tuple(int(v) for v in row["crop_box"])
-    crop, mask = prepare_instance(image, ids, iid, square)
-    win = focused_window(ids, iid, bbox, item_rng(row["seed"], row["work_id"], "window"),
+    crop, mask = prepare_instance(image, labels.index, k, square)
+    win = focused_window(labels.index, k, bbox, item_rng(row["seed"], row["work_id"], "window"),
                          compose.lam_mean, compose.lam_sd, compose.lam_min,
-                         compose.sliver_pixels, compose.sliver_redraws, counts)
-    win_img, win_ids = cut_window(image, ids, win.box)
+                         compose.sliver_pixels, compose.sliver_redraws, counts, instances)
+    win_img, win_index = cut_window(image, labels.index, win.box)
+    present = np.flatnonzero(np.bincount(win_index.ravel(), minlength=1))
     return {"row": row, "crop": crop, "mask": mask, "window": win.box, "lam": win.lam,
-            "window_image": win_img, "window_ids": win_ids, "sliver_pixels": win.sliver_pixels,
+            "window_image": win_img, "window_index": win_index, "sliver_pixels": win.sliver_pixels,
+            "regions": {int(v): labels.regions[v - 1] for v in present.tolist() if v > 0},
+            "dataset": ds.format, "class_label": ds.label_space.position(row["class_name"]),
             "gen_seed": item_seed(row["seed"], row["work_id"])}
 
 
@@ -228,23 +240,20 @@ def compose(unit: Unit, cfg: ComposeConfig) -> Unit:
             x0, y0, x1, y1 = it["window"]
             img = paste(it["window_image"], (x0, y0), it["generated"], it["mask"],
                         tuple(int(v) for v in row["crop_box"]), cfg.feather)
-            ids = it["window_ids"]
+            index = it["window_index"]
             if size:
-                img, ids = resize_window(img, ids, size)
-            inst = ids == int(row["instance_id"])
-            bbox = bbox_of(inst) if inst.any() else (0, 0, 0, 0)
-            unit.out.append({
-                "work_id": row["work_id"], "image_id": row["image_id"], "split": row["split"], "city": row["city"],
-                "instance_id": int(row["instance_id"]), "class_name": row["class_name"],
-                "image": encode_png(img), "instance_ids": encode_ids(ids),
-                "width": int(img.shape[1]), "height": int(img.shape[0]), "bbox": list(bbox),
-                "crop_box": [int(x0), int(y0), int(x1), int(y1)],
-                "square_box": [int(v) for v in row["crop_box"]], "lam": float(it["lam"]),
-                "prompt": row["prompt"], "negative_prompt": row["negative_prompt"],
-                "generator": gen["generator"], "model_id": gen["model_id"], "model_revision": gen["model_revision"],
-                "seed": int(row["seed"]), "gen_seed": int(it["gen_seed"]), "variant": int(row["variant"]),
-                "source_image": row["image_path"], "gen_stats": json.dumps(it.get("gen_stats", {}), sort_keys=True),
-            })
+                img, index = resize_window(img, index, size)
+            labels = compact(index, it["regions"])
+            k = next((r["index"] for r in labels.regions if r["source_id"] == int(row["instance_id"])), 0)
+            bbox = bbox_of(labels.index == k) if k else (0, 0, 0, 0)
+            unit.out.append(make_row(
+                work_id=row["work_id"], image_id=row["image_id"], split=row["split"], group=row["group"],
+                dataset=it["dataset"], instance_id=int(row["instance_id"]), instance_index=k,
+                class_id=int(row["class_id"]), class_name=row["class_name"], class_label=it["class_label"],
+                image=encode_png(img), labels=labels, bbox=bbox, crop_box=(x0, y0, x1, y1),
+                square_box=row["crop_box"], lam=it["lam"], prompt=row["prompt"],
+                negative_prompt=row["negative_prompt"], generator=gen, seed=row["seed"], gen_seed=it["gen_seed"],
+                variant=row["variant"], source_image=row["image_path"], gen_stats=it.get("gen_stats", {})))
         except Exception as e:  # noqa: BLE001
             unit.fail(row, "compose", _reason(e))
     unit.items = []

@@ -14,13 +14,23 @@ import time
 import pyarrow as pa
 
 from instsynth import shards, storage
-from instsynth.cityscapes import DataError
 from instsynth.config import Config, to_yaml
-from instsynth.plan import failures_path, make_plan, read_plan, write_plan
+from instsynth.datasets import DataError, DatasetSpec, open_dataset
+from instsynth.outputs import write_dataset_info
+from instsynth.plan import (
+    dataset_spec,
+    failures_path,
+    make_plan,
+    plan_dataset,
+    plan_label_space,
+    read_plan,
+    resolve_classes,
+    write_plan,
+)
 from instsynth.session import WriterSession, check_config, path_inside
 from instsynth.stages import PendingUnits
 
-__all__ = ["SynthError", "run_synth", "summarize", "pending_units", "path_inside", "check_config"]
+__all__ = ["SynthError", "run_synth", "summarize", "pending_units", "path_inside", "check_config", "input_dataset"]
 
 SUMMARY_KEY = b"instsynth.summary"
 
@@ -33,40 +43,48 @@ def is_plan_file(source: str) -> bool:
     return str(source).endswith(".parquet") and not storage.is_dir(source)
 
 
-def input_root(source: str, cfg: Config) -> str:
-    """The Cityscapes root a run reads (read-only: a plan file's recorded root, or ``source``)."""
+def input_dataset(source: str, cfg: Config) -> DatasetSpec:
+    """The dataset a run reads (read-only): a plan file's recorded dataset, or ``source`` - a Cityscapes
+    root or a COCO JSON - moved by ``--data-root``/``--image-root`` when given."""
     if is_plan_file(source):
-        _, root = read_plan(source)
-        root = cfg.run.data_root or root
-        if not root:
-            raise DataError(f"{source}: plan has no root in its metadata; pass --data-root")
-        return root
-    if not storage.is_dir(storage.join(source, "leftImg8bit")):
-        raise DataError(f"{source}: not a Cityscapes root (no leftImg8bit/) and not a plan .parquet file")
-    return cfg.run.data_root or source
+        table, _ = read_plan(source)
+        spec = plan_dataset(table, cfg.run.data_root, cfg.dataset.image_root)
+        if spec is None:
+            raise DataError(f"{source}: plan has no dataset in its metadata; pass --data-root")
+        return spec
+    if not str(source).lower().endswith((".json", ".parquet")) and not storage.is_dir(source):
+        raise DataError(f"{source}: no such dataset (a Cityscapes root, a COCO .json or a plan .parquet file)")
+    return dataset_spec(cfg.run.data_root or source, cfg)
 
 
-def preflight(source: str, out: str, cfg: Config, overwrite: bool) -> str:
-    """Every check that needs no write, before anything is written; returns the input root."""
+def preflight(source: str, out: str, cfg: Config, overwrite: bool) -> DatasetSpec:
+    """Every check that needs no write, before anything is written; returns the input dataset.  Also
+    resolves ``plan.classes`` from the label space (so the stored config names the classes)."""
     from instsynth.generators import check_generator
 
     check_generator(cfg.generator)  # bad parameters, a missing model path: the parameter object, no model
-    root = input_root(source, cfg)
-    if path_inside(out, root):
-        raise SynthError(f"--out {out} lies inside the input tree {root}; synth never writes there")
+    spec = input_dataset(source, cfg)
+    for tree in (spec.source, spec.image_root):
+        if tree and path_inside(out, tree):
+            raise SynthError(f"--out {out} lies inside the input tree {tree}; synth never writes there")
+    if is_plan_file(source):
+        space = plan_label_space(read_plan(source)[0])
+    else:
+        space = open_dataset(spec).label_space
+    resolve_classes(cfg, space)
     check_config(out, cfg, overwrite)
-    return root
+    return spec
 
 
 def prepare_out(source: str, out: str, cfg: Config, overwrite: bool, log=print):
-    """Resolve the plan into ``out`` (making it from a root if needed); returns (plan table, root, summary).
-    Runs under the writer lease, after ``preflight``."""
+    """Resolve the plan into ``out`` (making it from the dataset if needed); returns (plan table, dataset
+    spec, summary).  Runs under the writer lease, after ``preflight``."""
     if overwrite and storage.exists(out):
         for sub in ("data", "_commits", "_ledger", "_failures", "_claims", "_runs", "stats", "report", "plan.parquet",
-                    "plan.failures.parquet", "config.yaml", "README.md"):
+                    "plan.failures.parquet", "config.yaml", "README.md", "dataset.json"):
             storage.remove_tree(storage.join(out, sub))
     plan_file = shards.plan_path(out)
-    root = input_root(source, cfg)
+    spec = input_dataset(source, cfg)
     if is_plan_file(source):
         table, _ = read_plan(source)
         if not storage.exists(plan_file):
@@ -76,7 +94,7 @@ def prepare_out(source: str, out: str, cfg: Config, overwrite: bool, log=print):
     elif storage.exists(plan_file):
         table, _ = read_plan(plan_file)
     else:
-        table, fails, summary = make_plan(source, cfg)
+        table, fails, summary = make_plan(spec, cfg)
         meta = dict(table.schema.metadata or {})
         meta[SUMMARY_KEY] = json.dumps(summary).encode()
         table = table.replace_schema_metadata(meta)
@@ -84,9 +102,12 @@ def prepare_out(source: str, out: str, cfg: Config, overwrite: bool, log=print):
         log(f"planned {summary['work_items']} work items from {summary['images']} images "
             f"({summary['images_without_instances']} without instances, {summary['failures']} input failures)")
     storage.write_bytes(storage.join(out, "config.yaml"), to_yaml(cfg).encode())
+    if is_plan_file(source) or cfg.run.data_root or cfg.dataset.image_root:
+        spec = plan_dataset(table, cfg.run.data_root, cfg.dataset.image_root) or spec
+    write_dataset_info(out, plan_dataset(table) or spec, plan_label_space(table))
     meta = table.schema.metadata or {}
     summary = json.loads(meta[SUMMARY_KEY]) if SUMMARY_KEY in meta else None
-    return table, root, summary
+    return table, spec, summary
 
 
 def _empty_failures():
@@ -131,7 +152,7 @@ def _run_held(source, out, cfg, overwrite, repair, session: WriterSession, log) 
     from instsynth.executors import run_units
 
     requeued = session.requeue_damaged(full=repair) if session.ledger.markers else set()
-    table, root, plan_summary = prepare_out(source, out, cfg, overwrite, log)
+    table, spec, plan_summary = prepare_out(source, out, cfg, overwrite, log)
     if overwrite:
         session.ledger.scan()
     work_ids = table.column("work_id").to_pylist()
@@ -148,7 +169,7 @@ def _run_held(source, out, cfg, overwrite, repair, session: WriterSession, log) 
     if units:  # a card naming only committed shards while new part files appear
         session.before_commits()
         write_card(out, cfg, summarize(out, work_ids, plan_summary, cfg, session), session.ledger, glob=False)
-    record = run_units(units, root, out, cfg, log, session.run_id, session.on_commit)
+    record = run_units(units, spec, out, cfg, log, session.run_id, session.on_commit)
     record.update({"generator": cfg.generator.name, "units_run": len(units), "repair": repair,
                    "requeued_items": len(requeued)})
     session.finish(record)
@@ -212,14 +233,14 @@ def format_run_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-def measure_cost(rows: list[dict], root: str, cfg: Config, n: int = 3) -> float:
+def measure_cost(rows: list[dict], spec: DatasetSpec, cfg: Config, n: int = 3) -> float:
     """Seconds per work item of the configured generator, timed here on up to ``n`` plan items
     (after one warm-up item), through the real prepare and generate stages."""
     from instsynth.executors import setup_generator
     from instsynth.stages import Unit, generate, prepare
 
     gen, batch_size, scorer = setup_generator(cfg.generator, cfg.quality)
-    unit = prepare(Unit("dry-run", rows[: n + 1]), root, cfg.compose)
+    unit = prepare(Unit("dry-run", rows[: n + 1]), spec, cfg.compose)
     if len(unit.items) < 2:
         raise DataError("too few readable items to time the generator")
     warm = Unit("warm", [], items=unit.items[:1])
@@ -237,13 +258,12 @@ def dry_run_report(source: str, out: str, cfg: Config, log=print) -> dict:
     generator can run on this machine (CPU generators, local weights), else the generator's documented
     estimate - the report says which.
     """
+    spec = input_dataset(source, cfg)
     if is_plan_file(source):
-        table, root = read_plan(source)
-        root = cfg.run.data_root or root
+        table, _ = read_plan(source)
         rows, images = table.num_rows, len(set(table.column("image_id").to_pylist()))
     else:
-        table, _, summary = make_plan(source, cfg)
-        root = source
+        table, _, summary = make_plan(spec, cfg)
         rows, images = table.num_rows, summary["images"]
     done = len(shards.committed_work_ids(out)) if storage.exists(out) else 0
     todo = max(rows - done, 0)
@@ -257,7 +277,7 @@ def dry_run_report(source: str, out: str, cfg: Config, log=print) -> dict:
         try:
             if model and not is_local_path(model):  # never download weights for a dry run
                 raise GeneratorError(f"weights {model} are not local")
-            cost = measure_cost(table.slice(0, 4).to_pylist(), root, cfg)
+            cost = measure_cost(table.slice(0, 4).to_pylist(), spec, cfg)
             basis = f"timed on this machine, {socket.gethostname()}, over {min(3, table.num_rows - 1)} items"
         except (GeneratorError, DataError, storage.StorageError, OSError) as e:
             cost = getattr(generator_class(cfg.generator.name), "cost_s_per_item", None)

@@ -110,7 +110,7 @@ def main() -> int:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         from instsynth.config import load_config
-        from instsynth.sample import write_sample
+        from instsynth.datasets.sample import write_sample
         from instsynth.synth import run_synth
 
         root = os.path.join(tmp, "root")

@@ -16,12 +16,12 @@ import time
 import numpy as np
 
 from instsynth import storage
-from instsynth.cityscapes import decode_ids, decode_image, discover, encode_ids, encode_png
 from instsynth.config import load_config, parse_size
+from instsynth.datasets.cityscapes import decode_ids, decode_image, discover, encode_ids, encode_png
+from instsynth.datasets.sample import write_sample
 from instsynth.phases.compose import cut_window, focused_window, paste
 from instsynth.phases.select import prepare_instance, select_instances, square_box
 from instsynth.rng import item_rng
-from instsynth.sample import write_sample
 
 
 def main() -> None:

@@ -194,7 +194,7 @@ def main() -> int:
     if args.child == "idle":
         child_idle(args)
         return 0
-    from instsynth.sample import write_sample
+    from instsynth.datasets.sample import write_sample
 
     tmp = tempfile.mkdtemp(prefix="bench-fleet-")
     res = {"machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)", "gpus": args.gpus,

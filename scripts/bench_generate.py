@@ -175,7 +175,7 @@ def e2e(gen_name: str, pipe, params: dict, batch: int, items: int, rows_per_unit
     pipeline fill excluded): rows/s there, GPU busy there, and the ratio to the bare generator."""
     from instsynth import shards
     from instsynth.config import load_config
-    from instsynth.sample import write_sample
+    from instsynth.datasets.sample import write_sample
     from instsynth.synth import run_synth
 
     work = tempfile.mkdtemp(prefix="bench-e2e-")

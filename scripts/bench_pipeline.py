@@ -159,8 +159,8 @@ def main() -> None:
         return child(args)
 
     from instsynth.config import load_config, parse_size
+    from instsynth.datasets.sample import write_sample
     from instsynth.plan import make_plan, write_plan
-    from instsynth.sample import write_sample
 
     n_sample = max(args.images, args.images2, args.big, args.small)
     root = tempfile.mkdtemp(prefix="bench-pipe-")

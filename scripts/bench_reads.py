@@ -89,7 +89,7 @@ def main() -> int:
     import boto3
     from s3server import CountingS3
 
-    from instsynth.sample import write_sample
+    from instsynth.datasets.sample import write_sample
 
     server = CountingS3().start()
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",

@@ -46,7 +46,7 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from instsynth.config import load_config, parse_size
-    from instsynth.sample import write_sample
+    from instsynth.datasets.sample import write_sample
     from instsynth.synth import run_synth
 
     tmp = tempfile.mkdtemp(prefix="bench-report-")

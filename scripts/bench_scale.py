@@ -148,7 +148,7 @@ def main() -> int:
     results = {"machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)",
                "latency_ms": args.latency_ms, "rows_per_unit": args.rows_per_unit, "sizes": []}
     try:
-        from instsynth.sample import write_sample
+        from instsynth.datasets.sample import write_sample
 
         for units in [int(u) for u in args.units.split(",")]:
             items = units * args.rows_per_unit

@@ -48,8 +48,8 @@ def machine() -> str:
 
 def tiny(args) -> dict:
     from instsynth.config import load_config
+    from instsynth.datasets.sample import write_sample
     from instsynth.originals import write_originals
-    from instsynth.sample import write_sample
     from instsynth.train.evaluate import evaluate_checkpoint
     from instsynth.train.trainer import run_training
 
@@ -203,9 +203,9 @@ def full(args) -> dict:
     import numpy as np
     import torch
 
-    from instsynth.cityscapes import discover
     from instsynth.config import load_config
-    from instsynth.sample import write_sample
+    from instsynth.datasets.cityscapes import discover
+    from instsynth.datasets.sample import write_sample
     from instsynth.train.data import augment, collate, crop_rng
     from instsynth.train.models import build_model
     from instsynth.train.recipe import make_optimizer
@@ -221,7 +221,7 @@ def full(args) -> dict:
     rows = []
     for i, rec in enumerate(discover(root, "train")):
         row = {"work_id": rec.image, "image": storage.read_bytes(storage.join(root, rec.image)),
-               "instance_ids": storage.read_bytes(storage.join(root, rec.instance_ids))}
+               "instance_ids": storage.read_bytes(storage.join(root, rec.labels))}
         rows.append(augment(row, (size[1], size[1]), crop, True, crop_rng(0, 0, f"{i}")))
     batches = []
     for k in range(4):

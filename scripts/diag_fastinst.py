@@ -36,8 +36,8 @@ TEST_SHORT_EDGE = 384
 def sample(out: str) -> tuple[str, str]:
     """The 80-image sample and its originals (written once into ``out``)."""
     from instsynth.config import load_config
+    from instsynth.datasets.sample import write_sample
     from instsynth.originals import write_originals
-    from instsynth.sample import write_sample
 
     root, orig = os.path.join(out, "cityscapes"), os.path.join(out, "original")
     if not os.path.isdir(root):
@@ -80,13 +80,13 @@ def mask_quality(model, root: str, images: int = 10) -> dict:
     import numpy as np
 
     from instsynth import storage
-    from instsynth.cityscapes import discover, read_ids, read_image
+    from instsynth.datasets.cityscapes import discover, read_ids, read_image
     from instsynth.train.data import targets_from_ids
     from instsynth.train.evaluate import predict_image
 
     best = []
     for rec in list(discover(root, "train"))[:images]:
-        img, ids = read_image(storage.join(root, rec.image)), read_ids(storage.join(root, rec.instance_ids))
+        img, ids = read_image(storage.join(root, rec.image)), read_ids(storage.join(root, rec.labels))
         preds = predict_image(model, img, short_edge=TEST_SHORT_EDGE)
         for m in targets_from_ids(ids)[0]:
             if m.sum() >= 100:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from instsynth.config import Config, load_config
-from instsynth.sample import write_sample
+from instsynth.datasets.sample import write_sample
 
 # Keep every tool's caches out of the user's home (checked at session end, see pytest_sessionfinish),
 # and every temp file of the tests, their subprocesses (TMPDIR) and Ray under one folder that is removed

@@ -213,7 +213,7 @@ def test_consolidated_export_loads_with_exactly_the_committed_rows(sample_root, 
     row = ds[ds["work_id"].index(first["work_id"])]
     import numpy as np
 
-    from instsynth.cityscapes import decode_ids
+    from instsynth.datasets.cityscapes import decode_ids
     assert (np.array(row["instance_ids"]) == decode_ids(first["instance_ids"], "ref")).all()
     meta, text = _card(dest)
     assert meta["configs"][0]["data_files"][0]["path"] == ["data/train-*.parquet"]

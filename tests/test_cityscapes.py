@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from instsynth import storage
-from instsynth.cityscapes import (
+from instsynth.datasets.cityscapes import (
     THING_CLASSES,
     DataError,
     check_same_size,

@@ -4,10 +4,10 @@ import os
 import numpy as np
 
 from instsynth import storage
-from instsynth.cityscapes import discover, read_ids, read_label_ids
 from instsynth.cli import main
 from instsynth.config import load_config
-from instsynth.sample import maps_from_polygons
+from instsynth.datasets.cityscapes import discover, read_ids, read_label_ids
+from instsynth.datasets.sample import maps_from_polygons
 from instsynth.synth import run_synth
 
 DEBUG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "debug.yaml")

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from instsynth import lease, shards, storage
-from instsynth.cityscapes import discover, gt_paths
 from instsynth.cli import main
 from instsynth.config import load_config
+from instsynth.datasets.cityscapes import discover, gt_paths
 from instsynth.generators import GeneratorError
 from instsynth.lease import LeaseError
 from instsynth.plan import read_plan

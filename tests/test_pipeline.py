@@ -17,9 +17,9 @@ import pyarrow.dataset as pads
 import pytest
 
 from instsynth import shards, storage
-from instsynth.cityscapes import decode_ids, decode_image, discover
 from instsynth.cli import main
 from instsynth.config import ConfigError, load_config
+from instsynth.datasets.cityscapes import decode_ids, decode_image, discover
 from instsynth.plan import read_plan
 from instsynth.synth import run_synth
 

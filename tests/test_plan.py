@@ -2,9 +2,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from instsynth import storage
-from instsynth.cityscapes import discover
 from instsynth.cli import main
 from instsynth.config import load_config
+from instsynth.datasets.cityscapes import discover
 from instsynth.plan import make_plan, plan_image, read_plan
 from tests.conftest import make_ids
 

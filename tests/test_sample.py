@@ -3,8 +3,8 @@ import json
 import numpy as np
 
 from instsynth import storage
-from instsynth.cityscapes import THING_CLASSES, discover, gt_paths, read_ids, read_label_ids
-from instsynth.sample import maps_from_polygons, write_sample
+from instsynth.datasets.cityscapes import THING_CLASSES, discover, gt_paths, read_ids, read_label_ids
+from instsynth.datasets.sample import maps_from_polygons, write_sample
 
 
 def test_label_pngs_equal_official_converter(sample_root):

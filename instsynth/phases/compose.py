@@ -97,8 +97,12 @@ class Window:
 def focused_window(ids: np.ndarray, instance_id: int, bbox: Box, rng: np.random.Generator,
                    lam_mean: float = 3.0, lam_sd: float = 1.0, lam_min: float = 1.0,
                    sliver_pixels: int = 64, sliver_redraws: int = 10,
-                   counts: np.ndarray | None = None) -> Window:
-    """Draw the focused 2:1 window for one instance (Eq. 2-3, with the definitions above)."""
+                   counts: np.ndarray | None = None, instances: np.ndarray | None = None) -> Window:
+    """Draw the focused 2:1 window for one instance (Eq. 2-3, with the definitions above).
+
+    ``ids``: an index map, ``instance_id`` the instance's value in it; ``instances``: a bool per value,
+    True for the values that are instances (things, not crowd regions) - only they can be slivers
+    (None: every non-zero value)."""
     height, width = ids.shape
     lam = max(lam_min, float(rng.normal(lam_mean, lam_sd)))
     w, h = window_size(bbox, lam, width, height)
@@ -111,7 +115,7 @@ def focused_window(ids: np.ndarray, instance_id: int, bbox: Box, rng: np.random.
         x = int(rng.integers(xr[0], xr[1] + 1))
         y = int(rng.integers(yr[0], yr[1] + 1))
         box = (x, y, x + w, y + h)
-        s = sliver_count(ids[y:y + h, x:x + w], counts, instance_id, sliver_pixels)
+        s = sliver_count(ids[y:y + h, x:x + w], counts, instance_id, sliver_pixels, instances)
         if best is None or s < best[1]:
             best = (box, s, draw + 1)
         if s == 0:
@@ -119,11 +123,16 @@ def focused_window(ids: np.ndarray, instance_id: int, bbox: Box, rng: np.random.
     return Window(best[0], lam, best[1], best[2])
 
 
-def sliver_count(window_ids: np.ndarray, counts: np.ndarray, instance_id: int, threshold: int = 64) -> int:
+def sliver_count(window_ids: np.ndarray, counts: np.ndarray, instance_id: int, threshold: int = 64,
+                 instances: np.ndarray | None = None) -> int:
     """Pixels of other instances cut by the window down to 1..threshold-1 visible pixels."""
     vis = np.bincount(window_ids.ravel(), minlength=len(counts))[: len(counts)]
     idx = np.arange(len(vis))
-    cut = (idx >= 1000) & (idx != instance_id) & (vis > 0) & (vis < threshold) & (counts > vis)
+    if instances is None:
+        instances = idx > 0
+    else:
+        instances = np.pad(instances[: len(vis)], (0, max(0, len(vis) - len(instances))))
+    cut = instances & (idx != instance_id) & (vis > 0) & (vis < threshold) & (counts > vis)
     return int(vis[cut].sum())
 
 

@@ -1,7 +1,9 @@
 """Category-driven prompts (paper section III.B.2): "A photo of a red car", "A photo of a woman".
 
-A template per class; every ``{slot}`` in it is filled with a word drawn from ``vocab[slot]``
-using the work item's own 'prompt' random stream, so prompts do not depend on processing order.
+A template per class name, else the default template (any dataset's classes get a prompt); ``{name}``
+is the class's noun from the label space ("traffic light"), and every other ``{slot}`` is filled with a
+word drawn from ``vocab[slot]`` using the work item's own 'prompt' random stream, so prompts do not
+depend on processing order.
 """
 
 from __future__ import annotations
@@ -43,15 +45,22 @@ def slots(template: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
+NAME_SLOT = "name"
+
+
 def make_prompt(class_name: str, templates: dict[str, str], vocab: dict[str, list[str]],
-                rng: np.random.Generator) -> tuple[str, dict[str, str]]:
+                rng: np.random.Generator, noun: str | None = None,
+                default: str | None = None) -> tuple[str, dict[str, str]]:
     """(prompt, {slot: word}) for ``class_name``; raises PromptError naming a missing template/slot.
     Articles follow the drawn word in every template: "A photo of an orange car"."""
-    if class_name not in templates:
+    template = templates.get(class_name, default)
+    if template is None:
         raise PromptError(f"prompts.templates: no template for class {class_name!r}")
-    template = templates[class_name]
     words = {}
     for s in slots(template):
+        if s == NAME_SLOT:
+            words[s] = noun or class_name
+            continue
         if not vocab.get(s):
             raise PromptError(f"prompts.vocab: template for {class_name!r} uses {{{s}}} but vocab.{s} is empty or missing")
         words[s] = vocab[s][int(rng.integers(len(vocab[s])))]

@@ -1,8 +1,9 @@
 """Phase 1 - instance preparation (paper section III.B.1, Eq. 1).
 
-Per image: the top-K eligible instances by pixel count (ties by instance id), each with a 1:1
-square crop around its bounding box and a binary mask holding that instance alone, so the
-generator focuses on exactly one object.
+Per image: the top-K selectable instances by pixel count (ties by the dataset's instance id), each
+with a 1:1 square crop around its bounding box and a binary mask holding that instance alone, so the
+generator focuses on exactly one object.  Instances are regions of a dataset's index map (see
+``instsynth.datasets``): things that are not crowd regions, of a class in ``classes``.
 """
 
 from __future__ import annotations
@@ -11,22 +12,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from instsynth.cityscapes import THING_CLASSES, THING_IDS
+from instsynth.datasets import Labels
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1/y1 exclusive)
 
 
 @dataclass(frozen=True)
 class Instance:
-    instance_id: int
+    instance_id: int   # the dataset's own id (Cityscapes: the instanceIds value; COCO: the annotation id)
+    index: int         # its value in the index map
+    class_id: int
     class_name: str
     pixels: int
     bbox: Box
-
-
-def instance_pixel_counts(ids: np.ndarray) -> np.ndarray:
-    """Pixel count of every id value (index = id), one O(H*W) pass."""
-    return np.bincount(ids.ravel(), minlength=1)
 
 
 def bbox_of(mask: np.ndarray) -> Box:
@@ -37,23 +35,21 @@ def bbox_of(mask: np.ndarray) -> Box:
     return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
-def select_instances(ids: np.ndarray, top_k: int = 3, min_pixels: int = 1024,
+def select_instances(labels: Labels, top_k: int = 3, min_pixels: int = 1024,
                      classes: list[str] | None = None) -> list[Instance]:
-    """Eq. 1: the ``top_k`` largest eligible instances, largest first, ties broken by lower id.
+    """Eq. 1: the ``top_k`` largest eligible instances, largest first, ties broken by lower instance id.
 
-    Eligible: an instance id (>= 1000) of one of ``classes`` (default: the eight evaluated thing
-    classes; caravan, trailer and group regions are never eligible) with >= ``min_pixels`` pixels.
+    Eligible: a thing region that is not a crowd region, of one of ``classes`` (None: every thing
+    class), with >= ``min_pixels`` pixels in the index map.
     """
-    allowed = set(classes or THING_CLASSES)
-    counts = instance_pixel_counts(ids)
-    cand = np.flatnonzero(counts[1000:]) + 1000 if len(counts) > 1000 else np.array([], dtype=np.int64)
-    eligible = [int(i) for i in cand
-                if THING_IDS.get(int(i) // 1000) in allowed and counts[i] >= min_pixels]
-    eligible.sort(key=lambda i: (-int(counts[i]), i))
-    out = []
-    for iid in eligible[:top_k]:
-        out.append(Instance(iid, THING_IDS[iid // 1000], int(counts[iid]), bbox_of(ids == iid)))
-    return out
+    allowed = None if classes is None else set(classes)
+    counts = labels.counts()
+    eligible = [r for r in labels.regions
+                if r["thing"] and not r["crowd"] and (allowed is None or r["class_name"] in allowed)
+                and counts[r["index"]] >= min_pixels]
+    eligible.sort(key=lambda r: (-int(counts[r["index"]]), r["source_id"]))
+    return [Instance(r["source_id"], r["index"], r["class_id"], r["class_name"], int(counts[r["index"]]),
+                     bbox_of(labels.index == r["index"])) for r in eligible[:top_k]]
 
 
 def square_box(bbox: Box, width: int, height: int, margin: float = 0.1) -> Box:
@@ -88,6 +84,6 @@ def crop(array: np.ndarray, box: Box, fill: int = 0) -> np.ndarray:
     return out
 
 
-def prepare_instance(image: np.ndarray, ids: np.ndarray, instance_id: int, box: Box) -> tuple[np.ndarray, np.ndarray]:
-    """(square image crop, bool mask of ``instance_id`` alone) for the given square ``box``."""
-    return crop(image, box), crop(ids, box) == instance_id
+def prepare_instance(image: np.ndarray, index: np.ndarray, k: int, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """(square image crop, bool mask of region ``k`` alone) for the given square ``box``."""
+    return crop(image, box), crop(index, box) == k

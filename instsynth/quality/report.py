@@ -17,28 +17,27 @@ import cv2
 import numpy as np
 
 from instsynth import shards, storage
-from instsynth.cityscapes import decode_image, read_image
 from instsynth.config import QualityConfig
+from instsynth.datasets import Dataset, decode_image
+from instsynth.outputs import output_dataset, source_dataset
 from instsynth.phases.select import crop as crop_box
 from instsynth.quality.metrics import PSNR_CAP, SSIM_MAX_SIDE, SetMetrics, psnr, ssim_map
 
 PER_SAMPLE = ["psnr_in", "psnr_out", "ssim_in", "ssim_out", "changed_inside", "inside_share", "clip"]
 
 
-def _root_of(d: str, data_root: str | None) -> str | None:
-    if data_root:
-        return data_root
-    from instsynth.plan import read_plan
-
-    p = shards.plan_path(d)
-    return read_plan(p)[1] if storage.exists(p) else None
+def _dataset_of(d: str, data_root: str | None) -> Dataset | None:
+    """The source dataset of ``d`` (``--data-root`` moves it); None when none is recorded or given."""
+    if data_root is None and output_dataset(d)[0] is None:
+        return None
+    return source_dataset(d, data_root)
 
 
-def _original_window(root: str, row: dict, cache: dict) -> np.ndarray:
+def _original_window(ds: Dataset, row: dict, cache: dict) -> np.ndarray:
     src = row["source_image"]
     if src not in cache:
         cache.clear()  # rows come grouped by source image: keep one decoded image
-        cache[src] = read_image(storage.join(root, src))
+        cache[src] = ds.read_image(src)
     win = crop_box(cache[src], tuple(int(v) for v in row["crop_box"]))
     if win.shape[:2] != (row["height"], row["width"]):
         win = cv2.resize(win, (row["width"], row["height"]), interpolation=cv2.INTER_AREA)
@@ -75,9 +74,10 @@ def quality_report(dirs: list[str], cfg: QualityConfig, data_root: str | None = 
     per_gen: dict = {}
 
     for d in dirs:
-        root = _root_of(d, data_root)
+        root = _dataset_of(d, data_root)
         cache: dict = {}
-        for t in shards.iter_tables(d):
+        for t in shards.iter_tables(d, ["work_id", "generator", "class_name", "gen_stats", "image", "prompt",
+                                        "source_image", "crop_box", "width", "height"]):
             rows = [r for r in t.to_pylist() if r["generator"] != "original"]
             if not rows:
                 continue

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 #: Cityscapes label ids of the eight evaluated thing classes, in THING_CLASSES order
-from instsynth.cityscapes import THING_CLASSES, THING_IDS
+from instsynth.datasets.cityscapes import THING_CLASSES, THING_IDS, instance_number
 
 LABEL_IDS = {name: cid for cid, name in THING_IDS.items()}
 _LOCK = threading.Lock()
@@ -159,7 +159,7 @@ def evaluate_coco(gt_maps: list[np.ndarray], predictions: list[list[dict]]) -> d
         h, w = ids.shape
         images.append({"id": i + 1, "width": w, "height": h})
         for v in np.unique(ids).tolist():
-            lab = v // 1000 if v >= 1000 else v
+            lab, is_instance = instance_number(v)
             if lab not in cat_of_label:
                 continue
             rle = mask_utils.encode(np.asfortranarray((ids == v).astype(np.uint8)))
@@ -167,7 +167,7 @@ def evaluate_coco(gt_maps: list[np.ndarray], predictions: list[list[dict]]) -> d
             rle["counts"] = rle["counts"].decode()
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat_of_label[lab],
                          "segmentation": rle, "area": area, "bbox": list(mask_utils.toBbox(rle)),
-                         "iscrowd": int(v < 1000)})
+                         "iscrowd": int(not is_instance)})
         for p in preds:
             name = class_name(p["label"])
             rle = mask_utils.encode(np.asfortranarray(np.asarray(p["mask"], np.uint8)))

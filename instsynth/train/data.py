@@ -12,16 +12,17 @@ apart, about 100 bytes a row (12k rows of IS-Cityscapes: ~1 MB) - and nothing el
   with micro-batch ``b`` takes micro-batch ``a`` at ``s*B + (a*W + r)*b``.  So which row a worker
   trains on at which step is arithmetic, and a resumed run continues the same sequence.
 * Each worker decodes its own samples (read each row's two PNGs with one ranged read each, at the
-  offsets its commit marker recorded; parts written before markers held them are read whole; decode,
-  augment) in a small
+  offsets its commit marker recorded, and its instance regions from the marker; parts written before
+  markers held them are read whole; decode, augment) in a small
   thread pool, in order, a bounded number of micro-batches ahead (``SampleLoader``); the crop, scale
   and flip of a row are drawn from ``(seed, epoch, crc32(work_id))`` alone, so they do not depend on
   the worker, the step or the arm.
 
 Augmentation (detectron2's Cityscapes recipe with the paper's crop): shortest-edge resize to a
 random length in ``short_edge``, random crop ``crop`` (padded when smaller), horizontal flip.  Rows
-stay fixed-size (image HxWx3 uint8, instance map HxW uint16), so batches are plain tensors and the
-per-instance masks are made in ``collate``.
+stay fixed-size (image HxWx3 uint8, label map HxW uint16), so batches are plain tensors and the
+per-instance masks are made in ``collate``.  Classes are the label space's evaluated classes (index i of
+``Catalog.classes`` is a model's class i); crowd regions are no targets.
 """
 
 from __future__ import annotations
@@ -33,12 +34,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from instsynth import shards, storage
-from instsynth.cityscapes import THING_CLASSES, THING_IDS, decode_ids, decode_image
 from instsynth.config import ConfigError, TrainConfig, parse_size
+from instsynth.datasets import LabelSpace, cityscapes_space, decode_image, decode_index
+from instsynth.datasets.cityscapes import regions_from_ids
 
-CLASS_INDEX = {cid: THING_CLASSES.index(name) for cid, name in THING_IDS.items()}
-COLUMNS = ["work_id", "image", "instance_ids"]
 _MEMO_LOCK = threading.Lock()
+
+
+def class_ids(space: LabelSpace) -> dict[int, int]:
+    """{dataset class id: model class index} over the label space's evaluated classes."""
+    return {space.by_name[c].id: i for i, c in enumerate(space.evaluated)}
+
+
+#: the label space of training rows unless the catalog says otherwise (Cityscapes' eight classes)
+CLASS_IDS = class_ids(cityscapes_space())
 
 
 @dataclass
@@ -50,6 +59,16 @@ class Catalog:
     synth: list[tuple[str, int, str]]
     ratio: float | None = None
     seed: int = 0
+    space: LabelSpace | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        """The model's classes (the label space's evaluated classes, in id order)."""
+        return (self.space or cityscapes_space()).evaluated
+
+    @property
+    def class_ids(self) -> dict[int, int]:
+        return class_ids(self.space) if self.space is not None else CLASS_IDS
 
     @property
     def synth_per_epoch(self) -> int:
@@ -104,8 +123,15 @@ def build_catalog(dirs: list[str], ratio: float | None = None, seed: int = 0) ->
     lie in its part); parts whose markers predate that are read once, ``work_id`` column only."""
     import pyarrow.parquet as pq
 
+    from instsynth.datasets import DataError
+    from instsynth.outputs import label_space
+
     if not dirs:
         raise ValueError("train.dirs: give at least one output dir (e.g. the originals)")
+    try:
+        space = label_space(dirs)
+    except DataError as e:
+        raise ConfigError(f"train.dirs: {e}") from None
     orig, synth = [], []
     for d in dirs:
         markers = {u: m for u, m in sorted(shards.committed_units(d).items()) if m["rows"]}
@@ -115,34 +141,56 @@ def build_catalog(dirs: list[str], ratio: float | None = None, seed: int = 0) ->
         for u, m in markers.items():
             p = shards.part_path(d, u)
             locs = m.get("data", {}).get("rows_at")
+            things = m.get("data", {}).get("things")
             if "stats" in m:  # format 2: the marker lists the rows in file order
                 gens.update(g for g, *_ in m["stats"]["models"])
-                rows += [(p, i, w, tuple(locs[i]) if locs else None) for i, w in enumerate(m["work_ids"])]
+                rows += [(p, i, w, tuple(locs[i]) if locs else None, things[i] if things else None)
+                         for i, w in enumerate(m["work_ids"])]
             else:
                 fs, path = storage.filesystem(p)
                 ids = pq.read_table(path, columns=["work_id"], filesystem=fs).column("work_id").to_pylist()
-                rows += [(p, i, w, None) for i, w in enumerate(ids)]
+                rows += [(p, i, w, None, None) for i, w in enumerate(ids)]
         gen = gens.pop() if len(gens) == 1 else dir_generator(d)
         (orig if gen == "original" else synth).extend(rows)
-    return Catalog(orig, synth, ratio, seed)
+    return Catalog(orig, synth, ratio, seed, space)
 
 
 def read_rows(addrs: list[tuple]) -> list[dict]:
-    """{work_id, image, instance_ids} of each address: two ranged reads of exactly the row's PNGs where
-    the marker recorded them, else (older parts) the part read once, projected to these columns."""
+    """{work_id, image, labels, things} of each address: two ranged reads of exactly the row's PNGs where
+    the marker recorded them (``things``: the row's instance regions, from the marker), else (older parts)
+    the part read once, projected to the PNG columns (``things`` None: the map is a Cityscapes map)."""
     out: list[dict | None] = [None] * len(addrs)
     whole: dict[str, list[int]] = {}
-    for k, (part, _, wid, loc) in enumerate(addrs):
+    for k, (part, _, wid, loc, *rest) in enumerate(addrs):
         if loc:
             out[k] = {"work_id": wid, "image": storage.read_range(part, loc[0], loc[1]),
-                      "instance_ids": storage.read_range(part, loc[2], loc[3])}
+                      "labels": storage.read_range(part, loc[2], loc[3]), "things": rest[0] if rest else None}
         else:
             whole.setdefault(part, []).append(k)
     for part, ks in whole.items():
-        t = storage.read_parquet(part).select(COLUMNS)
+        t = storage.read_parquet(part)
+        legacy = "labels" not in t.column_names
         for k in ks:
-            out[k] = {c: t.column(c)[addrs[k][1]].as_py() for c in COLUMNS}
+            i = addrs[k][1]
+            row = {"work_id": addrs[k][2], "image": t.column("image")[i].as_py()}
+            if legacy:
+                row.update(labels=t.column("instance_ids")[i].as_py(), things=None)
+            else:
+                regions = t.column("regions")[i].as_py()
+                row.update(labels=t.column("labels")[i].as_py(),
+                           things=[[r["index"], r["class_id"], int(r["crowd"])] for r in regions if r["thing"]])
+            out[k] = row
     return out
+
+
+def row_map(row: dict) -> tuple[np.ndarray, list]:
+    """(label map, things [[value, class id, crowd], ...]) of a read row; a row without ``things`` holds a
+    Cityscapes instanceIds map, converted to an index map here."""
+    index = decode_index(row["labels"], row["work_id"])
+    if row.get("things") is not None:
+        return index, row["things"]
+    labels = regions_from_ids(index)
+    return labels.index, [[r["index"], r["class_id"], int(r["crowd"])] for r in labels.regions if r["thing"]]
 
 
 def crop_rng(seed: int, epoch: int, work_id: str) -> np.random.Generator:
@@ -156,7 +204,7 @@ def augment(row: dict, short_edge: tuple[int, int], crop: tuple[int, int], flip:
 
     rng = rng if rng is not None else np.random.default_rng()
     img = decode_image(row["image"], row["work_id"])
-    ids = decode_ids(row["instance_ids"], row["work_id"])
+    ids, things = row_map(row)
     h, w = ids.shape
     target = int(rng.integers(short_edge[0], short_edge[1] + 1))
     s = target / min(h, w)
@@ -173,27 +221,39 @@ def augment(row: dict, short_edge: tuple[int, int], crop: tuple[int, int], flip:
     out_ids[:pd.shape[0], :pd.shape[1]] = pd
     if flip and rng.random() < 0.5:
         out_img, out_ids = out_img[:, ::-1].copy(), out_ids[:, ::-1].copy()
-    return {"image": out_img, "ids": out_ids}
+    return {"image": out_img, "ids": out_ids, "things": things}
+
+
+def targets(index: np.ndarray, things: list, ids_to_class: dict[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(masks (N,H,W) bool, labels (N,) class index) of the instances of evaluated classes present in a map
+    (``things``: [[value, class id, crowd], ...]; crowd regions are no targets)."""
+    ids_to_class = CLASS_IDS if ids_to_class is None else ids_to_class
+    present = set(np.unique(index).tolist())
+    keep = sorted((v, ids_to_class[c]) for v, c, crowd in things if not crowd and v in present and c in ids_to_class)
+    if not keep:
+        return np.zeros((0,) + index.shape, bool), np.zeros(0, np.int64)
+    return np.stack([index == v for v, _ in keep]), np.array([c for _, c in keep], np.int64)
 
 
 def targets_from_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(masks (N,H,W) bool, labels (N,) class index) of the evaluated-class instances in a map."""
-    vals = [v for v in np.unique(ids).tolist() if v >= 1000 and v // 1000 in CLASS_INDEX]
-    if not vals:
-        return np.zeros((0,) + ids.shape, bool), np.zeros(0, np.int64)
-    return np.stack([ids == v for v in vals]), np.array([CLASS_INDEX[v // 1000] for v in vals])
+    """``targets`` of a Cityscapes instanceIds map (its eight evaluated classes)."""
+    labels = regions_from_ids(ids)
+    return targets(labels.index, [[r["index"], r["class_id"], int(r["crowd"])] for r in labels.regions if r["thing"]])
 
 
-def collate(batch: dict[str, np.ndarray]):
-    """Ray Data numpy batch -> (images uint8 (B,3,H,W), [{"masks", "labels"}])."""
+def collate(batch: dict[str, np.ndarray], ids_to_class: dict[int, int] | None = None):
+    """Numpy batch -> (images uint8 (B,3,H,W), [{"masks", "labels"}]).  With ``things`` the maps are index
+    maps; without, Cityscapes instanceIds maps."""
     import torch
 
     images = torch.from_numpy(np.ascontiguousarray(batch["image"])).permute(0, 3, 1, 2)
-    targets = []
-    for ids in batch["ids"]:
-        m, lab = targets_from_ids(np.asarray(ids))
-        targets.append({"masks": torch.from_numpy(m), "labels": torch.from_numpy(lab)})
-    return images, targets
+    out = []
+    things = batch.get("things")
+    for k, ids in enumerate(batch["ids"]):
+        ids = np.asarray(ids)
+        m, lab = targets(ids, things[k], ids_to_class) if things is not None else targets_from_ids(ids)
+        out.append({"masks": torch.from_numpy(m), "labels": torch.from_numpy(lab)})
+    return images, out
 
 
 # -- the sample stream -----------------------------------------------------------------------------
@@ -213,14 +273,15 @@ def load_samples(batch: dict, catalog: Catalog, spec: dict) -> dict:
     epochs, pos = g // catalog.epoch_len, g % catalog.epoch_len
     orders = {int(e): catalog.epoch(int(e)) for e in np.unique(epochs)}
     addr = [orders[int(e)][int(p)] for e, p in zip(epochs, pos)]
-    images, ids, wids = [], [], []
-    for row, (_, _, wid, _), e in zip(read_rows(addr), addr, epochs):
-        out = augment(row, spec["short_edge"], spec["crop"], spec["flip"], crop_rng(catalog.seed, int(e), wid))
+    images, ids, wids, things = [], [], [], []
+    for row, a, e in zip(read_rows(addr), addr, epochs):
+        out = augment(row, spec["short_edge"], spec["crop"], spec["flip"], crop_rng(catalog.seed, int(e), a[2]))
         images.append(out["image"])
         ids.append(out["ids"])
-        wids.append(wid)
+        things.append(out["things"])
+        wids.append(a[2])
     return {"image": np.stack(images), "ids": np.stack(ids), "work_id": np.array(wids, dtype=object),
-            "epoch": epochs.astype(np.int64)}
+            "epoch": epochs.astype(np.int64), "things": things}
 
 
 class SampleLoader:
@@ -262,4 +323,4 @@ class SampleLoader:
                 if nxt < self.n:
                     pending.append(pool.submit(self.batch, nxt))
                     nxt += 1
-                yield collate(out)
+                yield collate(out, self.catalog.class_ids)

@@ -13,7 +13,14 @@ import os
 import numpy as np
 
 from instsynth import storage
-from instsynth.cityscapes import THING_CLASSES, discover, read_ids, read_image
+from instsynth.datasets.cityscapes import (
+    THING_CLASSES,
+    discover,
+    instance_number,
+    instance_value,
+    read_ids,
+    read_image,
+)
 from instsynth.train.cs_eval import evaluate_cityscapes, evaluate_coco
 
 
@@ -58,8 +65,8 @@ def evaluate_model(model, data_root: str, split: str = "val", max_images: int | 
     tmp_files = []
     for rec in recs:
         img = read_image(storage.join(data_root, rec.image))
-        ids = read_ids(storage.join(data_root, rec.instance_ids))
-        path = storage.join(data_root, rec.instance_ids)
+        ids = read_ids(storage.join(data_root, rec.labels))
+        path = storage.join(data_root, rec.labels)
         if storage.is_uri(path):  # the official evaluator reads local files
             import tempfile
 
@@ -94,14 +101,14 @@ def class_agnostic(gt_maps: list[np.ndarray], preds: list[list[dict]]):
         out = np.zeros(ids.shape, np.int32)
         k = 0
         for v in np.unique(ids).tolist():
-            lab = v // 1000 if v >= 1000 else v
+            lab, is_instance = instance_number(v)
             if lab not in evaluated:
                 continue
-            if v < 1000:
+            if not is_instance:
                 out[ids == v] = car  # group region: crowd
             else:
                 k += 1
-                out[ids == v] = car * 1000 + k
+                out[ids == v] = instance_value(car, k)
         maps.append(out)
     return maps, [[{**p, "label": "car"} for p in ps] for ps in preds]
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from instsynth import storage
-from instsynth.cityscapes import discover, read_ids, read_image
 from instsynth.config import GeneratorConfig
+from instsynth.datasets.cityscapes import discover, read_ids, read_image
 from instsynth.generators import GeneratorError, build_generator
 from instsynth.generators.simple import COLOURS
 from instsynth.phases.select import prepare_instance, select_instances, square_box

@@ -83,7 +83,7 @@ def test_crops_are_a_pure_function_of_seed_epoch_and_work_id(sample_root, tmp_pa
 
 def test_augment_with_the_same_rng_is_identical(sample_root):
     from instsynth import storage
-    from instsynth.cityscapes import discover
+    from instsynth.datasets.cityscapes import discover
 
     rec = next(iter(discover(sample_root, "train")))
     row = {"work_id": rec.image, "image": storage.read_bytes(storage.join(sample_root, rec.image)),

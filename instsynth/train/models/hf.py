@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instsynth.cityscapes import THING_CLASSES
+from instsynth.datasets.cityscapes import THING_CLASSES
 from instsynth.train.models.fastinst import MEAN, STD
 
 

@@ -14,7 +14,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from instsynth.cityscapes import THING_CLASSES
+from instsynth.datasets.cityscapes import THING_CLASSES
 
 
 class _Body(nn.Module):

@@ -1,4 +1,5 @@
-"""A synthetic sample dataset in the exact Cityscapes on-disk layout (the embedded default).
+"""A synthetic sample dataset in the exact Cityscapes on-disk layout (the embedded default), or the
+same scenes as a COCO dataset (``format="coco"``).
 
 Why: Cityscapes cannot be downloaded here and its licence forbids shipping it, yet every reader
 must be exercised on the real layout.  Each scene is drawn as polygons first (``_polygons.json``);
@@ -9,6 +10,12 @@ The scenes are procedural street views - sky, buildings, vegetation, road, sidew
 instances of all eight evaluated classes with occlusions, border-touching and tiny instances,
 group regions, caravans/trailers, and one image with no instance at all.  They are synthetic:
 no real Cityscapes pixel is in them.
+
+As COCO (``annotations/instances_{train,val}.json``, JPEG images in ``train/`` and ``val/``): every
+instance of the Cityscapes map becomes an annotation of its visible pixels - polygons (several parts
+where it is occluded into pieces), every third one compressed RLE and every seventh uncompressed RLE -
+and each group region an ``iscrowd: 1`` uncompressed RLE; the category ids follow COCO's where COCO has
+the class and leave gaps and ids above 65 elsewhere (``COCO_IDS``), and one category has no annotation.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from cityscapesscripts.preparation.json2labelImg import createLabelImage
 
 from instsynth import storage
-from instsynth.cityscapes import THING_CLASSES, encode_ids, encode_png, gt_paths
+from instsynth.datasets import encode_png
+from instsynth.datasets.cityscapes import THING_CLASSES, instance_number, label_name, write_image
 
 TRAIN_CITIES = ["aachen", "bochum", "bremen"]
 VAL_CITIES = ["frankfurt", "lindau"]
@@ -227,13 +235,62 @@ def maps_from_polygons(polygons: dict) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return inst, lab, color
 
 
+#: category ids of the COCO-format sample: COCO's own where COCO has the class; gaps, ids above 65 and
+#: one category without annotations ("traffic light") exercise what real files hold
+COCO_IDS = {"person": 1, "bicycle": 2, "car": 3, "motorcycle": 4, "bus": 6, "train": 7, "truck": 8,
+            "traffic light": 10, "rider": 91, "caravan": 120, "trailer": 121}
+
+
+def _polygons_of(mask: np.ndarray) -> list[list[float]]:
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [c[:, 0, :].astype(float).ravel().tolist() for c in contours if len(c) >= 3]
+
+
+def coco_annotations(inst: np.ndarray, image_id: int, first_id: int) -> list[dict]:
+    """COCO annotations of one instanceIds map (see the module docstring for the encodings used)."""
+    from pycocotools import mask as mask_utils
+
+    anns = []
+    for v in np.unique(inst).tolist():
+        cid, is_instance = instance_number(v)
+        name = label_name(cid)
+        is_group = not is_instance and name in COCO_IDS and name in SHAPES
+        if not (is_instance or is_group) or name not in COCO_IDS:
+            continue
+        mask = inst == v
+        aid = first_id + len(anns)
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        h, w = mask.shape
+        if is_group or aid % 7 == 0:  # uncompressed RLE: column-major run lengths, the first of zeros
+            flat = mask.ravel(order="F")
+            bounds = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size]])
+            counts = ([0] if flat[0] else []) + np.diff(bounds).tolist()
+            segm = {"size": [h, w], "counts": [int(c) for c in counts]}
+        elif aid % 3 == 0:
+            segm = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+        else:
+            segm = _polygons_of(mask)
+            if not segm:
+                continue
+        x, y, bw, bh = (float(b) for b in mask_utils.toBbox(rle))
+        anns.append({"id": aid, "image_id": image_id, "category_id": COCO_IDS[name], "segmentation": segm,
+                     "area": float(mask_utils.area(rle)), "bbox": [x, y, bw, bh], "iscrowd": int(is_group)})
+    return anns
+
+
 def write_sample(out: str, images: int = 12, size: tuple[int, int] = (2048, 1024), seed: int = 0,
-                 val_fraction: float = 0.25, progress=None) -> list[str]:
-    """Write ``images`` scenes under ``out`` in Cityscapes layout; returns the image stems written."""
+                 val_fraction: float = 0.25, progress=None, format: str = "cityscapes") -> list[str]:
+    """Write ``images`` scenes under ``out`` in Cityscapes layout (or as a COCO dataset: the same scenes,
+    same seeds); returns the images written (``split/city/stem``)."""
     width, height = size
     n_val = max(1, int(round(images * val_fraction))) if images > 1 else 0
     n_train = images - n_val
     stems = []
+    coco = {s: {"info": {"description": "InstSynth synthetic sample (COCO format)"}, "images": [],
+                "annotations": [],
+                "categories": [{"id": i, "name": n, "supercategory": "street"} for n, i in sorted(COCO_IDS.items(),
+                                                                                               key=lambda x: x[1])]}
+            for s in ("train", "val")}
     for i in range(images):
         split = "train" if i < n_train else "val"
         cities = TRAIN_CITIES if split == "train" else VAL_CITIES
@@ -246,18 +303,36 @@ def write_sample(out: str, images: int = 12, size: tuple[int, int] = (2048, 1024
                     "objects": scene_objects(rng, width, height, i, empty)}
         inst, lab, color = maps_from_polygons(polygons)
         rgb = render(inst.astype(np.int32), rng)
-        p = gt_paths(split, city, stem)
-        storage.write_bytes(storage.join(out, p["polygons"]), json.dumps(polygons, indent=1).encode())
-        storage.write_bytes(storage.join(out, p["instance_ids"]), encode_ids(inst))
-        storage.write_bytes(storage.join(out, p["label_ids"]), encode_png(lab))
-        storage.write_bytes(storage.join(out, p["color"]), encode_png(color))
-        storage.write_bytes(storage.join(out, p["image"]), encode_png(rgb))
+        if format == "coco":
+            image_id = 1000 + i
+            ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            storage.write_bytes(storage.join(out, split, f"{stem}.jpg"), jpg.tobytes())
+            coco[split]["images"].append({"id": image_id, "file_name": f"{stem}.jpg", "width": width,
+                                          "height": height})
+            # 64-bit annotation ids, as large datasets (LVIS, merged sets) have them
+            coco[split]["annotations"] += coco_annotations(inst, image_id, (1 << 40) + 1000 * i + 1)
+        else:
+            write_image(out, split, city, stem, encode_png(rgb), inst, polygons, color, label_ids=lab)
         stems.append(f"{split}/{city}/{stem}")
         if progress:
             progress(i + 1, images)
-    storage.write_bytes(storage.join(out, "README.md"), SAMPLE_README.encode())
+    if format == "coco":
+        for split, data in coco.items():
+            storage.write_bytes(storage.join(out, "annotations", f"instances_{split}.json"), json.dumps(data).encode())
+        storage.write_bytes(storage.join(out, "README.md"), SAMPLE_README_COCO.encode())
+    else:
+        storage.write_bytes(storage.join(out, "README.md"), SAMPLE_README.encode())
     return stems
 
+
+SAMPLE_README_COCO = """# InstSynth synthetic sample (COCO format)
+
+Procedurally drawn street scenes written by `instsynth sample --format coco`: the same scenes as the
+Cityscapes-layout sample, as COCO instances JSON (`annotations/instances_{train,val}.json`) with JPEG images
+(`train/`, `val/`). Segmentations are polygons, compressed and uncompressed RLE; group regions are
+`iscrowd: 1`; category ids have gaps and go above 65; one category has no annotations. Synthetic: no real
+dataset's pixel is in them.
+"""
 
 SAMPLE_README = """# InstSynth synthetic sample (Cityscapes layout)
 

@@ -1,0 +1,224 @@
+"""COCO instances JSON: ``images``, ``annotations``, ``categories``; images by ``file_name`` under an image root.
+
+What real files hold and how each is read:
+
+* segmentations as polygons (a list of parts, each ``[x0, y0, x1, y1, ...]``; several parts for an
+  occluded object), compressed RLE (``counts`` a string) or uncompressed RLE (``counts`` a list, as
+  ``iscrowd: 1`` regions usually are) - all rasterized with pycocotools, polygons reaching past the
+  border clipped;
+* overlapping masks are painted largest first (by rasterized pixels, ties by annotation id), so a
+  smaller object on top of a larger one stays visible in the index map;
+* ``iscrowd: 1`` regions become crowd regions: never selected, ignored in evaluation, never pasted over;
+* category ids with gaps and categories without annotations: the label space is the ``categories``
+  list as given (every category a selectable, evaluated thing; ``isthing: 0`` entries are stuff);
+* annotation ids are arbitrary 64-bit integers (Python ints throughout; Arrow int64 in rows).
+
+A bad record never stops the plan: an annotation with a polygon of fewer than 3 points, an unknown
+``category_id`` or an RLE whose ``size`` disagrees with its image entry is left out and recorded
+(image id, annotation id, reason), like detectron2's loader drops invalid polygons; an image entry
+whose file is missing is left out and recorded.  The ``area`` field is not used: Eq. 1 ranks by the
+rasterized pixels an instance keeps in the index map (the pixels Phase 2 repaints).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+
+import numpy as np
+
+from instsynth import storage
+from instsynth.datasets.base import (
+    ClassInfo,
+    DataError,
+    Dataset,
+    DatasetSpec,
+    ImageRef,
+    Labels,
+    LabelSpace,
+    check_size,
+    decode_image,
+    region,
+)
+
+REQUIRED = ("images", "annotations", "categories")
+_NAME = re.compile(r"instances_(?P<name>[^/]+)\.json$")
+
+
+def default_image_root(source: str) -> str | None:
+    """``<root>/<name>/`` for ``<root>/annotations/instances_<name>.json`` (COCO's own layout), else None."""
+    m = _NAME.search(source.replace("\\", "/"))
+    parent = source.replace("\\", "/").rsplit("/", 2)
+    if not m or len(parent) < 3 or parent[1] != "annotations":
+        return None
+    return storage.join(parent[0], m.group("name"))
+
+
+def split_name(source: str, fallback: str) -> str:
+    m = _NAME.search(source.replace("\\", "/"))
+    return m.group("name") if m else fallback
+
+
+def read_json(source: str) -> dict:
+    try:
+        data = json.loads(storage.read_bytes(source))
+    except storage.StorageError as e:
+        raise DataError(str(e)) from None
+    except ValueError as e:
+        raise DataError(f"{source}: not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{source}: not a COCO instances file (the top level is not an object)")
+    for key in REQUIRED:
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{source}: not a COCO instances file (no '{key}' list)")
+    return data
+
+
+def label_space_of(data: dict, source: str) -> LabelSpace:
+    classes = []
+    for c in data["categories"]:
+        try:
+            thing = bool(c.get("isthing", 1))
+            classes.append(ClassInfo(int(c["id"]), str(c["name"]), thing=thing, selectable=thing, evaluated=thing,
+                                     noun=str(c["name"]).replace("_", " ")))
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{source}: category {c!r} lacks an integer 'id' or a 'name'") from None
+    names = [c.name for c in classes]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"{source}: category names {dup} occur more than once")
+    return LabelSpace(os.path.basename(source), classes)
+
+
+def _parts_ok(segm) -> str | None:
+    """Why a segmentation cannot be rasterized (None: it can)."""
+    if isinstance(segm, list):
+        if not segm:
+            return "empty polygon list"
+        for part in segm:
+            if not isinstance(part, list) or len(part) < 6:
+                return f"polygon with fewer than 3 points ({len(part) // 2 if isinstance(part, list) else 0})"
+        return None
+    if isinstance(segm, dict) and "counts" in segm and "size" in segm:
+        return None
+    return "segmentation is neither polygons nor RLE"
+
+
+def rasterize(segm, height: int, width: int) -> np.ndarray:
+    """A segmentation (polygons, compressed or uncompressed RLE) as an HxW bool mask."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segm, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+    elif isinstance(segm["counts"], list):
+        rle = mask_utils.frPyObjects(segm, height, width)
+    else:
+        counts = segm["counts"]
+        rle = {"size": segm["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
+    return mask_utils.decode(rle).astype(bool)
+
+
+class CocoDataset(Dataset):
+    format = "coco"
+
+    def __init__(self, spec: DatasetSpec):
+        self.spec = spec
+        if not spec.image_root:
+            raise DataError(f"{spec.source}: no image root; pass --image-root DIR (dataset.image_root) - only "
+                            "<root>/annotations/instances_<name>.json implies <root>/<name>/")
+        data = read_json(spec.source)
+        self.label_space = label_space_of(data, spec.source)
+        self.images: dict[int, dict] = {}
+        self._failures: list[dict] = []
+        for im in data["images"]:
+            try:
+                self.images[int(im["id"])] = {"file_name": str(im["file_name"]), "width": int(im["width"]),
+                                              "height": int(im["height"])}
+            except (KeyError, TypeError, ValueError):
+                self._fail(im.get("id", "?") if isinstance(im, dict) else "?", "",
+                           f"image entry {im!r:.80} lacks id, file_name, width or height")
+        self.anns: dict[int, list[dict]] = defaultdict(list)
+        for a in data["annotations"]:
+            self._add_annotation(a)
+        del data
+
+    def _fail(self, image_id, ann_id, reason: str, file: str | None = None) -> None:
+        self._failures.append({"image_id": str(image_id), "file": file or self.spec.source,
+                               "reason": (f"annotation {ann_id}: " if ann_id != "" else "") + reason})
+
+    def _add_annotation(self, a: dict) -> None:
+        aid, iid = a.get("id", "?"), a.get("image_id")
+        im = self.images.get(iid) if isinstance(iid, int) else None
+        if im is None:
+            self._fail(iid, aid, f"image_id {iid!r} is not in 'images'")
+            return
+        if a.get("category_id") not in self.label_space.by_id:
+            self._fail(iid, aid, f"unknown category_id {a.get('category_id')!r}")
+            return
+        segm = a.get("segmentation")
+        why = _parts_ok(segm)
+        if why is None and isinstance(segm, dict) and list(segm["size"]) != [im["height"], im["width"]]:
+            why = (f"RLE size {list(segm['size'])} disagrees with its image entry "
+                   f"({im['height']}x{im['width']}, height x width)")
+        if why:
+            self._fail(iid, aid, why)
+            return
+        self.anns[iid].append({"id": int(aid), "category_id": int(a["category_id"]), "segmentation": segm,
+                               "iscrowd": bool(a.get("iscrowd", 0))})
+
+    def discover(self, split: str) -> Iterator[ImageRef]:
+        """Every image entry whose file exists under the image root, by image id (one listing)."""
+        present = self._listing()
+        name = split_name(self.spec.source, split)
+        for iid in sorted(self.images):
+            im = self.images[iid]
+            if im["file_name"] not in present:
+                continue
+            group = im["file_name"].rsplit("/", 1)[0] if "/" in im["file_name"] else ""
+            yield ImageRef(str(iid), name, group, im["file_name"], "", im["width"], im["height"])
+
+    def _listing(self) -> set[str]:
+        root = self.spec.image_root
+        if not hasattr(self, "_present"):
+            self._present = {storage.relpath(p, root).replace("\\", "/") for p in storage.walk(root)} \
+                if storage.is_dir(root) else set()
+        return self._present
+
+    def failures(self, split: str) -> Iterator[dict]:
+        yield from self._failures
+        present = self._listing()
+        for iid in sorted(self.images):
+            f = self.images[iid]["file_name"]
+            if f not in present:
+                yield {"image_id": str(iid), "file": f,
+                       "reason": f"image {iid}: file {storage.join(self.spec.image_root, f)} is missing"}
+
+    def load_labels(self, ref: ImageRef) -> Labels:
+        iid = int(ref.image_id)
+        im = self.images[iid]
+        h, w = im["height"], im["width"]
+        anns = sorted(self.anns.get(iid, []), key=lambda a: a["id"])
+        masks = [rasterize(a["segmentation"], h, w) for a in anns]
+        areas = [int(m.sum()) for m in masks]
+        index = np.zeros((h, w), np.uint16)
+        for k in sorted(range(len(anns)), key=lambda k: (-areas[k], anns[k]["id"])):
+            index[masks[k]] = k + 1
+        regions = [region(k + 1, a["id"], self.label_space.by_id[a["category_id"]], a["category_id"], a["iscrowd"])
+                   for k, a in enumerate(anns)]
+        return Labels(index, regions)
+
+    def image_path(self, rel: str) -> str:
+        return storage.join(self.spec.image_root, rel)
+
+    def load(self, ref: ImageRef) -> tuple[np.ndarray, Labels]:
+        labels = self.load_labels(ref)
+        path = self.image_path(ref.image)
+        try:
+            image = decode_image(storage.read_bytes(path), path)
+        except storage.StorageError as e:
+            raise DataError(str(e)) from None
+        check_size(image, labels.index, path, f"its entry in {os.path.basename(self.spec.source)} (image {ref.image_id})")
+        return image, labels
