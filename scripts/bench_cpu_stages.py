@@ -13,11 +13,11 @@ import argparse
 import tempfile
 import time
 
-import numpy as np
-
 from instsynth import storage
 from instsynth.config import load_config, parse_size
-from instsynth.datasets.cityscapes import decode_ids, decode_image, discover, encode_ids, encode_png
+from instsynth.datasets import decode_image, encode_index, encode_png
+from instsynth.datasets import decode_index as decode_ids
+from instsynth.datasets.cityscapes import THING_CLASSES, discover, regions_from_ids
 from instsynth.datasets.sample import write_sample
 from instsynth.phases.compose import cut_window, focused_window, paste
 from instsynth.phases.select import prepare_instance, select_instances, square_box
@@ -34,7 +34,7 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="bench-cpu-")
     write_sample(root, args.images, parse_size(args.size, "--size"), seed=0, val_fraction=0.0)
     recs = list(discover(root, "train"))
-    blobs = [(storage.read_bytes(storage.join(root, r.image)), storage.read_bytes(storage.join(root, r.instance_ids)))
+    blobs = [(storage.read_bytes(storage.join(root, r.image)), storage.read_bytes(storage.join(root, r.labels)))
              for r in recs]
     t = {"baseline": 0.0, "decode": 0.0, "phase1": 0.0, "phase3": 0.0, "encode": 0.0}
     items = 0
@@ -46,21 +46,22 @@ def main() -> None:
 
             s = time.perf_counter()
             img = decode_image(img_b, "img")
-            ids = decode_ids(ids_b, "ids")
+            labels = regions_from_ids(decode_ids(ids_b, "ids"))
+            ids = labels.index
             t["decode"] += time.perf_counter() - s
 
             s = time.perf_counter()
-            sel = select_instances(ids, cfg.plan.top_k, cfg.plan.min_pixels)
+            sel = select_instances(labels, cfg.plan.top_k, cfg.plan.min_pixels, THING_CLASSES)
             crops = [(inst, square_box(inst.bbox, ids.shape[1], ids.shape[0], cfg.plan.margin)) for inst in sel]
-            prepared = [(inst, box, *prepare_instance(img, ids, inst.instance_id, box)) for inst, box in crops]
+            prepared = [(inst, box, *prepare_instance(img, ids, inst.index, box)) for inst, box in crops]
             t["phase1"] += time.perf_counter() - s
 
             s = time.perf_counter()
-            counts = np.bincount(ids.ravel())
+            counts, instances = labels.counts(), labels.instances()
             outs = []
             for inst, box, crop, mask in prepared:
-                win = focused_window(ids, inst.instance_id, inst.bbox, item_rng(0, str(inst.instance_id), "window"),
-                                     counts=counts)
+                win = focused_window(ids, inst.index, inst.bbox, item_rng(0, str(inst.instance_id), "window"),
+                                     counts=counts, instances=instances)
                 wi, wids = cut_window(img, ids, win.box)
                 outs.append((paste(wi, win.box[:2], crop, mask, box), wids))
             t["phase3"] += time.perf_counter() - s
@@ -68,7 +69,7 @@ def main() -> None:
             s = time.perf_counter()
             for wi, wids in outs:
                 encode_png(wi)
-                encode_ids(wids)
+                encode_index(wids)
             t["encode"] += time.perf_counter() - s
             items += len(outs)
     n = len(blobs) * args.repeat

@@ -30,7 +30,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)  # the tests' S3 server: tests/s3server.py
 
 
 def measure(layout: str, root: str, out: str, local: str, server, samples: int, variants: int,
@@ -60,7 +60,7 @@ def measure(layout: str, root: str, out: str, local: str, server, samples: int, 
     used = 0
     for a in addrs:
         row = read_rows([a])[0]
-        used += len(row["image"]) + len(row["instance_ids"])
+        used += len(row["image"]) + len(row["labels"])
     reqs = server.count("GET", "data")
     read = server.bytes_sent("data")
     paths = [p for p in storage.walk(out) if "/_claims/" not in p]
@@ -87,9 +87,9 @@ def main() -> int:
                     "pixels, which zstd across rows found in the old layout)")
     args = ap.parse_args()
     import boto3
-    from s3server import CountingS3
 
     from instsynth.datasets.sample import write_sample
+    from tests.s3server import CountingS3
 
     server = CountingS3().start()
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",

@@ -38,7 +38,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)  # the tests' S3 server: tests/s3server.py
 
 
 def child(args) -> None:
@@ -130,7 +130,7 @@ def main() -> int:
         child(args)
         return 0
 
-    from s3server import RemoteCounts
+    from tests.s3server import RemoteCounts
 
     tmp = tempfile.mkdtemp(prefix="bench-scale-")
     server = subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "s3server.py"),

@@ -221,7 +221,7 @@ def full(args) -> dict:
     rows = []
     for i, rec in enumerate(discover(root, "train")):
         row = {"work_id": rec.image, "image": storage.read_bytes(storage.join(root, rec.image)),
-               "instance_ids": storage.read_bytes(storage.join(root, rec.labels))}
+               "labels": storage.read_bytes(storage.join(root, rec.labels))}
         rows.append(augment(row, (size[1], size[1]), crop, True, crop_rng(0, 0, f"{i}")))
     batches = []
     for k in range(4):

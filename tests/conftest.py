@@ -114,6 +114,14 @@ def sample_root(tmp_path_factory) -> str:
     return root
 
 
+@pytest.fixture(scope="session")
+def coco_root(tmp_path_factory) -> str:
+    """The same 8 scenes as a COCO dataset (``annotations/instances_{train,val}.json``, JPEG images)."""
+    root = str(tmp_path_factory.mktemp("coco"))
+    write_sample(root, images=8, size=(512, 256), seed=0, format="coco")
+    return root
+
+
 @pytest.fixture
 def small_cfg() -> Config:
     return load_config(os.path.join(ROOT, "configs", "debug.yaml"))
@@ -131,10 +139,7 @@ def make_ids(h: int, w: int, blobs: list[tuple[int, tuple[int, int, int, int]]])
 def s3_server(monkeypatch):
     """A moto S3 server on 127.0.0.1 (the real HTTP protocol, not a client mock) that counts every
     request (``tests/s3server.py``); bucket ``bucket`` exists."""
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from s3server import CountingS3
+    from tests.s3server import CountingS3
 
     server = CountingS3().start()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",

@@ -213,8 +213,8 @@ def test_consolidated_export_loads_with_exactly_the_committed_rows(sample_root, 
     row = ds[ds["work_id"].index(first["work_id"])]
     import numpy as np
 
-    from instsynth.datasets.cityscapes import decode_ids
-    assert (np.array(row["instance_ids"]) == decode_ids(first["instance_ids"], "ref")).all()
+    from instsynth.datasets import decode_index
+    assert (np.array(row["labels"]) == decode_index(first["labels"], "ref")).all() and row["regions"] == first["regions"]
     meta, text = _card(dest)
     assert meta["configs"][0]["data_files"][0]["path"] == ["data/train-*.parquet"]
     assert main(["export", out, "--format", "parquet", "--out", dest]) == 2  # refused: writes nothing

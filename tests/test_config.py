@@ -18,7 +18,7 @@ def test_unknown_key_lists_valid_ones(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(str(p))
     assert "unknown key 'plan.topk'" in str(e.value) and "top_k" in str(e.value) and str(p) in str(e.value)
-    with pytest.raises(ConfigError, match="valid keys at the top level: sample, plan"):
+    with pytest.raises(ConfigError, match="valid keys at the top level: sample, dataset, plan"):
         load_config(None, ["nope.x=1"])
 
 
@@ -26,7 +26,9 @@ def test_type_errors_name_the_key():
     with pytest.raises(ConfigError, match="plan.top_k: expected an integer"):
         load_config(None, ["plan.top_k=many"])
     with pytest.raises(ConfigError, match="plan.classes"):
-        load_config(None, ["plan.classes=[caravan]"])
+        load_config(None, ["plan.classes=caravan"])
+    with pytest.raises(ConfigError, match="dataset.format must be auto, cityscapes or coco, got 'voc'"):
+        load_config(None, ["dataset.format=voc"])
 
 
 def test_run_budgets_must_be_positive():

@@ -6,7 +6,7 @@ import numpy as np
 from instsynth import storage
 from instsynth.cli import main
 from instsynth.config import load_config
-from instsynth.datasets.cityscapes import discover, read_ids, read_label_ids
+from instsynth.datasets.cityscapes import discover, gt_paths, read_ids, read_label_ids
 from instsynth.datasets.sample import maps_from_polygons
 from instsynth.synth import run_synth
 
@@ -27,12 +27,13 @@ def test_cityscapes_export_roundtrips_through_official_converter(sample_root, tm
     assert len(recs) > 0
     for rec in recs:
         assert rec.image_id.count("_") == 2  # {city}_{seq:06d}_{frame:06d}
-        ids = read_ids(storage.join(exp, rec.instance_ids))
-        poly = json.loads(storage.read_bytes(storage.join(exp, rec.polygons)))
+        paths = gt_paths(rec.split, rec.group, rec.image_id)
+        ids = read_ids(storage.join(exp, rec.labels))
+        poly = json.loads(storage.read_bytes(storage.join(exp, paths["polygons"])))
         redrawn, labels, _ = maps_from_polygons(poly)  # cityscapesscripts' json2instanceImg/json2labelImg
         agree = (redrawn.astype(np.int32) == ids).mean()
         assert agree >= 0.99, (rec.image_id, agree)
-        assert (labels == read_label_ids(storage.join(exp, rec.label_ids))).mean() >= 0.99
+        assert (labels == read_label_ids(storage.join(exp, paths["label_ids"]))).mean() >= 0.99
     index = storage.read_bytes(storage.join(exp, "export_index.csv")).decode().splitlines()
     assert len(index) == len(recs) + 1
 

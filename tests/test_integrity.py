@@ -243,18 +243,18 @@ def test_eight_bit_map_and_orphans_are_recorded(sample_root, tmp_path):
     shutil.copytree(sample_root, root)
     recs = list(discover(root, "train"))
     eight, no_map, no_image = recs[0], recs[1], recs[2]
-    ids = cv2.imread(storage.join(root, eight.instance_ids), cv2.IMREAD_UNCHANGED)
-    cv2.imwrite(storage.join(root, eight.instance_ids), (ids % 256).astype(np.uint8))
-    os.remove(storage.join(root, no_map.instance_ids))
+    ids = cv2.imread(storage.join(root, eight.labels), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(storage.join(root, eight.labels), (ids % 256).astype(np.uint8))
+    os.remove(storage.join(root, no_map.labels))
     os.remove(storage.join(root, no_image.image))
     out = str(tmp_path / "out")
     run_synth(root, out, _cfg(), **QUIET)
     fails = {f["image_id"]: f for f in storage.read_parquet(storage.join(out, "plan.failures.parquet")).to_pylist()}
     assert set(fails) == {eight.image_id, no_map.image_id, no_image.image_id}
-    assert "8-bit" in fails[eight.image_id]["reason"] and eight.instance_ids in fails[eight.image_id]["reason"]
+    assert "8-bit" in fails[eight.image_id]["reason"] and eight.labels in fails[eight.image_id]["reason"]
     assert "without its gtFine instance map" in fails[no_map.image_id]["reason"]
     assert "without its image" in fails[no_image.image_id]["reason"]
-    assert fails[no_image.image_id]["file"] == gt_paths("train", no_image.city, no_image.image_id)["instance_ids"]
+    assert fails[no_image.image_id]["file"] == gt_paths("train", no_image.group, no_image.image_id)["instance_ids"]
     meta = json.loads(read_plan(shards.plan_path(out))[0].schema.metadata[b"instsynth.summary"])
     assert meta["images_without_map"] == 1 and meta["maps_without_image"] == 1 and meta["failures"] == 3
 

@@ -19,7 +19,8 @@ import pytest
 from instsynth import shards, storage
 from instsynth.cli import main
 from instsynth.config import ConfigError, load_config
-from instsynth.datasets.cityscapes import decode_ids, decode_image, discover
+from instsynth.datasets import decode_image, decode_index
+from instsynth.datasets.cityscapes import discover
 from instsynth.plan import read_plan
 from instsynth.synth import run_synth
 
@@ -48,17 +49,21 @@ def test_rows_schema_provenance(recolor_out, sample_root):
     plan, root = read_plan(shards.plan_path(out))
     rows = _rows(out)
     assert root == sample_root
-    assert rows.schema.equals(shards.ROW_SCHEMA)
+    assert rows.schema.equals(shards.ROW_SCHEMA, check_metadata=False)
     assert rows.num_rows + summary["failed_items"] == plan.num_rows > 0  # committed = plan - failed
     assert summary["failed_items"] == 0 and summary["ok"]
     assert sorted(rows.column("work_id").to_pylist()) == sorted(plan.column("work_id").to_pylist())
     for r in rows.to_pylist():
         img = decode_image(r["image"], "image")
-        ids = decode_ids(r["instance_ids"], "ids")
+        ids = decode_index(r["labels"], "ids")
         assert img.shape[:2] == ids.shape == (r["height"], r["width"])
         assert abs(r["width"] - 2 * r["height"]) <= 1
         x0, y0, x1, y1 = r["bbox"]
-        assert (ids[y0:y1, x0:x1] == r["instance_id"]).any()
+        k = r["instance_index"]
+        assert k and (ids[y0:y1, x0:x1] == k).any() and r["regions"][k - 1]["source_id"] == r["instance_id"]
+        assert [g["index"] for g in r["regions"]] == list(range(1, len(r["regions"]) + 1))
+        assert set(np.unique(ids).tolist()) - {0} == {g["index"] for g in r["regions"]}  # every region in view
+        assert r["regions"][k - 1]["class_name"] == r["class_name"] and r["dataset"] == "cityscapes"
         assert r["generator"] == "recolor" and r["model_id"] and r["prompt"].startswith("A photo of")
         assert r["source_image"].startswith("leftImg8bit/train/") and r["seed"] == 0 and r["gen_seed"] != 0
     layout = set(storage.list_names(out))
@@ -103,14 +108,17 @@ def test_load_dataset_of_the_output_dir_decodes_images(recolor_out, tmp_path):
     ds = datasets.load_dataset(out, split="train", cache_dir=str(tmp_path / "hf"))
     rows = _rows(out)
     assert sorted(ds["work_id"]) == rows.column("work_id").to_pylist()  # exactly the committed rows
-    assert isinstance(ds.features["image"], datasets.Image) and isinstance(ds.features["instance_ids"], datasets.Image)
+    assert isinstance(ds.features["image"], datasets.Image) and isinstance(ds.features["labels"], datasets.Image)
+    assert isinstance(ds.features["class_label"], datasets.ClassLabel)
+    assert ds.features["class_label"].names[ds[0]["class_label"]] == ds[0]["class_name"]
     by_id = {r["work_id"]: r for r in rows.to_pylist()}
     for i in (0, len(ds) - 1):
         got = ds[i]
         ref = by_id[got["work_id"]]
         assert np.array_equal(np.asarray(got["image"].convert("RGB")), decode_image(ref["image"], "x"))
-        ids = np.asarray(got["instance_ids"])
-        assert ids.dtype == np.uint16 and np.array_equal(ids, decode_ids(ref["instance_ids"], "x"))
+        ids = np.asarray(got["labels"])
+        assert ids.dtype == np.uint16 and np.array_equal(ids, decode_index(ref["labels"], "x"))
+        assert got["regions"] == ref["regions"]
         assert got["bbox"] == ref["bbox"]
     card = open(os.path.join(out, "README.md")).read()
     assert card.startswith("---\n") and "may not be redistributed" in card
@@ -173,7 +181,7 @@ def _damaged_root(sample_root, tmp_path):
     shutil.copytree(sample_root, root)
     recs = [r for r in discover(root, "train")]
     bad_map, trunc, mismatch = recs[0], recs[1], recs[2]
-    storage.write_bytes(storage.join(root, bad_map.instance_ids), b"not a png")
+    storage.write_bytes(storage.join(root, bad_map.labels), b"not a png")
     data = storage.read_bytes(storage.join(root, trunc.image))
     storage.write_bytes(storage.join(root, trunc.image), data[: len(data) // 4])
     img = decode_image(storage.read_bytes(storage.join(root, mismatch.image)), "x")
@@ -290,10 +298,13 @@ def test_originals_stats_preview_export(recolor_out, sample_root, tmp_path, caps
     assert np.mean(np.abs(panel - small)) < 2  # the first tile's left panel is that window (outline aside)
     assert main(["preview", out, "--compare", "--class", "bus", "--generator", "nope"]) == 2
     # visible instances are counted from the maps: originals' totals match a direct count
-    from instsynth.report import class_stats, visible_instances
+    from collections import Counter
 
-    direct = sum((visible_instances(decode_ids(r["instance_ids"], "x")) for r in o.to_pylist()),
-                 start=__import__("collections").Counter())
+    from instsynth.datasets import cityscapes_space
+    from instsynth.report import class_stats
+    from instsynth.schema import labels_of, visible
+
+    direct = sum((Counter(visible(labels_of(r), cityscapes_space())) for r in o.to_pylist()), start=Counter())
     assert class_stats([orig])["original"]["visible"] == direct
 
 

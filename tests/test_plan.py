@@ -4,7 +4,8 @@ import pyarrow.parquet as pq
 from instsynth import storage
 from instsynth.cli import main
 from instsynth.config import load_config
-from instsynth.datasets.cityscapes import discover
+from instsynth.datasets import ImageRef, cityscapes_space
+from instsynth.datasets.cityscapes import discover, regions_from_ids
 from instsynth.plan import make_plan, plan_image, read_plan
 from tests.conftest import make_ids
 
@@ -27,10 +28,9 @@ def test_plan_rows_deterministic_unique(sample_root, small_cfg):
 
 def test_prompts_follow_templates():
     cfg = load_config(None, ["plan.min_pixels=1", "plan.variants=3"])
-    rec = type("R", (), {"image_id": "a_000000_000019", "split": "train", "city": "a",
-                         "image": "i.png", "instance_ids": "m.png"})()
+    rec = ImageRef("a_000000_000019", "train", "a", "i.png", "m.png")
     ids = make_ids(50, 100, [(26000, (0, 0, 20, 20)), (24000, (30, 0, 40, 30)), (25000, (50, 0, 60, 30))])
-    rows = plan_image(rec, ids, cfg)
+    rows = plan_image(rec, regions_from_ids(ids), cfg, cityscapes_space())
     assert len(rows) == 9 and {r["variant"] for r in rows} == {0, 1, 2}
     for r in rows:
         if r["class_name"] == "car":
@@ -56,10 +56,9 @@ def test_prompts_read_naturally():
 
 def test_class_variants_multiplier():
     cfg = load_config(None, ["plan.min_pixels=1", "plan.class_variants={person: 4}"])
-    rec = type("R", (), {"image_id": "a_000000_000019", "split": "train", "city": "a",
-                         "image": "i.png", "instance_ids": "m.png"})()
+    rec = ImageRef("a_000000_000019", "train", "a", "i.png", "m.png")
     ids = make_ids(50, 100, [(26000, (0, 0, 20, 20)), (24000, (30, 0, 40, 30))])
-    rows = plan_image(rec, ids, cfg)
+    rows = plan_image(rec, regions_from_ids(ids), cfg, cityscapes_space())
     assert sum(r["class_name"] == "person" for r in rows) == 4
     assert sum(r["class_name"] == "car" for r in rows) == 1
 
@@ -70,7 +69,7 @@ def test_plan_cli_records_unreadable_maps(sample_root, tmp_path, capsys):
     root = str(tmp_path / "root")
     shutil.copytree(sample_root, root)
     rec = next(discover(root, "train"))
-    storage.write_bytes(storage.join(root, rec.instance_ids), b"garbage")
+    storage.write_bytes(storage.join(root, rec.labels), b"garbage")
     out = str(tmp_path / "plan.parquet")
     assert main(["plan", root, "--out", out, "--config", "configs/debug.yaml", "--top-k", "2"]) == 0
     text = capsys.readouterr().out
@@ -78,13 +77,29 @@ def test_plan_cli_records_unreadable_maps(sample_root, tmp_path, capsys):
     fails = pq.read_table(str(tmp_path / "plan.failures.parquet")).to_pylist()
     assert fails[0]["image_id"] == rec.image_id and "cannot decode" in fails[0]["reason"]
     table, r = read_plan(out)
-    assert r == root and table.num_rows > 0
+    assert r == storage.absolute(root) and table.num_rows > 0
     assert max(table.group_by("image_id").aggregate([("work_id", "count")]).column("work_id_count").to_pylist()) <= 2
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["plan", str(tmp_path), "--out", str(tmp_path / "p.parquet")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "not a directory" in err
+    assert err.count("\n") == 0 and "not a dataset" in err
     assert main(["plan", str(tmp_path), "--out", "x.parquet", "--set", "plan.bogus=1"]) == 2
     assert "unknown key 'plan.bogus'" in capsys.readouterr().err
+
+
+def test_default_template_names_any_class():
+    """A class without a template of its own gets the default one, with its noun from the label space."""
+    from instsynth.phases.prompts import make_prompt
+
+    p, words = make_prompt("traffic_light", {}, {"colour": ["orange"]}, np.random.default_rng(0),
+                           noun="traffic light", default="A photo of a {colour} {name}")
+    assert p == "A photo of an orange traffic light" and words == {"colour": "orange", "name": "traffic light"}
+
+
+def test_unknown_class_fails_listing_valid(sample_root, capsys, tmp_path):
+    assert main(["plan", sample_root, "--out", str(tmp_path / "p.parquet"), "--set", "plan.classes=[car, caravan]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plan.classes: ['caravan'] are not selectable classes of cityscapes" in err
+    assert "'bicycle'" in err and not (tmp_path / "p.parquet").exists()

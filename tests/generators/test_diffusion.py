@@ -9,7 +9,7 @@ import torch
 from instsynth import shards, storage
 from instsynth.cli import main
 from instsynth.config import GeneratorConfig, load_config
-from instsynth.datasets.cityscapes import decode_image
+from instsynth.datasets import decode_image
 from instsynth.generators import GeneratorError, build_generator
 from instsynth.generators.tiny import make_all
 from instsynth.stages import Unit, generate

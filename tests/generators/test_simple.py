@@ -17,7 +17,7 @@ def _lab(rgb):
 def _instances(sample_root):
     for rec in discover(sample_root, "train"):
         img = read_image(storage.join(sample_root, rec.image))
-        ids = read_ids(storage.join(sample_root, rec.instance_ids))
+        ids = read_ids(storage.join(sample_root, rec.labels))
         for inst in select_instances(ids, 3, 200):
             box = square_box(inst.bbox, ids.shape[1], ids.shape[0])
             yield prepare_instance(img, ids, inst.instance_id, box)

@@ -103,3 +103,12 @@ def test_resize_window_nearest_for_ids():
     r_img, r_ids = resize_window(img, ids, (64, 32))
     assert r_img.shape == (32, 64, 3) and r_ids.shape == (32, 64)
     assert set(np.unique(r_ids)) <= {7, 26000}
+
+
+def test_only_instances_count_as_slivers():
+    """``instances`` says which values are instances: a stuff region cut thin is no sliver."""
+    ids = make_ids(128, 256, [(1, (100, 50, 140, 70)), (2, (20, 40, 60, 90))])
+    counts = np.bincount(ids.ravel())
+    window = ids[0:128, 59:256]  # leaves 50 px of region 2
+    assert sliver_count(window, counts, 1, 64) > 0
+    assert sliver_count(window, counts, 1, 64, np.arange(8) == 1) == 0

@@ -2,8 +2,17 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from instsynth.phases.select import crop, prepare_instance, select_instances, square_box
+from instsynth.datasets import cityscapes_space
+from instsynth.datasets.cityscapes import regions_from_ids
+from instsynth.phases import select
+from instsynth.phases.select import crop, prepare_instance, square_box
 from tests.conftest import make_ids
+
+
+def select_instances(ids, top_k=3, min_pixels=1024, classes=None):
+    """Eq. 1 on a Cityscapes map; ``classes`` default as a plan resolves it: the label space's selectable."""
+    return select.select_instances(regions_from_ids(ids), top_k, min_pixels,
+                                   classes if classes is not None else cityscapes_space().selectable)
 
 
 def test_top_k_order_and_ties():
@@ -51,7 +60,7 @@ def test_instance_taller_than_image_is_padded_not_shifted():
     side = box[2] - box[0]
     assert side == box[3] - box[1] == 120 and box[1] == -10 and box[3] == 110
     img = np.full((100, 400, 3), 9, np.uint8)
-    c, m = prepare_instance(img, ids, inst.instance_id, box)
+    c, m = prepare_instance(img, regions_from_ids(ids).index, inst.index, box)
     assert c.shape == (120, 120, 3) and (c[:10] == 0).all() and (c[10:110] == 9).all()
     assert m.sum() == inst.pixels
 
@@ -61,7 +70,7 @@ def test_mask_holds_only_the_chosen_instance():
     img = np.random.default_rng(0).integers(0, 255, (60, 120, 3), dtype=np.uint8)
     inst = [s for s in select_instances(ids, 3, 1) if s.instance_id == 26000][0]
     box = square_box(inst.bbox, 120, 60, 0.1)
-    c, m = prepare_instance(img, ids, 26000, box)
+    c, m = prepare_instance(img, regions_from_ids(ids).index, inst.index, box)
     assert m.dtype == bool and m.sum() == (ids == 26000).sum()
     assert np.array_equal(crop(ids, box)[m], np.full(m.sum(), 26000))
     assert np.array_equal(c, img[box[1]:box[3], box[0]:box[2]])
@@ -82,3 +91,15 @@ def test_square_box_properties(w, h, data, margin):
             assert 0 <= lo and hi <= size
         else:  # larger than the image: covers it whole
             assert lo <= 0 and hi >= size
+
+
+def test_crowd_and_stuff_never_selected_whatever_the_classes():
+    """A crowd region of a selectable class and a stuff region are no instances, even if named."""
+    from instsynth.datasets import Labels
+
+    index = np.zeros((10, 10), np.uint16)
+    index[:5] = 1
+    index[5:] = 2
+    regions = [{"index": 1, "source_id": 9, "class_id": 3, "class_name": "car", "thing": True, "crowd": True},
+               {"index": 2, "source_id": 8, "class_id": 7, "class_name": "road", "thing": False, "crowd": False}]
+    assert select.select_instances(Labels(index, regions), 3, 1, ["car", "road"]) == []

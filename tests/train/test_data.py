@@ -87,7 +87,7 @@ def test_augment_with_the_same_rng_is_identical(sample_root):
 
     rec = next(iter(discover(sample_root, "train")))
     row = {"work_id": rec.image, "image": storage.read_bytes(storage.join(sample_root, rec.image)),
-           "instance_ids": storage.read_bytes(storage.join(sample_root, rec.instance_ids))}
+           "labels": storage.read_bytes(storage.join(sample_root, rec.labels))}
     x = augment(row, (64, 256), (128, 64), True, crop_rng(0, 4, "w"))
     y = augment(row, (64, 256), (128, 64), True, crop_rng(0, 4, "w"))
     z = augment(row, (64, 256), (128, 64), True, crop_rng(0, 5, "w"))
@@ -120,7 +120,7 @@ def test_a_sample_reads_only_its_rows_bytes_and_old_parts_still_train(s3_server,
     assert s3_server.count("GET range", "data") == s3_server.count("GET", "data") == 2 * len(addrs)
     assert s3_server.bytes_sent("data") == sum(a[3][1] + a[3][3] for a in addrs)  # nothing but the PNGs
     ref = pq.read_table(io_bytes(storage.read_bytes(addrs[0][0]))).to_pylist()[addrs[0][1]]
-    assert rows[0]["image"] == ref["image"] and rows[0]["instance_ids"] == ref["instance_ids"]
+    assert rows[0]["image"] == ref["image"] and rows[0]["labels"] == ref["labels"]
     # an old-layout part: PNG columns zstd-compressed, marker without offsets or stats
     unit = os.path.basename(addrs[0][0])[len("part-"):-len(".parquet")]
     table = pq.read_table(io_bytes(storage.read_bytes(addrs[0][0])))
@@ -136,7 +136,7 @@ def test_a_sample_reads_only_its_rows_bytes_and_old_parts_still_train(s3_server,
     olds = [a for a in old.synth if a[0] == addrs[0][0]]
     assert olds and all(a[3] is None for a in olds)
     again = read_rows([olds[addrs[0][1]]])
-    assert again[0]["image"] == rows[0]["image"] and again[0]["instance_ids"] == rows[0]["instance_ids"]
+    assert again[0]["image"] == rows[0]["image"] and again[0]["labels"] == rows[0]["labels"]
 
 
 def io_bytes(data: bytes = b""):

@@ -55,7 +55,7 @@ def test_numpy_shim_restores_in1d():
 def test_overfit_two_images_reaches_ap50(small_root, tmp_path):
     recs = list(discover(small_root, "val"))[:2]
     imgs = np.stack([read_image(storage.join(small_root, r.image)) for r in recs])
-    ids = np.stack([read_ids(storage.join(small_root, r.instance_ids)) for r in recs])
+    ids = np.stack([read_ids(storage.join(small_root, r.labels)) for r in recs])
     images, targets = collate({"image": imgs, "ids": ids})
     torch.manual_seed(0)
     model = build_model("fastinst", tiny=True, num_points=2048)

@@ -10,17 +10,18 @@ from instsynth.datasets.sample import maps_from_polygons, write_sample
 def test_label_pngs_equal_official_converter(sample_root):
     for split in ("train", "val"):
         for rec in discover(sample_root, split):
-            poly = json.loads(storage.read_bytes(storage.join(sample_root, rec.polygons)))
+            paths = gt_paths(rec.split, rec.group, rec.image_id)
+            poly = json.loads(storage.read_bytes(storage.join(sample_root, paths["polygons"])))
             inst, lab, _ = maps_from_polygons(poly)  # cityscapesscripts' createInstanceImage/createLabelImage
-            assert np.array_equal(read_ids(storage.join(sample_root, rec.instance_ids)), inst)
-            assert np.array_equal(read_label_ids(storage.join(sample_root, rec.label_ids)), lab)
+            assert np.array_equal(read_ids(storage.join(sample_root, rec.labels)), inst)
+            assert np.array_equal(read_label_ids(storage.join(sample_root, paths["label_ids"])), lab)
 
 
 def test_sample_has_what_the_tests_need(sample_root):
     classes, groups, empty, border, tiny, ignored = set(), set(), 0, False, False, set()
     recs = list(discover(sample_root, "train")) + list(discover(sample_root, "val"))
     for rec in recs:
-        ids = read_ids(storage.join(sample_root, rec.instance_ids))
+        ids = read_ids(storage.join(sample_root, rec.labels))
         inst = ids[ids >= 1000]
         if inst.size == 0:
             empty += 1
