@@ -15,6 +15,7 @@ from instsynth.datasets import (
     Dataset,
     DatasetSpec,
     LabelSpace,
+    check_reachable,
     cityscapes_space,
     move,
     open_dataset,
@@ -63,6 +64,7 @@ def source_dataset(out: str, data_root: str | None = None, image_root: str | Non
     if spec is None:
         raise DataError(f"{out}: no recorded source (no dataset.json or plan.parquet; is it an InstSynth output dir?)")
     try:
+        check_reachable(spec)
         return open_dataset(spec)
     except DataError as e:
         raise DataError(f"{out}: the source recorded for it is not reachable ({e})") from None

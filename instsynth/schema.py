@@ -206,3 +206,25 @@ def hf_features(space: LabelSpace | None = None) -> list[dict]:
         else:
             out.append({"name": n, "dtype": ARROW_TO_HF[str(t)]})
     return out
+
+
+BEGIN, END = "<!-- schema:begin (generated: python -m instsynth.schema) -->", "<!-- schema:end -->"
+
+
+def update_readme(path: str) -> bool:
+    """Rewrite the table between the README's schema markers from ``FIELDS``; True if it changed."""
+    text = open(path).read()
+    a, b = text.index(BEGIN) + len(BEGIN), text.index(END)
+    new = text[:a] + "\n" + markdown_table() + "\n" + text[b:]
+    if new != text:
+        with open(path, "w") as f:
+            f.write(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    import os
+    import sys
+
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    print(f"{readme}: {'updated' if update_readme(readme) else 'already up to date'}", file=sys.stderr)

@@ -48,12 +48,13 @@ def child(args) -> None:
 
     from instsynth.config import load_config
     from instsynth.executors.local import run_local
-    from instsynth.plan import read_plan
+    from instsynth.plan import plan_dataset, read_plan
     from instsynth.synth import pending_units
 
     cfg = load_config(None, [f"generator.name={args.generator}", "run.progress=false",
                              f"run.rows_per_unit={args.rows_per_unit}", "run.log_level=ERROR"])
-    table, root = read_plan(args.plan)
+    table, _ = read_plan(args.plan)
+    root = plan_dataset(table)  # the dataset spec the stages read through
     rows = [r for r in table.to_pylist() if r["image_id"] in set(json.loads(args.image_ids))] \
         if args.image_ids else table.to_pylist()
     units = pending_units(rows, set(), cfg.run.rows_per_unit)

@@ -187,7 +187,7 @@ def test_old_format_markers_still_work_and_are_not_rewritten(s3_server, s3_out, 
 
 
 def test_lease_bypassing_writers_leave_a_correct_card(s3_server, sample_root):
-    from test_integrity import bypassing_writers
+    from tests.test_integrity import bypassing_writers
 
     out = "s3://bucket/bypass"
     run_synth(sample_root, out, _cfg("run.limit=0"), **QUIET)

@@ -19,7 +19,7 @@ import pytest
 from instsynth import shards, storage
 from instsynth.cli import main
 from instsynth.config import ConfigError, load_config
-from instsynth.datasets import decode_image, decode_index
+from instsynth.datasets import DatasetSpec, decode_image, decode_index
 from instsynth.datasets.cityscapes import discover
 from instsynth.plan import read_plan
 from instsynth.synth import run_synth
@@ -132,7 +132,7 @@ def test_cpu_stages_not_fused_into_generator_actors(ray_local, sample_root, tmp_
 
     cfg = _cfg(*sets)
     plan_rows = [{"work_id": "a", "image_path": "x"}]
-    ds = build_dataset(pending_units(plan_rows, set(), 1), sample_root, str(tmp_path), cfg)
+    ds = build_dataset(pending_units(plan_rows, set(), 1), DatasetSpec("cityscapes", sample_root), str(tmp_path), cfg)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         ds.explain()
@@ -317,7 +317,7 @@ def test_generator_lock_covers_only_the_model_call(sample_root, monkeypatch):
 
     cfg = _cfg()
     table, _, _ = make_plan(sample_root, cfg)
-    unit = stages.prepare(stages.Unit("u", table.to_pylist()[:3]), sample_root, cfg.compose)
+    unit = stages.prepare(stages.Unit("u", table.to_pylist()[:3]), DatasetSpec("cityscapes", sample_root), cfg.compose)
     lock = threading.Lock()
     held = {"model": [], "score": []}
 

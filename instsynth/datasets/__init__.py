@@ -33,7 +33,7 @@ from instsynth.datasets.coco import CocoDataset, default_image_root
 
 __all__ = ["ClassInfo", "DataError", "Dataset", "DatasetSpec", "ImageRef", "Labels", "LabelSpace", "compact",
            "decode_image", "decode_index", "encode_index", "encode_png", "FORMATS", "detect", "resolve",
-           "open_dataset", "move", "cityscapes_space"]
+           "open_dataset", "move", "check_reachable", "cityscapes_space"]
 
 FORMATS: dict[str, type[Dataset]] = {"cityscapes": CityscapesDataset, "coco": CocoDataset}
 
@@ -80,10 +80,27 @@ def move(spec: DatasetSpec | None, data_root: str | None = None, image_root: str
     return resolve(src, spec.format)
 
 
-@functools.lru_cache(maxsize=4)
 def open_dataset(spec: DatasetSpec) -> Dataset:
-    """The dataset of ``spec``, made once per process (a COCO file is parsed once, not once per task)."""
+    """The dataset of ``spec``, made once per process (a COCO file is parsed once, not once per task) and
+    again when its annotation file changed (a long-lived worker may serve several runs)."""
+    stamp = storage.size(spec.source) if spec.format == "coco" else None
+    return _open(spec, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _open(spec: DatasetSpec, stamp) -> Dataset:
     return FORMATS[spec.format](spec)
+
+
+def check_reachable(spec: DatasetSpec) -> None:
+    """One line naming what is missing when a dataset's source or images are not where its spec says."""
+    if spec.format == "cityscapes" and not storage.is_dir(storage.join(spec.source, "leftImg8bit")):
+        raise DataError(f"{spec.source} is not reachable (no leftImg8bit/ there)")
+    if spec.format == "coco":
+        if not storage.exists(spec.source):
+            raise DataError(f"{spec.source} is not reachable (no such file)")
+        if spec.image_root and not storage.is_dir(spec.image_root):
+            raise DataError(f"{spec.image_root} is not reachable (no such folder)")
 
 
 def cityscapes_space() -> LabelSpace:

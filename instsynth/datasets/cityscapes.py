@@ -64,6 +64,11 @@ def gt_paths(split: str, city: str, stem: str) -> dict[str, str]:
     }
 
 
+def split_dir(root: str, split: str) -> str:
+    """The folder of a split's images."""
+    return storage.join(root, "leftImg8bit", split)
+
+
 def is_root(path: str) -> bool:
     return storage.is_dir(storage.join(path, "leftImg8bit"))
 

@@ -32,8 +32,9 @@ def resolve_paths(cfg: Config) -> Config:
 
 
 def check_eval_root(root: str, split: str, key: str = "train.eval_root") -> None:
-    images = storage.join(root, "leftImg8bit", split)
-    if not storage.is_dir(images):
+    from instsynth.datasets.cityscapes import split_dir
+
+    if not storage.is_dir(split_dir(root, split)):
         raise ConfigError(f"{key}: {root} has no leftImg8bit/{split} (not a Cityscapes root)")
 
 

@@ -57,6 +57,21 @@ def test_synth_end_to_end_on_tiny_models(name, tiny_models, ray_local, sample_ro
         assert img.shape[:2] == (r["height"], r["width"])
 
 
+def test_tiny_diffusion_on_coco_input(tiny_models, ray_local, coco_root, tmp_path):
+    """A COCO instances JSON through the real diffusion path (Ray executor): category ids above 65 and
+    64-bit annotation ids survive; the prompt of a class without a template comes from the default."""
+    out = str(tmp_path / "coco")
+    cfg = load_config(os.path.join(ROOT, "configs", "generators", "sdxl-inpaint.tiny.yaml"),
+                      [f"generator.params.model={tiny_models['sdxl-inpaint']}", "run.progress=false",
+                       "plan.min_pixels=64", "plan.classes=[rider, trailer, caravan]", "plan.top_k=8"])
+    s = run_synth(os.path.join(coco_root, "annotations", "instances_train.json"), out, cfg, log=lambda *a: None)
+    rows = list(shards.iter_rows(out))
+    assert s["committed_rows"] == len(rows) > 0 and s["failed_items"] == 0
+    assert {r["class_id"] for r in rows} <= {91, 120, 121} and all(r["class_id"] > 65 for r in rows)
+    assert all(r["instance_id"] > 2**32 and r["dataset"] == "coco" for r in rows)
+    assert {r["prompt"].split()[-1] for r in rows if r["class_name"] == "trailer"} <= {"trailer"}
+
+
 @pytest.mark.parametrize("name", ["sdxl-inpaint", "blended-sdxl", "gligen"])
 def test_determinism_and_batch_invariance(name, tiny_models):
     gen = _gen(tiny_models, name)

@@ -4,7 +4,7 @@ import pytest
 
 from instsynth import storage
 from instsynth.config import GeneratorConfig
-from instsynth.datasets.cityscapes import discover, read_ids, read_image
+from instsynth.datasets.cityscapes import THING_CLASSES, discover, read_ids, read_image, regions_from_ids
 from instsynth.generators import GeneratorError, build_generator
 from instsynth.generators.simple import COLOURS
 from instsynth.phases.select import prepare_instance, select_instances, square_box
@@ -17,10 +17,11 @@ def _lab(rgb):
 def _instances(sample_root):
     for rec in discover(sample_root, "train"):
         img = read_image(storage.join(sample_root, rec.image))
-        ids = read_ids(storage.join(sample_root, rec.labels))
-        for inst in select_instances(ids, 3, 200):
+        labels = regions_from_ids(read_ids(storage.join(sample_root, rec.labels)))
+        ids = labels.index
+        for inst in select_instances(labels, 3, 200, THING_CLASSES):
             box = square_box(inst.bbox, ids.shape[1], ids.shape[0])
-            yield prepare_instance(img, ids, inst.instance_id, box)
+            yield prepare_instance(img, ids, inst.index, box)
 
 
 @pytest.mark.parametrize("colour", ["red", "blue", "yellow", "white", "black", "green"])

@@ -68,7 +68,7 @@ def test_crops_are_a_pure_function_of_seed_epoch_and_work_id(sample_root, tmp_pa
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["ids"], b["ids"])
     assert a["epoch"].tolist() == [0] * len(cat.orig) + [1] * len(cat.orig)
     # the same row in another arm (a catalog with more rows, other positions) gets the same crop
-    other = Catalog(cat.orig + [(p, i, "x" + w, loc) for p, i, w, loc in cat.orig], [], None, 3)
+    other = Catalog(cat.orig + [(p, i, "x" + w, *rest) for p, i, w, *rest in cat.orig], [], None, 3)
     c = load_samples({"id": np.arange(len(other.orig))}, other, spec)
     first = {w: img for w, img in zip(a["work_id"][: len(cat.orig)], a["image"][: len(cat.orig)])}
     for w, img in zip(c["work_id"], c["image"]):
