@@ -211,7 +211,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     import json
 
-    from instsynth.train.evaluate import evaluate_checkpoint, format_table
+    from instsynth.train.evaluate import evaluate_checkpoint, format_table, scores
 
     _config(args)
     from instsynth.train import cs_eval
@@ -221,11 +221,13 @@ def cmd_evaluate(args) -> int:
     ckpt, root = storage.absolute(args.checkpoint), storage.absolute(args.data_root)
     if not storage.exists(storage.join(ckpt, "model.json")):
         raise ConfigError(f"--checkpoint: {args.checkpoint} has no model.json (not a checkpoint dir)")
-    check_eval_root(root, args.split, "--data-root")
-    out = args.out or storage.join(ckpt, f"eval_{args.split}.json")
-    res = evaluate_checkpoint(ckpt, root, args.split, args.max_images, out, args.short_edge)
+    image_root = storage.absolute(args.image_root)
+    check_eval_root(root, args.split, "--data-root", image_root)
+    name = "coco" if root.lower().endswith(".json") else args.split
+    out = args.out or storage.join(ckpt, f"eval_{name}.json")
+    res = evaluate_checkpoint(ckpt, root, args.split, args.max_images, out, args.short_edge, image_root)
     print(format_table({f"step {res['step']}": res}))
-    print(json.dumps({c: v for c, v in res["cityscapes"]["per_class"].items()}))
+    print(json.dumps({c: v for c, v in scores(res)["per_class"].items()}))
     print(f"wrote {out}")
     return 0
 
@@ -267,7 +269,8 @@ COMMANDS = {
     "report": ("a browsable HTML report: summary, classes, quality, runs, failures, every sample", cmd_report),
     "export": ("export output dirs as Cityscapes layout, COCO JSON or consolidated Parquet shards", cmd_export),
     "train": ("train a segmenter on output dirs with Ray Train (resumes by name)", cmd_train),
-    "evaluate": ("Cityscapes AP/AP50 (+ COCO segm AP) of a checkpoint", cmd_evaluate),
+    "evaluate": ("Cityscapes AP/AP50 (+ COCO segm AP), or COCO mask AP on a COCO JSON, of a checkpoint",
+                 cmd_evaluate),
     "experiment": ("baseline vs augmented training, same schedule, with an AP report", cmd_experiment),
     "quality": ("Table IV metrics (FID, KID, CLIPScore, SSIM, PSNR) per generator", cmd_quality),
     "models": ("prefetch (online) or verify (offline) the weights a config names", cmd_models),
@@ -334,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--offline", action="store_true", help="only verify the local cache (HF_HUB_OFFLINE)")
         elif name == "evaluate":
             p.add_argument("--checkpoint", required=True, help="checkpoint dir (model.pt + model.json)")
-            p.add_argument("--data-root", required=True, help="Cityscapes root")
+            p.add_argument("--data-root", required=True, help="Cityscapes root or COCO instances .json")
+            p.add_argument("--image-root", help="a COCO JSON's images (default <root>/<name>/ for "
+                                                "<root>/annotations/instances_<name>.json)")
             p.add_argument("--split", default="val")
             p.add_argument("--max-images", type=int, default=None)
             p.add_argument("--short-edge", type=int, default=-1,

@@ -194,7 +194,10 @@ class TrainConfig:
     eval_every: int = 5000
     log_every: int = 10
     loader_threads: int = 2
+    #: a Cityscapes root (its ``eval_split``) or a COCO instances JSON (scored with pycocotools)
     eval_root: str | None = None
+    #: a COCO JSON's images (default ``<root>/<name>/`` for ``<root>/annotations/instances_<name>.json``)
+    eval_image_root: str | None = None
     eval_split: str = "val"
     eval_max_images: int | None = None
     name: str = "instsynth-train"
@@ -394,7 +397,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
 
 
 #: path keys that a config *file* may give relative to itself (on the command line: to the current dir)
-FILE_RELATIVE_PATHS = ("dataset.image_root", "train.dirs", "train.eval_root", "train.storage_path", "train.model.backbone_weights",
+FILE_RELATIVE_PATHS = ("dataset.image_root", "train.dirs", "train.eval_root", "train.eval_image_root", "train.storage_path", "train.model.backbone_weights",
                        "experiment.originals", "experiment.synthetic", "experiment.out")
 
 

@@ -1,8 +1,11 @@
-"""Evaluation: a model (or checkpoint) on a Cityscapes split -> official AP/AP50 + COCO segm AP.
+"""Evaluation: a model (or checkpoint) on a Cityscapes split or a COCO instances JSON -> AP/AP50.
 
-The official numbers come from cityscapesscripts' ``evaluateImgLists`` (through ``cs_eval``'s
-compatibility layer), COCO-style segm AP from pycocotools as a second opinion.  Output: a table
-shaped like the paper's Table II and per-class AP as JSON.
+Cityscapes: the official numbers from cityscapesscripts' ``evaluateImgLists`` (through ``cs_eval``'s
+compatibility layer), COCO-style segm AP from pycocotools as a second opinion.  COCO-format data: mask
+AP/AP50 by pycocotools' ``COCOeval`` against that JSON itself (crowd regions ignored as pycocotools does).
+Every result carries ``scores`` - the data's own metric (``metric``: cityscapes or coco), AP, AP50 and
+per-class AP - which training, experiments and the table read.  Output: a table shaped like the
+paper's Table II and per-class AP as JSON.
 """
 
 from __future__ import annotations
@@ -49,13 +52,22 @@ def predict_image(model, image: np.ndarray, score_threshold: float = 0.0, short_
     return preds
 
 
+def is_coco(data_root: str) -> bool:
+    return str(data_root).lower().endswith(".json")
+
+
 def evaluate_model(model, data_root: str, split: str = "val", max_images: int | None = None,
-                   predictor=None, short_edge: int | None = None) -> dict:
-    """AP/AP50 of ``model`` (or of ``predictor(image, ids) -> preds``, e.g. an oracle) on a split.
+                   predictor=None, short_edge: int | None = None, image_root: str | None = None,
+                   classes: list[str] | None = None) -> dict:
+    """AP/AP50 of ``model`` (or of ``predictor(image, labels) -> preds``, e.g. an oracle) on a split of a
+    Cityscapes root, or on a COCO instances JSON (``image_root``: its images; ``classes``: the model's
+    classes by index, default Cityscapes' eight).
 
     ``short_edge``: the test scale (short side in pixels; None = native).  The result names it.
     """
     data_root = storage.absolute(data_root)
+    if is_coco(data_root):
+        return evaluate_coco_json(model, data_root, image_root, max_images, predictor, short_edge, classes)
     recs = list(discover(data_root, split))[: max_images or None]
     if not recs:
         raise ValueError(f"{data_root}: no images in split {split!r}")
@@ -86,7 +98,64 @@ def evaluate_model(model, data_root: str, split: str = "val", max_images: int | 
     coco = evaluate_coco(gt_maps, preds)
     agnostic = evaluate_coco(*class_agnostic(gt_maps, preds))
     scale = f"short edge {short_edge} px" if short_edge else "native resolution"
-    return {"images": len(recs), "test_scale": scale, "cityscapes": cs, "coco": coco, "agnostic": agnostic}
+    scores = {"metric": "cityscapes", "AP": cs["AP"], "AP50": cs["AP50"], "per_class": cs["per_class"]}
+    return {"images": len(recs), "test_scale": scale, "cityscapes": cs, "coco": coco, "agnostic": agnostic,
+            "scores": scores}
+
+
+def evaluate_coco_json(model, source: str, image_root: str | None, max_images: int | None, predictor,
+                       short_edge: int | None, classes: list[str] | None) -> dict:
+    """Mask AP/AP50 of the model's predictions on a COCO-format dataset, scored by pycocotools against
+    that JSON (its crowd regions ignored, its category ids): the images are read through the dataset seam."""
+    import pycocotools.coco
+    import pycocotools.cocoeval
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from instsynth.datasets import open_dataset, resolve
+    from instsynth.train.cs_eval import quiet
+
+    ds = open_dataset(resolve(source, "coco", image_root))
+    refs = list(ds.discover("val"))[: max_images or None]
+    if not refs:
+        raise ValueError(f"{source}: no images with their files under {ds.spec.image_root}")
+    classes = list(classes or THING_CLASSES)
+    cat_of = {i: ds.label_space.by_name[c].id for i, c in enumerate(classes) if c in ds.label_space.by_name}
+    if not cat_of:
+        raise ValueError(f"{source}: none of the model's classes {classes[:8]} is a category of this file")
+    if model is not None:
+        model.eval()
+    dets = []
+    for ref in refs:
+        img, labels = ds.load(ref)
+        preds = predictor(img, labels) if predictor else predict_image(model, img, short_edge=short_edge)
+        for p in preds:
+            if int(p["label"]) not in cat_of:
+                continue
+            rle = mask_utils.encode(np.asfortranarray(np.asarray(p["mask"], np.uint8)))
+            rle["counts"] = rle["counts"].decode()
+            dets.append({"image_id": int(ref.image_id), "category_id": cat_of[int(p["label"])],
+                         "segmentation": rle, "score": float(p["score"])})
+    scale = f"short edge {short_edge} px" if short_edge else "native resolution"
+    with quiet(pycocotools.coco, pycocotools.cocoeval):
+        gt = COCO(source)
+        ap = {"AP": 0.0, "AP50": 0.0, "per_class": {c: {"ap": None, "ap50": None} for c in classes}}
+        if dets:
+            e = COCOeval(gt, gt.loadRes(dets), "segm")
+            e.params.imgIds = [int(r.image_id) for r in refs]
+            e.evaluate()
+            e.accumulate()
+            e.summarize()
+            prec = e.eval["precision"]  # (IoU thresholds, recall, category, area, max dets)
+            for c, cid in ((classes[i], cid) for i, cid in cat_of.items()):
+                k = e.params.catIds.index(cid)
+                p, p50 = prec[:, :, k, 0, -1], prec[0, :, k, 0, -1]
+                ap["per_class"][c] = {"ap": float(p[p > -1].mean()) if (p > -1).any() else None,
+                                      "ap50": float(p50[p50 > -1].mean()) if (p50 > -1).any() else None}
+            ap["AP"], ap["AP50"] = float(max(e.stats[0], 0.0)), float(max(e.stats[1], 0.0))
+    return {"images": len(refs), "test_scale": scale, "coco": ap, "dataset": source,
+            "scores": {"metric": "coco", **ap}}
 
 
 def class_agnostic(gt_maps: list[np.ndarray], preds: list[list[dict]]):
@@ -113,24 +182,39 @@ def class_agnostic(gt_maps: list[np.ndarray], preds: list[list[dict]]):
     return maps, [[{**p, "label": "car"} for p in ps] for ps in preds]
 
 
+def scores(result: dict) -> dict:
+    """The data's own metric of an evaluation result (results written before ``scores``: Cityscapes)."""
+    if "scores" in result:
+        return result["scores"]
+    cs = result["cityscapes"]
+    return {"metric": "cityscapes", "AP": cs["AP"], "AP50": cs["AP50"], "per_class": cs["per_class"]}
+
+
 def format_table(results: dict[str, dict]) -> str:
-    """Rows = models/runs, columns like the paper's Table II: AP, AP50 and per-class AP."""
-    head = f"{'model':<28}{'AP':>7}{'AP50':>7}{'cocoAP':>8}" + "".join(f"{c[:6]:>8}" for c in THING_CLASSES)
+    """Rows = models/runs, columns like the paper's Table II: AP, AP50 and per-class AP (Cityscapes AP with
+    COCO AP beside it, or COCO mask AP for COCO-format data; at most 12 classes shown)."""
+    first = scores(next(iter(results.values())))
+    classes = list(first["per_class"])[:12]
+    metric = first["metric"]
+    extra = f"{'cocoAP':>8}" if metric == "cityscapes" else ""
+    head = f"{'model':<28}{'AP':>7}{'AP50':>7}{extra}" + "".join(f"{c[:6]:>8}" for c in classes)
     lines = [head]
     for name, r in results.items():
-        cs = r["cityscapes"]
+        sc = scores(r)
 
         def pct(v):
             return f"{100 * v:.1f}" if v is not None else "-"
-        per = "".join(f"{pct(cs['per_class'].get(c, {}).get('ap')):>8}" for c in THING_CLASSES)
-        lines.append(f"{name:<28}{pct(cs['AP']):>7}{pct(cs['AP50']):>7}{pct(r['coco']['AP']):>8}{per}")
+        per = "".join(f"{pct(sc['per_class'].get(c, {}).get('ap')):>8}" for c in classes)
+        coco = f"{pct(r['coco']['AP']):>8}" if metric == "cityscapes" else ""
+        lines.append(f"{name:<28}{pct(sc['AP']):>7}{pct(sc['AP50']):>7}{coco}{per}")
     scales = sorted({r.get("test_scale", "native resolution") for r in results.values()})
     counts = sorted({r["images"] for r in results.values()})
     def n(k):
         return f"{k} image{'' if k == 1 else 's'}"
     images = (n(counts[0]) + (" each" if len(results) > 1 else "")) if len(counts) == 1 else \
         ", ".join(f"{name}: {n(r['images'])}" for name, r in results.items())
-    lines.append(f"evaluated at test scale {' and '.join(scales)} on {images}")
+    what = "Cityscapes AP" if metric == "cityscapes" else "COCO mask AP by pycocotools"
+    lines.append(f"evaluated at test scale {' and '.join(scales)} on {images} ({what})")
     return "\n".join(lines)
 
 
@@ -149,13 +233,17 @@ def load_checkpoint(path: str):
 
 
 def evaluate_checkpoint(ckpt: str, data_root: str, split: str = "val", max_images: int | None = None,
-                        out_json: str | None = None, short_edge: int | None = -1) -> dict:
-    """``short_edge=-1``: the test scale the checkpoint was trained for (its recipe), else as given."""
+                        out_json: str | None = None, short_edge: int | None = -1,
+                        image_root: str | None = None) -> dict:
+    """``short_edge=-1``: the test scale the checkpoint was trained for (its recipe), else as given.
+    ``data_root``: a Cityscapes root or a COCO JSON (``image_root``: its images); the model's classes
+    come from its checkpoint (the label space it was trained on)."""
     model, step = load_checkpoint(ckpt)
+    spec = json.loads(storage.read_bytes(storage.join(ckpt, "model.json")))
     if short_edge == -1:
-        with open(os.path.join(ckpt, "model.json")) as f:
-            short_edge = json.load(f).get("recipe", {}).get("eval_short_edge")
-    res = evaluate_model(model, data_root, split, max_images, short_edge=short_edge)
+        short_edge = spec.get("recipe", {}).get("eval_short_edge")
+    res = evaluate_model(model, data_root, split, max_images, short_edge=short_edge, image_root=image_root,
+                         classes=spec["kwargs"].get("classes"))
     res["checkpoint"], res["step"] = ckpt, step
     if out_json:
         storage.write_bytes(out_json, json.dumps(res, indent=1).encode())

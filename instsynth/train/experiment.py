@@ -14,7 +14,7 @@ import os
 from instsynth import storage
 from instsynth.config import Config, ConfigError, to_dict
 from instsynth.train import cs_eval
-from instsynth.train.evaluate import evaluate_checkpoint, format_table
+from instsynth.train.evaluate import evaluate_checkpoint, format_table, scores
 
 
 def run_name(cfg: Config, arm: str, catalog, k: int = 0) -> str:
@@ -26,6 +26,8 @@ def run_name(cfg: Config, arm: str, catalog, k: int = 0) -> str:
     t = to_dict(cfg)["train"]
     for key in ("dirs", "name", "storage_path", "verbose"):  # where and how loudly, not what is trained
         t.pop(key)
+    if t.get("eval_image_root") is None:  # a key added later: at its default, names made before stay valid
+        t.pop("eval_image_root", None)
     if not catalog.synth:  # hashed at its default, so names made before this rule stay valid
         t["synthetic_ratio"] = to_dict(Config())["train"]["synthetic_ratio"]
     h = hashlib.sha1(json.dumps({"data": catalog.fingerprint(), "train": t}, sort_keys=True).encode())
@@ -57,7 +59,7 @@ def run_experiment(cfg: Config, log=print) -> dict:
     if not e.originals:
         raise ConfigError("experiment.originals: give the originals output dir(s)")
     if not t.eval_root:
-        raise ConfigError("train.eval_root: the experiment evaluates on a Cityscapes root's val split")
+        raise ConfigError("train.eval_root: the experiment evaluates on a Cityscapes root's val split or a COCO JSON")
     if e.seeds < 1:
         raise ConfigError(f"experiment.seeds: {e.seeds}: give 1 or more")
     check_inputs(cfg, e.originals + e.synthetic)
@@ -77,13 +79,14 @@ def run_experiment(cfg: Config, log=print) -> dict:
             log(f"== seed {seed} ({k + 1}/{e.seeds}), {arm}: {c.train.name} on {len(dirs)} dir(s)")
             result = run_training(c, log, catalog)
             row[arm] = evaluate_checkpoint(final_checkpoint(result, t.iterations), t.eval_root, t.eval_split,
-                                           t.eval_max_images, short_edge=t.eval_short_edge)
+                                           t.eval_max_images, short_edge=t.eval_short_edge,
+                                           image_root=t.eval_image_root)
         per_seed.append(row)
 
     def diff(a, b):
         return None if a is None or b is None else b - a
     first = per_seed[0]
-    base, aug = first["baseline"]["cityscapes"], first["augmented"]["cityscapes"]
+    base, aug = scores(first["baseline"]), scores(first["augmented"])
     report = {
         "model": t.model.name, "iterations": t.iterations, "seed": t.seed, "seeds": [r["seed"] for r in per_seed],
         "synthetic": e.synthetic, "checkpoint": f"final (step {t.iterations}); best/ is not used",
@@ -93,7 +96,8 @@ def run_experiment(cfg: Config, log=print) -> dict:
         "delta": {"AP": diff(base["AP"], aug["AP"]), "AP50": diff(base["AP50"], aug["AP50"]),
                   "per_class": {c: diff(base["per_class"][c]["ap"], aug["per_class"][c]["ap"])
                                 for c in base["per_class"]}},
-        "per_seed": [{"seed": r["seed"], **{a: {m: r[a]["cityscapes"][m] or 0.0 for m in ("AP", "AP50")}
+        "metric": base["metric"],
+        "per_seed": [{"seed": r["seed"], **{a: {m: scores(r[a])[m] or 0.0 for m in ("AP", "AP50")}
                                             for a, _ in arms}} for r in per_seed],
     }
     report["arms"] = {a: {m: dict(zip(("mean", "std"), mean_std([r[a][m] for r in report["per_seed"]])))

@@ -20,6 +20,7 @@ def resolve_paths(cfg: Config) -> Config:
     t, e = cfg.train, cfg.experiment
     t.dirs = [storage.absolute(d) for d in t.dirs]
     t.eval_root = storage.absolute(t.eval_root)
+    t.eval_image_root = storage.absolute(t.eval_image_root)
     t.storage_path = storage.absolute(t.storage_path)
     if t.model.backbone_weights != "bundled":  # found on each worker with importlib.resources
         t.model.backbone_weights = storage.absolute(t.model.backbone_weights)
@@ -31,9 +32,17 @@ def resolve_paths(cfg: Config) -> Config:
     return cfg
 
 
-def check_eval_root(root: str, split: str, key: str = "train.eval_root") -> None:
+def check_eval_root(root: str, split: str, key: str = "train.eval_root", image_root: str | None = None) -> None:
+    """A Cityscapes root with the split's images, or a COCO JSON whose images can be found (one line)."""
+    from instsynth.datasets import DataError, resolve
     from instsynth.datasets.cityscapes import split_dir
 
+    if str(root).lower().endswith(".json"):
+        try:
+            resolve(root, "coco", image_root)
+        except DataError as e:
+            raise ConfigError(f"{key}: {e}") from None
+        return
     if not storage.is_dir(split_dir(root, split)):
         raise ConfigError(f"{key}: {root} has no leftImg8bit/{split} (not a Cityscapes root)")
 
@@ -45,7 +54,7 @@ def check_inputs(cfg: Config, dirs: list[str]) -> None:
         if not storage.is_dir(d):
             raise ConfigError(f"train.dirs: {d}: no such output dir")
     if t.eval_root:
-        check_eval_root(t.eval_root, t.eval_split)
+        check_eval_root(t.eval_root, t.eval_split, image_root=t.eval_image_root)
     w = t.model.backbone_weights
     if w and w != "bundled" and not storage.exists(w):
         raise ConfigError(f"train.model.backbone_weights: {w}: no such file")

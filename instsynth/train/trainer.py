@@ -23,10 +23,13 @@ from instsynth import storage
 from instsynth.config import Config, ModelConfig, TrainConfig, grad_accum, to_dict
 
 
-def model_kwargs(m: ModelConfig) -> dict:
+def model_kwargs(m: ModelConfig, classes: list[str] | None = None) -> dict:
+    """The model's keyword arguments (recorded in model.json); ``classes``: the data's label space's
+    evaluated classes, which size the class head."""
+    extra = {"classes": list(classes)} if classes is not None else {}
     if m.name in ("fastinst", "maskrcnn"):
-        return {"tiny": m.tiny, "backbone_weights": m.backbone_weights, **m.params}
-    return {"pretrained": m.pretrained, "tiny": m.tiny, **m.params}
+        return {"tiny": m.tiny, "backbone_weights": m.backbone_weights, **extra, **m.params}
+    return {"pretrained": m.pretrained, "tiny": m.tiny, **extra, **m.params}
 
 
 def train_step(model, optimizer, micro_batches, grad_clip: float = 0.0, amp=None) -> dict[str, float]:
@@ -138,7 +141,7 @@ def train_loop_per_worker(config: dict) -> None:
     device = get_device()
     torch.manual_seed(cfg.seed)
     bn = bn_mode(cfg, world)
-    spec = {"name": cfg.model.name, "kwargs": model_kwargs(cfg.model)}
+    spec = {"name": cfg.model.name, "kwargs": model_kwargs(cfg.model, catalog.classes)}
     model = build_model(spec["name"], **spec["kwargs"])
     if bn == "sync":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -187,8 +190,9 @@ def train_loop_per_worker(config: dict) -> None:
             evaluate = cfg.eval_root and (step % cfg.eval_every == 0 or step == cfg.iterations)
             if evaluate and rank == 0:
                 res = evaluate_model(raw, cfg.eval_root, cfg.eval_split, cfg.eval_max_images,
-                                     short_edge=cfg.eval_short_edge)
-                last_ap = {"AP": res["cityscapes"]["AP"] or 0.0, "AP50": res["cityscapes"]["AP50"] or 0.0}
+                                     short_edge=cfg.eval_short_edge, image_root=cfg.eval_image_root,
+                                     classes=catalog.classes)
+                last_ap = {"AP": res["scores"]["AP"] or 0.0, "AP50": res["scores"]["AP50"] or 0.0}
                 board.scalars({"val/AP": last_ap["AP"], "val/AP50": last_ap["AP50"]}, step)
                 if last_ap["AP50"] > best:
                     best = last_ap["AP50"]

@@ -1,7 +1,8 @@
 """Instance segmenters behind one interface, built from config or plain arguments.
 
 ``model(images_uint8_BCHW, targets)`` -> loss dict (training; targets: list of {"masks": (N,H,W) bool,
-"labels": (N,) class index into THING_CLASSES}); ``model(images)`` in eval mode -> list of
+"labels": (N,) class index into ``classes``, the training data's evaluated classes - Cityscapes' eight by
+default}); ``model(images)`` in eval mode -> list of
 {"masks": (K,H,W) bool, "labels": (K,), "scores": (K,)} per image.
 """
 

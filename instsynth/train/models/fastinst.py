@@ -507,5 +507,8 @@ def _dice_cost(pm, tm):
 
 def build_fastinst(**kw) -> FastInst:
     tiny = kw.pop("tiny", False)
+    classes = kw.pop("classes", None)
+    if classes is not None:  # the training data's label space (its evaluated classes)
+        kw["num_classes"] = len(classes)
     cfg = FastInstConfig.tiny(**kw) if tiny else FastInstConfig(**kw)
     return FastInst(cfg)

@@ -26,10 +26,12 @@ def _tiny_backbone():
 class HFSegmenter(nn.Module):
     kind = ""
 
-    def __init__(self, pretrained: str | None = None, tiny: bool = False, threshold: float = 0.5, **overrides):
+    def __init__(self, pretrained: str | None = None, tiny: bool = False, threshold: float = 0.5,
+                 classes: list[str] | None = None, **overrides):
         super().__init__()
         self.threshold = threshold
-        id2label = dict(enumerate(THING_CLASSES))
+        self.classes = list(classes) if classes is not None else list(THING_CLASSES)  # the data's label space
+        id2label = dict(enumerate(self.classes))
         self.model = self.build(pretrained, tiny, id2label, overrides)
 
     def normalise(self, images):
@@ -127,7 +129,7 @@ class OneFormer(HFSegmenter):
             n_text = c.num_queries - c.text_encoder_n_ctx
             texts = []
             for t in targets or [{"labels": []}] * b:
-                names = [f"a photo with a {THING_CLASSES[int(lb)]}" for lb in t["labels"]][:n_text]
+                names = [f"a photo with a {self.classes[int(lb)]}" for lb in t["labels"]][:n_text]
                 texts.append(names + ["an instance photo"] * (n_text - len(names)))
             ids = torch.stack([self._tok(tx, c.text_encoder_context_length) for tx in texts]).to(images.device)
             out["text_inputs"] = ids

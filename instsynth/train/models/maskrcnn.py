@@ -50,8 +50,10 @@ class MaskRCNN(nn.Module):
 
     def __init__(self, backbone: str = "resnet50", backbone_weights: str | None = None, tiny: bool = False,
                  frozen_bn: bool | None = None, fpn_channels: int | None = None, num_classes: int = len(THING_CLASSES),
-                 detections: int = 100):
+                 detections: int = 100, classes: list[str] | None = None):
         super().__init__()
+        if classes is not None:  # the training data's label space (its evaluated classes)
+            num_classes = len(classes)
         from torchvision.models.detection import MaskRCNN as TVMaskRCNN
         from torchvision.models.detection.anchor_utils import AnchorGenerator
         from torchvision.ops import MultiScaleRoIAlign
