@@ -88,7 +88,9 @@ def cmd_sample(args) -> int:
     s = cfg.sample
     stems = write_sample(args.out, s.images, parse_size(s.size, "sample.size"), s.seed, s.val_fraction,
                          progress=_progress("sample images"), format=args.format)
-    if args.format == "coco":
+    if args.format == "mapillary":
+        print(f"wrote {len(stems)} synthetic scenes in Mapillary Vistas v2.0 layout to {args.out}")
+    elif args.format == "coco":
         print(f"wrote {len(stems)} synthetic scenes as a COCO dataset to {args.out} "
               f"(annotations/instances_{{train,val}}.json, images in train/ and val/)")
     else:
@@ -284,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         if name == "sample":
             p.add_argument("--out", required=True, help="dataset root to write")
-            p.add_argument("--format", choices=["cityscapes", "coco"], default="cityscapes",
-                           help="Cityscapes layout (default) or a COCO dataset (instances JSON + JPEG images)")
+            p.add_argument("--format", choices=["cityscapes", "coco", "mapillary"], default="cityscapes",
+                           help="Cityscapes layout (default), a COCO dataset (instances JSON + JPEG images) or "
+                                "Mapillary Vistas v2.0's layout")
         elif name == "plan":
             p.add_argument("root", metavar="SOURCE", help="Cityscapes root or COCO instances .json")
             p.add_argument("--out", required=True, help="plan .parquet to write")

@@ -428,8 +428,8 @@ def _anchor_paths(cfg: Config, data: dict, base: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks with short messages naming the key."""
-    if cfg.dataset.format not in ("auto", "cityscapes", "coco"):
-        raise ConfigError(f"dataset.format must be auto, cityscapes or coco, got {cfg.dataset.format!r}")
+    if cfg.dataset.format not in ("auto", "cityscapes", "coco", "mapillary"):
+        raise ConfigError(f"dataset.format must be auto, cityscapes, coco or mapillary, got {cfg.dataset.format!r}")
     if cfg.plan.top_k < 1:
         raise ConfigError(f"plan.top_k must be >= 1, got {cfg.plan.top_k}")
     if cfg.plan.variants < 1:

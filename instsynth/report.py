@@ -164,7 +164,8 @@ def class_stats(dirs: list[str], space=None) -> dict:
 
 def format_stats(stats: dict, classes: list[str]) -> str:
     sources = sorted(stats, key=lambda s: (s != "original", s))
-    header = f"{'class':<12}" + "".join(
+    w = max([12] + [len(c) + 1 for c in classes])  # Vistas' names are long: human--rider--bicyclist
+    header = f"{'class':<{w}}" + "".join(
         f"{(s + ' visible') if s == 'original' else s + ' synth/visible':>26}" for s in sources) + f"{'all visible':>14}"
     lines = [header]
     totals = Counter()
@@ -176,17 +177,17 @@ def format_stats(stats: dict, classes: list[str]) -> str:
             allv += v
             cells.append(f"{v:>26}" if s == "original" else f"{str(stats[s]['synthesized'][c]) + ' / ' + str(v):>26}")
         totals[c] = allv
-        lines.append(f"{c:<12}" + "".join(cells) + f"{allv:>14}")
-    lines.append(f"{'total':<12}" + "".join(
+        lines.append(f"{c:<{w}}" + "".join(cells) + f"{allv:>14}")
+    lines.append(f"{'total':<{w}}" + "".join(
         f"{sum(stats[s]['visible'].values()):>26}" if s == "original" else
         f"{str(sum(stats[s]['synthesized'].values())) + ' / ' + str(sum(stats[s]['visible'].values())):>26}"
         for s in sources) + f"{sum(totals.values()):>14}")
     gens = [s for s in sources if s != "original"]
     if gens:
         lines.append("")
-        lines.append(f"{'class':<12}" + "".join(f"{g + ' accepted/retried/rejected':>36}" for g in gens))
+        lines.append(f"{'class':<{w}}" + "".join(f"{g + ' accepted/retried/rejected':>36}" for g in gens))
         for c in classes:
-            lines.append(f"{c:<12}" + "".join(
+            lines.append(f"{c:<{w}}" + "".join(
                 f"{str(stats[g]['accepted'][c]) + ' / ' + str(stats[g]['retried'][c]) + ' / ' + str(stats[g]['rejected'][c]):>36}"
                 for g in gens))
     return "\n".join(lines)

@@ -27,7 +27,7 @@ def test_type_errors_name_the_key():
         load_config(None, ["plan.top_k=many"])
     with pytest.raises(ConfigError, match="plan.classes"):
         load_config(None, ["plan.classes=caravan"])
-    with pytest.raises(ConfigError, match="dataset.format must be auto, cityscapes or coco, got 'voc'"):
+    with pytest.raises(ConfigError, match="dataset.format must be auto, cityscapes, coco or mapillary, got 'voc'"):
         load_config(None, ["dataset.format=voc"])
 
 

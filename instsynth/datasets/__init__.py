@@ -30,22 +30,29 @@ from instsynth.datasets.base import (
 )
 from instsynth.datasets.cityscapes import CityscapesDataset
 from instsynth.datasets.coco import CocoDataset, default_image_root
+from instsynth.datasets.mapillary import MapillaryDataset
 
 __all__ = ["ClassInfo", "DataError", "Dataset", "DatasetSpec", "ImageRef", "Labels", "LabelSpace", "compact",
            "decode_image", "decode_index", "encode_index", "encode_png", "FORMATS", "detect", "resolve",
            "open_dataset", "move", "check_reachable", "cityscapes_space"]
 
-FORMATS: dict[str, type[Dataset]] = {"cityscapes": CityscapesDataset, "coco": CocoDataset}
+FORMATS: dict[str, type[Dataset]] = {"cityscapes": CityscapesDataset, "coco": CocoDataset,
+                                     "mapillary": MapillaryDataset}
 
 
 def detect(source: str) -> str:
-    """``auto``: a ``.json`` path is COCO, a folder with ``leftImg8bit/`` is Cityscapes."""
+    """``auto``: a ``.json`` path is COCO, a folder with ``leftImg8bit/`` is Cityscapes, a folder with
+    ``config_v2.0.json`` is Mapillary Vistas v2.0."""
+    from instsynth.datasets import mapillary
+
     if str(source).lower().endswith(".json"):
         return "coco"
     if storage.is_dir(storage.join(source, "leftImg8bit")):
         return "cityscapes"
-    raise DataError(f"{source}: not a dataset (neither a COCO instances .json nor a Cityscapes root with "
-                    "leftImg8bit/)")
+    if mapillary.is_root(source):
+        return "mapillary"
+    raise DataError(f"{source}: not a dataset (neither a COCO instances .json, a Cityscapes root with "
+                    "leftImg8bit/ nor a Mapillary Vistas root with config_v2.0.json)")
 
 
 def resolve(source: str, format: str = "auto", image_root: str | None = None) -> DatasetSpec:
@@ -64,6 +71,8 @@ def resolve(source: str, format: str = "auto", image_root: str | None = None) ->
         return DatasetSpec("coco", source, root)
     if fmt == "cityscapes" and not storage.is_dir(storage.join(source, "leftImg8bit")):
         raise DataError(f"{source}: not a Cityscapes root (no leftImg8bit/)")
+    if fmt == "mapillary" and not storage.exists(storage.join(source, "config_v2.0.json")):
+        raise DataError(f"{source}: not a Mapillary Vistas v2.0 root (no config_v2.0.json)")
     return DatasetSpec(fmt, source, None)
 
 
@@ -96,6 +105,8 @@ def check_reachable(spec: DatasetSpec) -> None:
     """One line naming what is missing when a dataset's source or images are not where its spec says."""
     if spec.format == "cityscapes" and not storage.is_dir(storage.join(spec.source, "leftImg8bit")):
         raise DataError(f"{spec.source} is not reachable (no leftImg8bit/ there)")
+    if spec.format == "mapillary" and not storage.exists(storage.join(spec.source, "config_v2.0.json")):
+        raise DataError(f"{spec.source} is not reachable (no config_v2.0.json there)")
     if spec.format == "coco":
         if not storage.exists(spec.source):
             raise DataError(f"{spec.source} is not reachable (no such file)")

@@ -8,7 +8,10 @@ What real files hold and how each is read:
   border clipped;
 * overlapping masks are painted largest first (by rasterized pixels, ties by annotation id), so a
   smaller object on top of a larger one stays visible in the index map;
-* ``iscrowd: 1`` regions become crowd regions: never selected, ignored in evaluation, never pasted over;
+* ``iscrowd: 1`` regions become crowd regions: never selected, ignored in evaluation, never pasted over
+  (LVIS has no ``iscrowd``: none is crowd);
+* LVIS v1: images with ``coco_url`` and no ``file_name`` lie at ``<image_root>/<train2017|val2017>/<file>``
+  (its ``synonyms``, ``def`` and federated keys are not used: federated evaluation is out of scope);
 * category ids with gaps and categories without annotations: the label space is the ``categories``
   list as given (every category a selectable, evaluated thing; ``isthing: 0`` entries are stuff);
 * annotation ids are arbitrary 64-bit integers (Python ints throughout; Arrow int64 in rows).
@@ -77,6 +80,14 @@ def read_json(source: str) -> dict:
     return data
 
 
+def image_file(im: dict) -> str:
+    """An image entry's file relative to the image root: ``file_name``, or for LVIS v1 (``coco_url``
+    only) ``<train2017|val2017>/<file>`` - its last two URL components (the image root is then COCO's)."""
+    if im.get("file_name"):
+        return str(im["file_name"])
+    return "/".join(str(im["coco_url"]).rstrip("/").split("/")[-2:])
+
+
 def label_space_of(data: dict, source: str) -> LabelSpace:
     classes = []
     for c in data["categories"]:
@@ -135,7 +146,7 @@ class CocoDataset(Dataset):
         self._failures: list[dict] = []
         for im in data["images"]:
             try:
-                self.images[int(im["id"])] = {"file_name": str(im["file_name"]), "width": int(im["width"]),
+                self.images[int(im["id"])] = {"file_name": image_file(im), "width": int(im["width"]),
                                               "height": int(im["height"])}
             except (KeyError, TypeError, ValueError):
                 self._fail(im.get("id", "?") if isinstance(im, dict) else "?", "",

@@ -30,7 +30,7 @@ from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from cityscapesscripts.preparation.json2labelImg import createLabelImage
 
 from instsynth import storage
-from instsynth.datasets import encode_png
+from instsynth.datasets import encode_index, encode_png
 from instsynth.datasets.cityscapes import THING_CLASSES, instance_number, label_name, write_image
 
 TRAIN_CITIES = ["aachen", "bochum", "bremen"]
@@ -241,6 +241,46 @@ COCO_IDS = {"person": 1, "bicycle": 2, "car": 3, "motorcycle": 4, "bus": 6, "tra
             "traffic light": 10, "rider": 91, "caravan": 120, "trailer": 121}
 
 
+#: Mapillary Vistas v2.0 labels of the sample (names as Vistas spells them), in config order; the value
+#: is the Cityscapes class each comes from.  "unlabeled" is last, as in Vistas.
+MAPILLARY_LABELS = [("construction--flat--road", "road"), ("construction--flat--sidewalk", "sidewalk"),
+                    ("construction--structure--building", "building"), ("nature--vegetation", "vegetation"),
+                    ("nature--sky", "sky"), ("human--person", "person"), ("human--rider--bicyclist", "rider"),
+                    ("object--vehicle--car", "car"), ("object--vehicle--truck", "truck"),
+                    ("object--vehicle--bus", "bus"), ("object--vehicle--on-rails", "train"),
+                    ("object--vehicle--motorcycle", "motorcycle"), ("object--vehicle--bicycle", "bicycle"),
+                    ("object--vehicle--caravan", "caravan"), ("object--vehicle--trailer", "trailer"),
+                    ("unlabeled", None)]
+
+
+def mapillary_config() -> dict:
+    things = set(SHAPES)
+    return {"version": "2.0", "labels": [
+        {"name": n, "readable": (cs or "unlabeled").capitalize(), "instances": cs in things, "evaluate": cs is not None,
+         "color": [int(c) for c in np.random.default_rng(i).integers(0, 255, 3)]}
+        for i, (n, cs) in enumerate(MAPILLARY_LABELS)]}
+
+
+def mapillary_map(inst: np.ndarray) -> np.ndarray:
+    """A Cityscapes instanceIds map as a Vistas v2.0 instance map: label index * 256 + instance (things
+    numbered from 1 per label; group regions become instances; classes Vistas' sample lacks: unlabeled)."""
+    index = {cs: i for i, (_, cs) in enumerate(MAPILLARY_LABELS) if cs}
+    unlabeled = len(MAPILLARY_LABELS) - 1
+    out = np.full(inst.shape, unlabeled * 256, np.uint16)
+    k_of: dict[int, int] = {}
+    for v in np.unique(inst).tolist():
+        cid, _ = instance_number(v)
+        label = index.get(label_name(cid))
+        if label is None:
+            continue
+        if MAPILLARY_LABELS[label][1] in SHAPES:
+            k_of[label] = k_of.get(label, 0) + 1
+            out[inst == v] = label * 256 + k_of[label]
+        else:
+            out[inst == v] = label * 256
+    return out
+
+
 def _polygons_of(mask: np.ndarray) -> list[list[float]]:
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     return [c[:, 0, :].astype(float).ravel().tolist() for c in contours if len(c) >= 3]
@@ -303,7 +343,13 @@ def write_sample(out: str, images: int = 12, size: tuple[int, int] = (2048, 1024
                     "objects": scene_objects(rng, width, height, i, empty)}
         inst, lab, color = maps_from_polygons(polygons)
         rgb = render(inst.astype(np.int32), rng)
-        if format == "coco":
+        if format == "mapillary":
+            folder = "training" if split == "train" else "validation"
+            ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            storage.write_bytes(storage.join(out, folder, "images", f"{stem}.jpg"), jpg.tobytes())
+            storage.write_bytes(storage.join(out, folder, "v2.0", "instances", f"{stem}.png"),
+                                encode_index(mapillary_map(inst)))
+        elif format == "coco":
             image_id = 1000 + i
             ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
             storage.write_bytes(storage.join(out, split, f"{stem}.jpg"), jpg.tobytes())
@@ -316,7 +362,10 @@ def write_sample(out: str, images: int = 12, size: tuple[int, int] = (2048, 1024
         stems.append(f"{split}/{city}/{stem}")
         if progress:
             progress(i + 1, images)
-    if format == "coco":
+    if format == "mapillary":
+        storage.write_bytes(storage.join(out, "config_v2.0.json"), json.dumps(mapillary_config(), indent=1).encode())
+        storage.write_bytes(storage.join(out, "README.md"), SAMPLE_README_MAPILLARY.encode())
+    elif format == "coco":
         for split, data in coco.items():
             storage.write_bytes(storage.join(out, "annotations", f"instances_{split}.json"), json.dumps(data).encode())
         storage.write_bytes(storage.join(out, "README.md"), SAMPLE_README_COCO.encode())
@@ -324,6 +373,14 @@ def write_sample(out: str, images: int = 12, size: tuple[int, int] = (2048, 1024
         storage.write_bytes(storage.join(out, "README.md"), SAMPLE_README.encode())
     return stems
 
+
+SAMPLE_README_MAPILLARY = """# InstSynth synthetic sample (Mapillary Vistas v2.0 layout)
+
+Procedurally drawn street scenes written by `instsynth sample --format mapillary`: the same scenes as the
+Cityscapes-layout sample, in Vistas' layout (`{training,validation}/images/*.jpg`,
+`{training,validation}/v2.0/instances/*.png` with label index * 256 + instance, `config_v2.0.json`).
+Synthetic: no real dataset's pixel is in them.
+"""
 
 SAMPLE_README_COCO = """# InstSynth synthetic sample (COCO format)
 
