@@ -83,9 +83,15 @@ def resolve_classes(cfg: Config, space: LabelSpace) -> None:
 def plan_image(ref: ImageRef, labels: Labels, cfg: Config, space: LabelSpace) -> list[dict]:
     """Plan rows for one image given its labels."""
     p = cfg.plan
-    height, width = labels.index.shape
+    return plan_rows(ref, select_instances(labels, p.top_k, p.min_pixels, p.classes), labels.index.shape, cfg, space)
+
+
+def plan_rows(ref: ImageRef, instances, shape: tuple[int, int], cfg: Config, space: LabelSpace) -> list[dict]:
+    """Plan rows for one image given its selected instances and its (height, width)."""
+    p = cfg.plan
+    height, width = shape
     rows = []
-    for inst in select_instances(labels, p.top_k, p.min_pixels, p.classes):
+    for inst in instances:
         for v in range(p.class_variants.get(inst.class_name, p.variants)):
             wid = work_id(ref.image_id, inst.instance_id, v)
             prompt, words = make_prompt(inst.class_name, cfg.prompts.templates, cfg.prompts.vocab,
@@ -107,12 +113,14 @@ def plan_image(ref: ImageRef, labels: Labels, cfg: Config, space: LabelSpace) ->
 def iter_plan(ds: Dataset, cfg: Config) -> Iterator[tuple[ImageRef, list[dict] | None, str | None]]:
     """(image, rows or None, failure reason or None) per image, reading label maps on a few threads."""
 
+    p = cfg.plan
+
     def one(ref: ImageRef):
         try:
-            labels = ds.load_labels(ref)
+            instances, shape = ds.select(ref, p.top_k, p.min_pixels, p.classes)
         except DataError as e:
             return ref, None, str(e)
-        return ref, plan_image(ref, labels, cfg, ds.label_space), None
+        return ref, plan_rows(ref, instances, shape, cfg, ds.label_space), None
 
     with ThreadPoolExecutor(max(1, cfg.plan.workers)) as pool:
         yield from pool.map(one, ds.discover(cfg.plan.split))

@@ -231,6 +231,14 @@ class Dataset:
         """The image's index map and regions, without decoding its pixels (the plan needs only these)."""
         raise NotImplementedError
 
+    def select(self, ref: ImageRef, top_k: int, min_pixels: int, classes: list[str] | None):
+        """(Eq. 1's instances, (height, width)) of one image; formats may override it with a cheaper
+        equivalent (COCO ranks on RLEs without painting the index map)."""
+        from instsynth.phases.select import select_instances
+
+        labels = self.load_labels(ref)
+        return select_instances(labels, top_k, min_pixels, classes), labels.index.shape
+
     def image_path(self, rel: str) -> str:
         """Full path of an image file given relative to the image root."""
         raise NotImplementedError

@@ -25,12 +25,12 @@ rasterized pixels an instance keeps in the index map (the pixels Phase 2 repaint
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import defaultdict
 from collections.abc import Iterator
 
+import msgspec
 import numpy as np
 
 from instsynth import storage
@@ -65,38 +65,66 @@ def split_name(source: str, fallback: str) -> str:
     return m.group("name") if m else fallback
 
 
-def read_json(source: str) -> dict:
+class _Image(msgspec.Struct, gc=False):
+    id: object = None
+    file_name: object = None
+    coco_url: object = None
+    width: object = None
+    height: object = None
+
+
+class _Annotation(msgspec.Struct, gc=False):
+    id: object = None
+    image_id: object = None
+    category_id: object = None
+    segmentation: msgspec.Raw = msgspec.Raw(b"null")
+    iscrowd: object = 0
+
+
+class _Category(msgspec.Struct, gc=False):
+    id: object = None
+    name: object = None
+    isthing: object = 1
+
+
+class _File(msgspec.Struct, gc=False):
+    images: list[_Image] | None = None
+    annotations: list[_Annotation] | None = None
+    categories: list[_Category] | None = None
+
+
+def read_json(source: str) -> _File:
+    """The file decoded into compact records (only the keys InstSynth reads; each segmentation stays raw
+    JSON bytes until its image is rasterized): ~the file's size in memory, where ``json.load`` builds
+    several times that in Python objects."""
     try:
-        data = json.loads(storage.read_bytes(source))
+        data = msgspec.json.decode(storage.read_bytes(source), type=_File)
     except storage.StorageError as e:
         raise DataError(str(e)) from None
-    except ValueError as e:
-        raise DataError(f"{source}: not valid JSON ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{source}: not a COCO instances file (the top level is not an object)")
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise DataError(f"{source}: not a COCO instances file ({str(e).splitlines()[0]})") from None
     for key in REQUIRED:
-        if not isinstance(data.get(key), list):
+        if getattr(data, key) is None:
             raise DataError(f"{source}: not a COCO instances file (no '{key}' list)")
     return data
 
 
-def image_file(im: dict) -> str:
+def image_file(im: _Image) -> str:
     """An image entry's file relative to the image root: ``file_name``, or for LVIS v1 (``coco_url``
     only) ``<train2017|val2017>/<file>`` - its last two URL components (the image root is then COCO's)."""
-    if im.get("file_name"):
-        return str(im["file_name"])
-    return "/".join(str(im["coco_url"]).rstrip("/").split("/")[-2:])
+    if im.file_name:
+        return str(im.file_name)
+    return "/".join(str(im.coco_url).rstrip("/").split("/")[-2:])
 
 
-def label_space_of(data: dict, source: str) -> LabelSpace:
+def label_space_of(data: _File, source: str) -> LabelSpace:
     classes = []
-    for c in data["categories"]:
-        try:
-            thing = bool(c.get("isthing", 1))
-            classes.append(ClassInfo(int(c["id"]), str(c["name"]), thing=thing, selectable=thing, evaluated=thing,
-                                     noun=str(c["name"]).replace("_", " ")))
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{source}: category {c!r} lacks an integer 'id' or a 'name'") from None
+    for c in data.categories:
+        if not isinstance(c.id, int) or c.name is None:
+            raise DataError(f"{source}: category {c.id!r} lacks an integer 'id' or a 'name'")
+        thing = bool(c.isthing)
+        classes.append(ClassInfo(int(c.id), str(c.name), thing=thing, selectable=thing, evaluated=thing,
+                                 noun=str(c.name).replace("_", " ")))
     names = [c.name for c in classes]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -118,18 +146,23 @@ def _parts_ok(segm) -> str | None:
     return "segmentation is neither polygons nor RLE"
 
 
+def rle_of(segm, height: int, width: int) -> dict:
+    """A segmentation (polygons, compressed or uncompressed RLE) as one compressed RLE."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segm, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+    if isinstance(segm["counts"], list):
+        return mask_utils.frPyObjects(segm, height, width)
+    counts = segm["counts"]
+    return {"size": segm["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
+
+
 def rasterize(segm, height: int, width: int) -> np.ndarray:
     """A segmentation (polygons, compressed or uncompressed RLE) as an HxW bool mask."""
     from pycocotools import mask as mask_utils
 
-    if isinstance(segm, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
-    elif isinstance(segm["counts"], list):
-        rle = mask_utils.frPyObjects(segm, height, width)
-    else:
-        counts = segm["counts"]
-        rle = {"size": segm["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
-    return mask_utils.decode(rle).astype(bool)
+    return mask_utils.decode(rle_of(segm, height, width)).astype(bool)
 
 
 class CocoDataset(Dataset):
@@ -144,15 +177,15 @@ class CocoDataset(Dataset):
         self.label_space = label_space_of(data, spec.source)
         self.images: dict[int, dict] = {}
         self._failures: list[dict] = []
-        for im in data["images"]:
-            try:
-                self.images[int(im["id"])] = {"file_name": image_file(im), "width": int(im["width"]),
-                                              "height": int(im["height"])}
-            except (KeyError, TypeError, ValueError):
-                self._fail(im.get("id", "?") if isinstance(im, dict) else "?", "",
-                           f"image entry {im!r:.80} lacks id, file_name, width or height")
-        self.anns: dict[int, list[dict]] = defaultdict(list)
-        for a in data["annotations"]:
+        for im in data.images:
+            if not isinstance(im.id, int) or not isinstance(im.width, int) or not isinstance(im.height, int) \
+                    or not (im.file_name or im.coco_url):
+                self._fail(im.id, "", "image entry lacks an integer id, width or height, or a file_name")
+                continue
+            self.images[im.id] = {"file_name": image_file(im), "width": im.width, "height": im.height}
+        #: per image: (annotation id, category id, crowd, segmentation as raw JSON bytes)
+        self.anns: dict[int, list[tuple]] = defaultdict(list)
+        for a in data.annotations:
             self._add_annotation(a)
         del data
 
@@ -160,16 +193,22 @@ class CocoDataset(Dataset):
         self._failures.append({"image_id": str(image_id), "file": file or self.spec.source,
                                "reason": (f"annotation {ann_id}: " if ann_id != "" else "") + reason})
 
-    def _add_annotation(self, a: dict) -> None:
-        aid, iid = a.get("id", "?"), a.get("image_id")
+    def _add_annotation(self, a: _Annotation) -> None:
+        aid, iid = a.id, a.image_id
         im = self.images.get(iid) if isinstance(iid, int) else None
         if im is None:
             self._fail(iid, aid, f"image_id {iid!r} is not in 'images'")
             return
-        if a.get("category_id") not in self.label_space.by_id:
-            self._fail(iid, aid, f"unknown category_id {a.get('category_id')!r}")
+        if not isinstance(aid, int):
+            self._fail(iid, aid, "annotation id is not an integer")
             return
-        segm = a.get("segmentation")
+        if a.category_id not in self.label_space.by_id:
+            self._fail(iid, aid, f"unknown category_id {a.category_id!r}")
+            return
+        try:
+            segm = msgspec.json.decode(a.segmentation)
+        except msgspec.DecodeError:
+            segm = None
         why = _parts_ok(segm)
         if why is None and isinstance(segm, dict) and list(segm["size"]) != [im["height"], im["width"]]:
             why = (f"RLE size {list(segm['size'])} disagrees with its image entry "
@@ -177,8 +216,7 @@ class CocoDataset(Dataset):
         if why:
             self._fail(iid, aid, why)
             return
-        self.anns[iid].append({"id": int(aid), "category_id": int(a["category_id"]), "segmentation": segm,
-                               "iscrowd": bool(a.get("iscrowd", 0))})
+        self.anns[iid].append((aid, int(a.category_id), bool(a.iscrowd), a.segmentation))
 
     def discover(self, split: str) -> Iterator[ImageRef]:
         """Every image entry whose file exists under the image root, by image id (one listing)."""
@@ -207,19 +245,59 @@ class CocoDataset(Dataset):
                 yield {"image_id": str(iid), "file": f,
                        "reason": f"image {iid}: file {storage.join(self.spec.image_root, f)} is missing"}
 
+    def _regions(self, iid: int) -> tuple[list[tuple], list[dict]]:
+        anns = sorted(self.anns.get(iid, []), key=lambda a: a[0])
+        return anns, [region(k + 1, aid, self.label_space.by_id[cid], cid, crowd)
+                      for k, (aid, cid, crowd, _) in enumerate(anns)]
+
     def load_labels(self, ref: ImageRef) -> Labels:
         iid = int(ref.image_id)
         im = self.images[iid]
         h, w = im["height"], im["width"]
-        anns = sorted(self.anns.get(iid, []), key=lambda a: a["id"])
-        masks = [rasterize(a["segmentation"], h, w) for a in anns]
+        anns, regions = self._regions(iid)
+        masks = [rasterize(msgspec.json.decode(seg), h, w) for _, _, _, seg in anns]
         areas = [int(m.sum()) for m in masks]
         index = np.zeros((h, w), np.uint16)
-        for k in sorted(range(len(anns)), key=lambda k: (-areas[k], anns[k]["id"])):
+        for k in sorted(range(len(anns)), key=lambda k: (-areas[k], anns[k][0])):
             index[masks[k]] = k + 1
-        regions = [region(k + 1, a["id"], self.label_space.by_id[a["category_id"]], a["category_id"], a["iscrowd"])
-                   for k, a in enumerate(anns)]
         return Labels(index, regions)
+
+    def select(self, ref: ImageRef, top_k: int, min_pixels: int, classes: list[str] | None):
+        """Eq. 1 without painting the index map: each mask's visible pixels are its pixels less the union of
+        the masks painted after it (RLE operations in pycocotools' C code, no full-size decode), so the
+        selection equals ``select_instances(self.load_labels(ref), ...)``; only the chosen masks are decoded,
+        for their boxes."""
+        from pycocotools import mask as mask_utils
+
+        from instsynth.phases.select import Instance, bbox_of
+
+        iid = int(ref.image_id)
+        h, w = self.images[iid]["height"], self.images[iid]["width"]
+        anns, regions = self._regions(iid)
+        if not anns:
+            return [], (h, w)
+        rles = [rle_of(msgspec.json.decode(seg), h, w) for _, _, _, seg in anns]
+        areas = mask_utils.area(rles).tolist()
+        order = sorted(range(len(anns)), key=lambda k: (-areas[k], anns[k][0]))  # paint order
+        visible, after, union = {}, {}, None
+        for k in reversed(order):  # the last painted first: ``union`` covers every mask painted after k
+            after[k] = union
+            visible[k] = areas[k] if union is None else \
+                areas[k] - int(mask_utils.area(mask_utils.merge([rles[k], union], intersect=True)))
+            union = rles[k] if union is None else mask_utils.merge([union, rles[k]])
+        allowed = None if classes is None else set(classes)
+        eligible = [k for k, r in enumerate(regions) if r["thing"] and not r["crowd"] and visible[k] >= min_pixels
+                    and (allowed is None or r["class_name"] in allowed)]
+        eligible.sort(key=lambda k: (-visible[k], anns[k][0]))
+        out = []
+        for k in eligible[:top_k]:
+            mask = mask_utils.decode(rles[k]).astype(bool)
+            if after[k] is not None:
+                mask &= ~mask_utils.decode(after[k]).astype(bool)
+            r = regions[k]
+            out.append(Instance(r["source_id"], r["index"], r["class_id"], r["class_name"], int(visible[k]),
+                                bbox_of(mask)))
+        return out, (h, w)
 
     def image_path(self, rel: str) -> str:
         return storage.join(self.spec.image_root, rel)

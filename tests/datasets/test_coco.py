@@ -175,7 +175,7 @@ def test_coco_end_to_end(coco_root, tmp_path, capsys):
     for ref in back.discover("x"):
         work_id = back.images[int(ref.image_id)]["file_name"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
         row = by_work[work_id]
-        got = sorted((a["category_id"], a["iscrowd"]) for a in back.anns[int(ref.image_id)])
+        got = sorted((cid, int(crowd)) for _, cid, crowd, _ in back.anns[int(ref.image_id)])
         want = sorted((g["class_id"], int(g["crowd"])) for g in row["regions"] if g["thing"])
         assert got == want
         _, labels = back.load(ref)
@@ -198,3 +198,15 @@ def test_originals_of_a_coco_dataset(coco_root, tmp_path):
     assert len(rows) == 6 and all(r["image"][:3] == b"\xff\xd8\xff" for r in rows)  # the JPEG as it is
     assert all(r["class_label"] == -1 and r["generator"] == "original" for r in rows)
     shutil.rmtree(out)
+
+
+def test_rle_selection_equals_painting_the_index_map(coco_root):
+    """The plan's RLE-only Eq. 1 gives exactly the instances (ids, pixels, boxes) of painting the map."""
+    from instsynth.datasets.base import Dataset
+
+    for split in ("train", "val"):
+        ds = open_dataset(resolve(_json(coco_root, split)))
+        for ref in ds.discover(split):
+            fast = ds.select(ref, 8, 1, None)
+            slow = Dataset.select(ds, ref, 8, 1, None)
+            assert fast == slow
