@@ -291,12 +291,14 @@ class CocoDataset(Dataset):
         eligible.sort(key=lambda k: (-visible[k], anns[k][0]))
         out = []
         for k in eligible[:top_k]:
-            mask = mask_utils.decode(rles[k]).astype(bool)
-            if after[k] is not None:
-                mask &= ~mask_utils.decode(after[k]).astype(bool)
+            if visible[k] == areas[k]:  # nothing painted over it: the box of its RLE, no decode
+                x, y, bw, bh = (int(v) for v in mask_utils.toBbox(rles[k]))
+                box = (x, y, x + bw, y + bh)
+            else:
+                mask = mask_utils.decode(rles[k]).astype(bool) & ~mask_utils.decode(after[k]).astype(bool)
+                box = bbox_of(mask)
             r = regions[k]
-            out.append(Instance(r["source_id"], r["index"], r["class_id"], r["class_name"], int(visible[k]),
-                                bbox_of(mask)))
+            out.append(Instance(r["source_id"], r["index"], r["class_id"], r["class_name"], int(visible[k]), box))
         return out, (h, w)
 
     def image_path(self, rel: str) -> str:
