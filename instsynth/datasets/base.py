@@ -205,6 +205,20 @@ def encode_index(index: np.ndarray) -> bytes:
     return encode_png(index.astype(np.uint16))
 
 
+def read_map(root: str, rel: str, missing: str) -> np.ndarray:
+    """A dataset's 16-bit label map ``rel`` under ``root``; DataError ``"{missing}: {rel} is missing"`` when
+    the file is absent (the plan counts those), else naming the file and what is wrong with it."""
+    from instsynth import storage
+
+    path = storage.join(root, rel)
+    try:
+        return decode_index(storage.read_bytes(path), path)
+    except storage.StorageError as e:
+        if not storage.exists(path):
+            raise DataError(f"{missing}: {rel} is missing") from None
+        raise DataError(str(e)) from None
+
+
 def check_size(image: np.ndarray, labels: np.ndarray, image_name: str, labels_name: str) -> None:
     if image.shape[:2] != labels.shape[:2]:
         raise DataError(f"{image_name}: size {image.shape[1]}x{image.shape[0]} does not match "

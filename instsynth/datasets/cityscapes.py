@@ -32,6 +32,7 @@ from instsynth.datasets.base import (
     decode_index,
     encode_index,
     encode_png,
+    read_map,
     region,
 )
 
@@ -270,13 +271,11 @@ class CityscapesDataset(Dataset):
                 yield {"image_id": stem, "file": f, "reason": f"{MAP_WITHOUT_IMAGE}: no leftImg8bit image for {f}"}
 
     def load_labels(self, ref: ImageRef) -> Labels:
-        path = storage.join(self.root, ref.labels)
         try:
-            ids = read_ids(path)
-        except DataError:
-            if not storage.exists(path):
-                raise DataError(f"{IMAGE_WITHOUT_MAP}: {ref.labels} is missing") from None
-            raise
+            ids = read_map(self.root, ref.labels, IMAGE_WITHOUT_MAP)
+        except DataError as e:  # name the encoding: 8 bits cannot hold classId*1000+k
+            raise DataError(str(e).replace("expected 16-bit", "Cityscapes instanceIds are 16-bit (classId*1000+k)")) \
+                from None
         return regions_from_ids(ids, self.label_space)
 
     def image_path(self, rel: str) -> str:

@@ -25,7 +25,7 @@ from instsynth.datasets.base import (
     ImageRef,
     Labels,
     LabelSpace,
-    decode_index,
+    read_map,
     region,
 )
 
@@ -95,13 +95,7 @@ class MapillaryDataset(Dataset):
                 yield {"image_id": key, "file": f, "reason": f"instance map without its image: no image for {f}"}
 
     def load_labels(self, ref: ImageRef) -> Labels:
-        path = storage.join(self.root, ref.labels)
-        try:
-            values = decode_index(storage.read_bytes(path), path)
-        except storage.StorageError:
-            if not storage.exists(path):
-                raise DataError(f"image without its instance map: {ref.labels} is missing") from None
-            raise
+        values = read_map(self.root, ref.labels, "image without its instance map")
         counts = np.bincount(values.ravel(), minlength=1)
         lut = np.zeros(len(counts), np.uint16)
         regions = []
