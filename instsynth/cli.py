@@ -102,8 +102,9 @@ def cmd_plan(args) -> int:
     from instsynth.plan import failures_path, format_summary, make_plan, write_plan
 
     cfg = _config(args)
-    table, fails, summary = make_plan(args.root, cfg, progress=_progress("planned images"))
-    write_plan(args.out, table, fails)
+    label_rows: list = []
+    table, fails, summary = make_plan(args.root, cfg, progress=_progress("planned images"), label_rows=label_rows)
+    write_plan(args.out, table, fails, label_rows)
     print(format_summary(summary))
     print(f"wrote {args.out} ({table.num_rows} rows) and {failures_path(args.out)} ({fails.num_rows} rows)")
     for f in fails.to_pylist():

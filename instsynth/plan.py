@@ -130,14 +130,18 @@ def dataset_spec(source: str, cfg: Config) -> DatasetSpec:
     return resolve(source, cfg.dataset.format, cfg.dataset.image_root)
 
 
-def make_plan(source: str | DatasetSpec, cfg: Config, progress=None) -> tuple[pa.Table, pa.Table, dict]:
+def make_plan(source: str | DatasetSpec, cfg: Config, progress=None,
+              label_rows: list | None = None) -> tuple[pa.Table, pa.Table, dict]:
     """(plan table, failures table, summary) for a dataset; its spec, label space and the config go
-    into the metadata."""
+    into the metadata.  ``label_rows`` (a list to fill, formats whose labels live in one annotation file):
+    each planned image's annotations, in plan order, for the run's label file (``write_plan``); the rows'
+    ``label_path`` is then the image's row in it."""
     spec = source if isinstance(source, DatasetSpec) else dataset_spec(source, cfg)
     ds = open_dataset(spec)
     resolve_classes(cfg, ds.label_space)
     rows, failures = [], []
     images = empty = 0
+    sink = label_rows if label_rows is not None and hasattr(ds, "blob") else None
     for ref, rs, reason in iter_plan(ds, cfg):
         images += 1
         if reason is not None:
@@ -145,6 +149,10 @@ def make_plan(source: str | DatasetSpec, cfg: Config, progress=None) -> tuple[pa
         elif not rs:
             empty += 1
         else:
+            if sink is not None:
+                for r in rs:
+                    r["label_path"] = str(len(sink))
+                sink.append((ref.image_id, ds.blob(ref)))
             rows.extend(rs)
         if progress:
             progress(images)
@@ -170,8 +178,18 @@ def failures_path(plan_path: str) -> str:
     return base + ".failures.parquet"
 
 
-def write_plan(plan_path: str, table: pa.Table, failures: pa.Table) -> None:
+def labels_path(plan_path: str) -> str:
+    """The run's per-image label file beside a plan (COCO: each planned image's annotations)."""
+    return failures_path(plan_path)[: -len(".failures.parquet")] + ".labels.parquet"
+
+
+def write_plan(plan_path: str, table: pa.Table, failures: pa.Table, label_rows: list | None = None) -> None:
+    """The plan, its failures and (``label_rows``) its label file; the plan last (it names the others)."""
+    from instsynth.datasets.coco import write_label_file
+
     storage.write_parquet(failures, failures_path(plan_path))
+    if label_rows:
+        write_label_file(labels_path(plan_path), label_rows, plan_label_space(table))
     storage.write_parquet(table, plan_path)
 
 

@@ -7,6 +7,7 @@ plain loop (``run.executor: local``) or on Ray Data (``pipeline``); only the exe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import time
@@ -20,6 +21,7 @@ from instsynth.outputs import write_dataset_info
 from instsynth.plan import (
     dataset_spec,
     failures_path,
+    labels_path,
     make_plan,
     plan_dataset,
     plan_label_space,
@@ -81,7 +83,7 @@ def prepare_out(source: str, out: str, cfg: Config, overwrite: bool, log=print):
     spec, summary).  Runs under the writer lease, after ``preflight``."""
     if overwrite and storage.exists(out):
         for sub in ("data", "_commits", "_ledger", "_failures", "_claims", "_runs", "stats", "report", "plan.parquet",
-                    "plan.failures.parquet", "config.yaml", "README.md", "dataset.json"):
+                    "plan.failures.parquet", "plan.labels.parquet", "config.yaml", "README.md", "dataset.json"):
             storage.remove_tree(storage.join(out, sub))
     plan_file = shards.plan_path(out)
     spec = input_dataset(source, cfg)
@@ -89,22 +91,28 @@ def prepare_out(source: str, out: str, cfg: Config, overwrite: bool, log=print):
         table, _ = read_plan(source)
         if not storage.exists(plan_file):
             fails = failures_path(source)
+            if storage.exists(labels_path(source)):
+                storage.write_bytes(labels_path(plan_file), storage.read_bytes(labels_path(source)))
             write_plan(plan_file, table,
                        storage.read_parquet(fails) if storage.exists(fails) else _empty_failures())
     elif storage.exists(plan_file):
         table, _ = read_plan(plan_file)
     else:
-        table, fails, summary = make_plan(spec, cfg)
+        label_rows: list = []
+        table, fails, summary = make_plan(spec, cfg, label_rows=label_rows)
         meta = dict(table.schema.metadata or {})
         meta[SUMMARY_KEY] = json.dumps(summary).encode()
         table = table.replace_schema_metadata(meta)
-        write_plan(plan_file, table, fails)
+        write_plan(plan_file, table, fails, label_rows)
+        del label_rows
         log(f"planned {summary['work_items']} work items from {summary['images']} images "
             f"({summary['images_without_instances']} without instances, {summary['failures']} input failures)")
     storage.write_bytes(storage.join(out, "config.yaml"), to_yaml(cfg).encode())
     if is_plan_file(source) or cfg.run.data_root or cfg.dataset.image_root:
         spec = plan_dataset(table, cfg.run.data_root, cfg.dataset.image_root) or spec
     write_dataset_info(out, plan_dataset(table) or spec, plan_label_space(table))
+    if spec.format == "coco" and storage.exists(labels_path(plan_file)):  # tasks read their images' rows only
+        spec = dataclasses.replace(spec, labels=labels_path(plan_file))
     meta = table.schema.metadata or {}
     summary = json.loads(meta[SUMMARY_KEY]) if SUMMARY_KEY in meta else None
     return table, spec, summary

@@ -91,13 +91,18 @@ def move(spec: DatasetSpec | None, data_root: str | None = None, image_root: str
 
 def open_dataset(spec: DatasetSpec) -> Dataset:
     """The dataset of ``spec``, made once per process (a COCO file is parsed once, not once per task) and
-    again when its annotation file changed (a long-lived worker may serve several runs)."""
-    stamp = storage.size(spec.source) if spec.format == "coco" else None
+    again when its annotation file changed (a long-lived worker may serve several runs).  With a per-image
+    label file (``spec.labels``) a COCO dataset reads only the rows its images need from it."""
+    stamp = storage.size(spec.labels or spec.source) if spec.format == "coco" else None
     return _open(spec, stamp)
 
 
 @functools.lru_cache(maxsize=4)
 def _open(spec: DatasetSpec, stamp) -> Dataset:
+    if spec.format == "coco" and spec.labels:
+        from instsynth.datasets.coco import CocoLabelFile
+
+        return CocoLabelFile(spec)
     return FORMATS[spec.format](spec)
 
 

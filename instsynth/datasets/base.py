@@ -91,11 +91,14 @@ class LabelSpace:
 class DatasetSpec:
     """Where a dataset is and how to read it; small and picklable, so it travels to every task.
     ``source``: a Cityscapes root or a COCO instances JSON; ``image_root``: where COCO ``file_name``s
-    resolve (None for Cityscapes, whose images sit under its root)."""
+    resolve (None for Cityscapes, whose images sit under its root); ``labels``: a run's per-image label
+    file (``plan.labels.parquet``, COCO): prepare tasks read their images' annotations from it instead of
+    the whole annotation file."""
 
     format: str
     source: str
     image_root: str | None = None
+    labels: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

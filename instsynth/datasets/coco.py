@@ -301,6 +301,11 @@ class CocoDataset(Dataset):
             out.append(Instance(r["source_id"], r["index"], r["class_id"], r["class_name"], int(visible[k]), box))
         return out, (h, w)
 
+    def blob(self, ref: ImageRef) -> bytes:
+        """The image's annotations as they are kept (id, category, crowd, raw segmentation): its row of a
+        run's label file (``write_label_file``)."""
+        return msgspec.json.encode(self.anns.get(int(ref.image_id), []))
+
     def image_path(self, rel: str) -> str:
         return storage.join(self.spec.image_root, rel)
 
@@ -313,3 +318,69 @@ class CocoDataset(Dataset):
             raise DataError(str(e)) from None
         check_size(image, labels.index, path, f"its entry in {os.path.basename(self.spec.source)} (image {ref.image_id})")
         return image, labels
+
+
+#: images per row group of a label file: a prepare task reads one or two groups (~1 MB for COCO)
+LABEL_GROUP = 256
+LABELS_KEY = b"instsynth.label_space"
+
+
+def write_label_file(path: str, blobs: list[tuple[str, bytes]], space: LabelSpace) -> None:
+    """``[(image_id, blob)]`` in plan order as a Parquet file of ``LABEL_GROUP``-image row groups; a plan
+    row's ``label_path`` is its image's row number here."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pa.table({"image_id": [b[0] for b in blobs], "labels": pa.array([b[1] for b in blobs], pa.binary())})
+    buf = io.BytesIO()
+    pq.write_table(t.replace_schema_metadata({LABELS_KEY: space.to_json().encode()}), buf, row_group_size=LABEL_GROUP,
+                   compression="zstd")
+    storage.write_bytes(path, buf.getvalue())
+
+
+class CocoLabelFile(CocoDataset):
+    """A COCO dataset as a prepare task sees it in a run: the annotations of an image come from one row group
+    of the run's label file (``ref.labels`` is the row), never from the whole JSON - no worker holds it."""
+
+    def __init__(self, spec: DatasetSpec):
+        import pyarrow.parquet as pq
+
+        self.spec = spec
+        self._footer = storage.parquet_footer(spec.labels)
+        meta = pq.ParquetFile(io_sparse(self._footer, spec.labels)).schema_arrow.metadata or {}
+        self.label_space = LabelSpace.from_json(meta[LABELS_KEY])
+        self._groups: dict[int, list] = {}
+
+    def _row(self, k: int) -> list:
+        g = k // LABEL_GROUP
+        if g not in self._groups:
+            if len(self._groups) >= 4:
+                self._groups.pop(next(iter(self._groups)))
+            t = storage.read_parquet_columns(self.spec.labels, ["labels"], [g], footer=self._footer)
+            self._groups[g] = t.column("labels").to_pylist()
+        return msgspec.json.decode(self._groups[g][k % LABEL_GROUP])
+
+    def load_labels(self, ref: ImageRef) -> Labels:
+        if not ref.labels:
+            raise DataError(f"image {ref.image_id}: no row in {self.spec.labels}")
+        h, w = ref.height, ref.width
+        anns = sorted(self._row(int(ref.labels)), key=lambda a: a[0])
+        masks = [rasterize(seg, h, w) for _, _, _, seg in anns]
+        areas = [int(m.sum()) for m in masks]
+        index = np.zeros((h, w), np.uint16)
+        for k in sorted(range(len(anns)), key=lambda k: (-areas[k], anns[k][0])):
+            index[masks[k]] = k + 1
+        return Labels(index, [region(k + 1, aid, self.label_space.by_id[cid], cid, crowd)
+                              for k, (aid, cid, crowd, _) in enumerate(anns)])
+
+    def discover(self, split: str):
+        raise DataError("a run's label file serves prepare tasks only; plan from the annotation file")
+
+
+def io_sparse(footer, path: str):
+    from instsynth.storage import SparseFile
+
+    meta, total, pieces = footer
+    return SparseFile(total, pieces, str(path))

@@ -210,3 +210,37 @@ def test_rle_selection_equals_painting_the_index_map(coco_root):
             fast = ds.select(ref, 8, 1, None)
             slow = Dataset.select(ds, ref, 8, 1, None)
             assert fast == slow
+
+
+def test_prepare_tasks_read_their_images_rows_not_the_file(coco_root, tmp_path):
+    """The plan writes each planned image's annotations to plan.labels.parquet; a run reads its images'
+    rows there and never opens the annotation file (here: moved away during the run)."""
+    import shutil
+
+    src = _json(coco_root)
+    plan = str(tmp_path / "plan.parquet")
+    assert main(["plan", src, "--out", plan, "--config", DEBUG, "--set", "plan.min_pixels=64"]) == 0
+    lab = pq.ParquetFile(str(tmp_path / "plan.labels.parquet"))
+    rows = pq.read_table(plan).to_pylist()
+    assert lab.metadata.num_rows == len({r["image_id"] for r in rows})
+    assert all(lab.read().column("image_id")[int(r["label_path"])].as_py() == r["image_id"] for r in rows)
+    hidden = str(tmp_path / "hidden.json")
+    shutil.move(src, hidden)
+    try:
+        out = str(tmp_path / "out")
+        assert main(["synth", plan, "--out", out, "--config", DEBUG, "--generator", "recolor",
+                     "--set", "run.executor=local", "--set", "run.progress=false"]) == 0
+    finally:
+        shutil.move(hidden, src)
+    got = [r for p in shards.committed_parts(out) for r in pq.read_table(p).to_pylist()]
+    assert len(got) == len(rows) and os.path.exists(os.path.join(out, "plan.labels.parquet"))
+    # the label file gives exactly the labels the annotation file gives
+    from instsynth.stages import image_ref
+
+    whole = open_dataset(resolve(src))
+    rows_file = open_dataset(DatasetSpec("coco", whole.spec.source, whole.spec.image_root,
+                                         str(tmp_path / "plan.labels.parquet")))
+    assert type(rows_file).__name__ == "CocoLabelFile"
+    for r in rows:
+        a, b = whole.load_labels(image_ref(r)), rows_file.load_labels(image_ref(r))
+        assert np.array_equal(a.index, b.index) and a.regions == b.regions
