@@ -3,6 +3,8 @@
 Layout of an output dir (fixed, so every tool can rely on it)::
 
     plan.parquet  plan.failures.parquet  config.yaml  README.md (dataset card)
+    dataset.json                  the source dataset (spec) and its label space (outputs.py)
+    plan.labels.parquet           COCO sources: each planned image's annotations, read by prepare tasks
     data/part-<unit>.parquet      committed rows of one unit
     _failures/<unit>.parquet      run-time failures of one unit
     _commits/<unit>               the commit marker (JSON: work ids done and failed; each file's
