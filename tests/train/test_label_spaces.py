@@ -78,28 +78,28 @@ def test_every_family_sizes_its_head_from_the_label_space(coco_out, name):
     assert all(int(lab) < len(COCO_CLASSES) for lab in out[0]["labels"])
 
 
-def test_train_evaluate_and_experiment_on_coco(ray_local, coco_out, coco_root, tmp_path, capsys):
+def test_experiment_and_evaluate_on_coco(ray_local, coco_out, coco_root, tmp_path, capsys):
+    """An experiment (2 seeds, both arms) on COCO-sourced dirs scored with COCO mask AP; `evaluate` of one
+    of its checkpoints knows the model's classes from the checkpoint."""
     from instsynth.train.experiment import run_experiment
-    from instsynth.train.trainer import run_training
 
-    cfg = load_config(os.path.join(CONFIGS, "train", "fastinst.tiny.yaml"), _train_sets(coco_out, coco_root))
-    result = run_training(cfg, log=lambda *a: None)
-    assert result.error is None and result.metrics["step"] == 2
-    meta = json.load(open(os.path.join(result.checkpoint.path, "model.json")))
-    assert meta["kwargs"]["classes"] == COCO_CLASSES
-    best = str(coco_out / "runs" / "coco-fastinst" / "best")
-    val = os.path.join(coco_root, "annotations", "instances_val.json")
-    assert main(["evaluate", "--checkpoint", best, "--data-root", val]) == 0
-    text = capsys.readouterr().out
-    assert "COCO mask AP by pycocotools" in text and "rider" in text
-    res = json.load(open(os.path.join(best, "eval_coco.json")))
-    assert res["scores"]["metric"] == "coco" and 0.0 <= res["scores"]["AP50"] <= 1.0 and res["images"] == 2
     exp = load_config(os.path.join(CONFIGS, "experiments", "debug.yaml"), _train_sets(coco_out, coco_root, "coco-exp") + [
         f"experiment.originals=[{coco_out / 'original'}]", f"experiment.synthetic=[{coco_out / 'recolor'}]",
-        f"experiment.out={tmp_path / 'exp'}", "experiment.seeds=2", "train.eval_max_images=2"])
+        f"experiment.out={tmp_path / 'exp'}", "experiment.seeds=2", "train.eval_max_images=2",
+        "train.eval_every=1000"])  # the final checkpoints are scored; no validation during the runs
     report = run_experiment(exp, log=lambda *a: None)
     assert report["metric"] == "coco" and len(report["per_seed"]) == 2 and report["paired"]["AP50"]["n"] == 2
     assert "COCO mask AP" in open(tmp_path / "exp" / "report.md").read()
+    ckpt = report["augmented"]["checkpoint"]
+    meta = json.load(open(os.path.join(ckpt, "model.json")))
+    assert meta["kwargs"]["classes"] == COCO_CLASSES
+    val = os.path.join(coco_root, "annotations", "instances_val.json")
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", ckpt, "--data-root", val]) == 0
+    text = capsys.readouterr().out
+    assert "COCO mask AP by pycocotools" in text and "rider" in text
+    res = json.load(open(os.path.join(ckpt, "eval_coco.json")))
+    assert res["scores"]["metric"] == "coco" and 0.0 <= res["scores"]["AP50"] <= 1.0 and res["images"] == 2
 
 
 def test_coco_oracle_scores_one(coco_root):
