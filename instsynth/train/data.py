@@ -127,7 +127,7 @@ def build_catalog(dirs: list[str], ratio: float | None = None, seed: int = 0) ->
     from instsynth.outputs import label_space
 
     if not dirs:
-        raise ValueError("train.dirs: give at least one output dir (e.g. the originals)")
+        raise ConfigError("train.dirs: give at least one output dir (e.g. the originals)")
     try:
         space = label_space(dirs)
     except DataError as e:

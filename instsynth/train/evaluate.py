@@ -219,15 +219,18 @@ def format_table(results: dict[str, dict]) -> str:
 
 
 def load_checkpoint(path: str):
-    """Rebuild a model from a checkpoint dir written by the trainer (model.pt + model.json)."""
+    """Rebuild a model from a checkpoint dir written by the trainer (model.pt + model.json), local or on
+    object storage (``s3://``): both files are read through ``storage``."""
+    import io
+
     import torch
 
     from instsynth.train.models import build_model
 
-    with open(os.path.join(path, "model.json")) as f:
-        spec = json.load(f)
+    spec = json.loads(storage.read_bytes(storage.join(path, "model.json")))
     model = build_model(spec["name"], **spec["kwargs"])
-    state = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True)
+    state = torch.load(io.BytesIO(storage.read_bytes(storage.join(path, "model.pt"))), map_location="cpu",
+                       weights_only=True)
     model.load_state_dict(state["model"])
     return model, state.get("step", 0)
 

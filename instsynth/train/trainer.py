@@ -14,6 +14,7 @@ error) and ``best/`` (the checkpoint with the best validation AP50).  Each check
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -66,15 +67,17 @@ def loss_name(key: str) -> str:
 
 
 def save_checkpoint(path: str, model, optimizer, step: int, spec: dict, metrics: dict) -> None:
-    """model.pt + model.json into a local directory."""
+    """model.pt + model.json into a directory (through ``storage``: a local dir Ray Train then uploads)."""
+    import io
+
     import torch
 
-    os.makedirs(path, exist_ok=True)
     raw = model.module if hasattr(model, "module") else model
-    torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "step": step},
-               os.path.join(path, "model.pt"))
-    with open(os.path.join(path, "model.json"), "w") as f:
-        json.dump({**spec, "step": step, "metrics": metrics}, f)
+    buf = io.BytesIO()
+    torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, buf)
+    storage.write_bytes(storage.join(path, "model.pt"), buf.getvalue())
+    storage.write_bytes(storage.join(path, "model.json"),
+                        json.dumps({**spec, "step": step, "metrics": metrics}).encode())
 
 
 class Board:
@@ -159,12 +162,13 @@ def train_loop_per_worker(config: dict) -> None:
     ckpt = train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, "model.pt"), map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(storage.read_bytes(storage.join(d, "model.pt"))), map_location="cpu",
+                               weights_only=True)
             raw.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             step = int(state["step"])
-            with open(os.path.join(d, "model.json")) as f:
-                best = float(json.load(f).get("metrics", {}).get("best_AP50", -1.0))
+            meta = json.loads(storage.read_bytes(storage.join(d, "model.json")))
+            best = float(meta.get("metrics", {}).get("best_AP50", -1.0))
     board = None
     if rank == 0:
         storage.append_text(storage.join(run_dir, "starts.jsonl"), json.dumps(

@@ -232,3 +232,26 @@ def test_train_output_is_quiet_and_names_the_best_checkpoint(demo_tree, tmp_path
     assert "best checkpoint: " in text and "at test scale short edge 192 px" in text and "loss_loss" not in text
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert "nothing left to train: quiet already reached step 4" in again.stdout + again.stderr
+
+
+def test_checkpoints_on_s3_evaluate_and_final(s3, sample_root, tmp_path, capsys):
+    """`evaluate --checkpoint s3://...` and the experiment's final-checkpoint check read through storage (they
+    opened local files before: a FileNotFoundError on every s3:// run)."""
+    import torch
+
+    from instsynth.train.experiment import final_checkpoint
+    from instsynth.train.models import build_model
+    from instsynth.train.trainer import save_checkpoint
+
+    model = build_model("fastinst", tiny=True)
+    local = tmp_path / "best"
+    spec = {"name": "fastinst", "kwargs": {"tiny": True}, "recipe": {"eval_short_edge": 128}}
+    save_checkpoint(str(local), model, torch.optim.AdamW(model.parameters()), 4, spec, {})
+    best = "s3://bucket/runs/s3-ckpt/best"
+    storage.upload_dir(str(local), best)
+    assert main(["evaluate", "--checkpoint", best, "--data-root", sample_root, "--max-images", "1"]) == 0
+    assert "evaluated at test scale short edge 128 px on 1 image" in capsys.readouterr().out
+    res = json.loads(storage.read_bytes(storage.join(best, "eval_val.json")))
+    assert res["step"] == 4 and res["checkpoint"] == best
+    result = type("R", (), {"checkpoint": type("C", (), {"path": best})()})()
+    assert final_checkpoint(result, 4) == best
