@@ -203,6 +203,9 @@ class TrainConfig:
     name: str = "instsynth-train"
     storage_path: str = "runs"
     keep_checkpoints: int = 3
+    #: worker or node losses survived per run (Ray Train's FailureConfig): the worker group restarts from
+    #: the last reported checkpoint; -1: unlimited, 0: a lost worker ends the run
+    max_failures: int = 3
     seed: int = 0
     #: print the evaluators' own dumps (pycocotools, cityscapesscripts); --verbose
     verbose: bool = False
@@ -456,6 +459,8 @@ def validate(cfg: Config) -> None:
     parse_size(t.crop, "train.crop")
     if t.synthetic_ratio is not None and t.synthetic_ratio < 0:
         raise ConfigError(f"train.synthetic_ratio must be >= 0, got {t.synthetic_ratio}")
+    if t.max_failures < -1:
+        raise ConfigError(f"train.max_failures must be -1 (unlimited) or >= 0, got {t.max_failures}")
     for key in ("batch_size", "num_workers", "iterations"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")

@@ -24,7 +24,7 @@ def run_name(cfg: Config, arm: str, catalog, k: int = 0) -> str:
     does not depend on ``train.synthetic_ratio``, so its hash sees that key at its default: changing
     the synthetic side reuses finished baseline runs."""
     t = to_dict(cfg)["train"]
-    for key in ("dirs", "name", "storage_path", "verbose"):  # where and how loudly, not what is trained
+    for key in ("dirs", "name", "storage_path", "verbose", "max_failures"):  # where, how loudly, not what
         t.pop(key)
     if t.get("eval_image_root") is None:  # a key added later: at its default, names made before stay valid
         t.pop("eval_image_root", None)

@@ -170,9 +170,10 @@ def train_loop_per_worker(config: dict) -> None:
             meta = json.loads(storage.read_bytes(storage.join(d, "model.json")))
             best = float(meta.get("metrics", {}).get("best_AP50", -1.0))
     board = None
-    if rank == 0:
+    if rank == 0:  # one line per start of the worker group: a restart after a lost worker adds one
         storage.append_text(storage.join(run_dir, "starts.jsonl"), json.dumps(
-            {"start_step": step, "world_size": world, "resumed": bool(ckpt), "recipe": spec["recipe"]}) + "\n")
+            {"start_step": step, "world_size": world, "resumed": bool(ckpt), "launch": config.get("launch", ""),
+             "recipe": spec["recipe"]}) + "\n")
         board = Board(run_dir)
     _, accum = grad_accum(cfg)
     last_ap = {"AP": -1.0, "AP50": -1.0}
@@ -219,12 +220,12 @@ def train_loop_per_worker(config: dict) -> None:
             board.close()
 
 
-def make_trainer(cfg: Config, catalog=None):
+def make_trainer(cfg: Config, catalog=None, launch: str | None = None):
     """The TorchTrainer for ``cfg.train`` (same name + storage path = resume); paths resolved here.
 
     ``catalog``: the data's row catalog when the caller already built it (the experiment names its runs
     from it), so the committed parts are listed once."""
-    from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from instsynth.train.data import build_catalog
@@ -239,10 +240,13 @@ def make_trainer(cfg: Config, catalog=None):
         resources["GPU"] = 1
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": to_dict(cfg)["train"], "run_dir": run_dir, "catalog": catalog},
+        train_loop_config={"train": to_dict(cfg)["train"], "run_dir": run_dir, "catalog": catalog,
+                           "launch": launch or ""},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=t.name, storage_path=t.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+                             # a lost worker or node: the group restarts from the last reported checkpoint
+                             failure_config=FailureConfig(max_failures=t.max_failures),
                              # Ray Train's life-cycle INFO lines (resources, worker group, every report's
                              # metrics) are noise on the console; its log files keep them; --verbose shows them
                              logging_config=LoggingConfig(log_level="INFO" if t.verbose else "WARNING")),
@@ -259,8 +263,11 @@ def run_training(cfg: Config, log=print, catalog=None):
     started = init_ray(cfg.run.address, cfg.run.log_level)
     try:
         check_gpus(cfg)
-        result = make_trainer(cfg, catalog).fit()
-        log(training_summary(cfg, result))
+        import uuid
+
+        launch = uuid.uuid4().hex[:12]
+        result = make_trainer(cfg, catalog, launch).fit()
+        log(training_summary(cfg, result, launch))
         return result
     finally:
         if started:
@@ -269,7 +276,7 @@ def run_training(cfg: Config, log=print, catalog=None):
             ray.shutdown()
 
 
-def training_summary(cfg: Config, result) -> str:
+def training_summary(cfg: Config, result, launch: str | None = None) -> str:
     """What a finished ``train`` says: how far it trained this time (or that there was nothing left),
     where the best checkpoint is and its validation AP50 at the stated test scale."""
     t = cfg.train
@@ -280,13 +287,18 @@ def training_summary(cfg: Config, result) -> str:
                   if ln.strip()]
     except storage.StorageError:
         pass
+    mine = [s for s in starts if launch and s.get("launch") == launch]
+    restarts = max(0, len(mine) - 1)  # starts of this launch after its first: the worker group was restarted
+    starts = mine[:1] or starts[-1:]
     start = starts[-1]["start_step"] if starts else 0
     if start >= t.iterations:
         lines = [f"nothing left to train: {t.name} already reached step {t.iterations} (train.iterations); "
                  f"raise train.iterations to continue it"]
     else:
         lines = [f"trained {t.model.name} {t.name} from step {start} to step {t.iterations}"
-                 + (" (resumed)" if start else "")]
+                 + (" (resumed)" if start else "")
+                 + (f"; {restarts} restart{'s' if restarts != 1 else ''} after a lost worker, each from the last "
+                    "checkpoint" if restarts else "")]
     best = storage.join(run_dir, "best")
     try:
         meta = json.loads(storage.read_bytes(storage.join(best, "model.json")))
