@@ -121,6 +121,19 @@ def bn_mode(cfg: TrainConfig, world: int) -> str:
     return "sync" if cfg.sync_bn and cfg.use_gpu and world > 1 else "batch"
 
 
+def quiet_reports(verbose: bool) -> None:
+    """Ray Train 2.60 logs every ``train.report`` at INFO on a logger named by its file path (outside
+    ``ray.train``, so ``LoggingConfig`` does not reach it) and the worker prints it to the console; keep it
+    to ``--verbose``.  Internal module: a Ray upgrade that moves it only brings the lines back."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker."""
     import torch
@@ -136,6 +149,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     cfg = load_config(values={"train": config["train"]}).train
     run_dir, catalog = config["run_dir"], config["catalog"]
+    quiet_reports(cfg.verbose)
     from instsynth.train import cs_eval
 
     cs_eval.VERBOSE = cfg.verbose

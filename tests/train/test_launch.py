@@ -229,6 +229,7 @@ def test_train_output_is_quiet_and_names_the_best_checkpoint(demo_tree, tmp_path
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
     assert "PlacementGroupCleaner" not in text and "Average Precision" not in text and "index created" not in text
+    assert "Reporting training result" not in text  # Ray Train's per-report INFO lines stay off the console
     assert "best checkpoint: " in text and "at test scale short edge 192 px" in text and "loss_loss" not in text
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert "nothing left to train: quiet already reached step 4" in again.stdout + again.stderr
