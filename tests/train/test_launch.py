@@ -269,13 +269,14 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(demo_tree, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "instsynth.cli", "train", "--config", cfg, "--set", "train.name=killed",
-           "--set", "train.num_workers=1", "--set", "train.cpus_per_worker=1", "--set", "train.iterations=8",
-           "--set", "train.checkpoint_every=2", "--set", "train.eval_every=1000", "--set", f"train.storage_path={runs}"]
+           "--set", "train.num_workers=1", "--set", "train.cpus_per_worker=1", "--set", "train.iterations=6",
+           "--set", "train.checkpoint_every=1", "--set", "train.eval_every=1000", "--set", f"train.storage_path={runs}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     killed, deadline = None, time.time() + 300
     while killed is None and time.time() < deadline and proc.poll() is None:
-        # two checkpoint dirs: the first one's report is surely registered (a dir alone may be mid-upload)
-        if len(list((runs / "killed").glob("checkpoint_*")) if (runs / "killed").exists() else []) >= 2:
+        # three checkpoint dirs: the first report is surely consumed by the controller (Ray Train's report queue
+        # holds one: the second report's put waits for it, and the third dir comes after that put)
+        if len(list((runs / "killed").glob("checkpoint_*")) if (runs / "killed").exists() else []) >= 3:
             for p in psutil.process_iter(["pid", "cmdline"]):
                 if any("RayTrainWorker" in c for c in (p.info["cmdline"] or [])):
                     os.kill(p.info["pid"], 9)
@@ -285,7 +286,7 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(demo_tree, tmp_path):
     out, _ = proc.communicate(timeout=600)
     assert killed, out[-3000:]
     assert proc.returncode == 0, out[-3000:]
-    assert "to step 8" in out and "1 restart after a lost worker" in out, out[-3000:]
+    assert "to step 6" in out and "1 restart after a lost worker" in out, out[-3000:]
     starts = [json.loads(ln) for ln in open(runs / "killed" / "starts.jsonl")]
-    assert len(starts) == 2 and starts[0]["start_step"] == 0 and starts[1]["start_step"] in (2, 4, 6), starts
+    assert len(starts) == 2 and starts[0]["start_step"] == 0 and 1 <= starts[1]["start_step"] < 6, starts
     assert starts[1]["resumed"] and starts[0]["launch"] == starts[1]["launch"]
