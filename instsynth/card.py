@@ -9,7 +9,7 @@ import yaml
 from instsynth import __version__, shards, storage
 from instsynth.config import Config, to_yaml
 from instsynth.datasets import LabelSpace
-from instsynth.schema import ROW_FORMAT, hf_features, markdown_table
+from instsynth.schema import ARROW_TO_HF, ROW_FORMAT, hf_features, markdown_table
 
 
 def code_version() -> str:
@@ -75,7 +75,6 @@ def front_matter(rows: int, generator: str, files: list[str], space: LabelSpace,
 
 def legacy_features() -> list[dict]:
     """Features of row format 1 (outputs written before label spaces; never rewritten)."""
-    arrow = {"string": "string", "int32": "int32", "int64": "int64", "double": "float64", "binary": "binary"}
     cols = [("work_id", "string"), ("image_id", "string"), ("split", "string"), ("city", "string"),
             ("instance_id", "int32"), ("class_name", "string"), ("image", None), ("instance_ids", None),
             ("width", "int32"), ("height", "int32"), ("bbox", 4), ("crop_box", 4), ("square_box", 4),
@@ -83,7 +82,7 @@ def legacy_features() -> list[dict]:
             ("model_id", "string"), ("model_revision", "string"), ("seed", "int64"), ("gen_seed", "int64"),
             ("variant", "int32"), ("source_image", "string"), ("gen_stats", "string")]
     return [{"name": n, "dtype": "image"} if t is None else {"name": n, "list": "int32", "length": 4}
-            if t == 4 else {"name": n, "dtype": arrow[t]} for n, t in cols]
+            if t == 4 else {"name": n, "dtype": ARROW_TO_HF[t]} for n, t in cols]
 
 
 def write_card(out: str, cfg: Config, summary: dict, ledger=None, generator: str | None = None,

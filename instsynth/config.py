@@ -33,9 +33,9 @@ class SampleConfig:
 
 @dataclass
 class DatasetConfig:
-    """Which reader a SOURCE goes through (``instsynth.datasets``): ``auto`` takes a ``.json`` path as a COCO
-    instances file and a folder with ``leftImg8bit/`` as Cityscapes.  ``image_root``: where a COCO file's
-    ``file_name``s lie (``--image-root``; default ``<root>/<name>/`` for ``<root>/annotations/instances_<name>.json``)."""
+    """Which reader a SOURCE goes through (``instsynth.datasets``; ``auto``: ``datasets.detect`` decides
+    from the path).  ``image_root``: where a COCO file's images lie (``--image-root``; its default is the
+    COCO format's own rule, ``datasets.coco.default_image_root``)."""
 
     format: str = "auto"
     image_root: str | None = None

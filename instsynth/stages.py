@@ -99,10 +99,15 @@ def prepare(unit: Unit, source: DatasetSpec, compose: ComposeConfig) -> Unit:
     The window is drawn here, before generation, because it depends only on the label map;
     carrying the window (not the full image) to Phase 3 keeps full frames out of the object store.
     """
+    try:  # once per unit: a COCO dataset's open checks its label file's size (a request on object stores)
+        ds = open_dataset(source)
+    except Exception as e:  # noqa: BLE001 - an unreachable source fails the unit's rows, not the job
+        for row in unit.rows:
+            unit.fail(row, "decode", _reason(e))
+        return unit
     for _, group in groupby(unit.rows, key=lambda r: r["image_path"]):
         group = list(group)
         try:
-            ds = open_dataset(source)
             image, labels = ds.load(image_ref(group[0]))
         except Exception as e:  # noqa: BLE001 - any damage becomes a recorded failure
             for row in group:

@@ -158,6 +158,17 @@ def rle_of(segm, height: int, width: int) -> dict:
     return {"size": segm["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
 
 
+def paint(anns: list[tuple[int, object]], height: int, width: int) -> np.ndarray:
+    """The index map of ``[(annotation id, segmentation)]`` (in id order; region k+1 = the k-th): masks
+    painted largest first, ties by id, so a smaller mask on top of a larger one stays visible."""
+    masks = [rasterize(seg, height, width) for _, seg in anns]
+    areas = [int(m.sum()) for m in masks]
+    index = np.zeros((height, width), np.uint16)
+    for k in sorted(range(len(anns)), key=lambda k: (-areas[k], anns[k][0])):
+        index[masks[k]] = k + 1
+    return index
+
+
 def rasterize(segm, height: int, width: int) -> np.ndarray:
     """A segmentation (polygons, compressed or uncompressed RLE) as an HxW bool mask."""
     from pycocotools import mask as mask_utils
@@ -255,12 +266,7 @@ class CocoDataset(Dataset):
         im = self.images[iid]
         h, w = im["height"], im["width"]
         anns, regions = self._regions(iid)
-        masks = [rasterize(msgspec.json.decode(seg), h, w) for _, _, _, seg in anns]
-        areas = [int(m.sum()) for m in masks]
-        index = np.zeros((h, w), np.uint16)
-        for k in sorted(range(len(anns)), key=lambda k: (-areas[k], anns[k][0])):
-            index[masks[k]] = k + 1
-        return Labels(index, regions)
+        return Labels(paint([(aid, msgspec.json.decode(seg)) for aid, _, _, seg in anns], h, w), regions)
 
     def select(self, ref: ImageRef, top_k: int, min_pixels: int, classes: list[str] | None):
         """Eq. 1 without painting the index map: each mask's visible pixels are its pixels less the union of
@@ -365,15 +371,10 @@ class CocoLabelFile(CocoDataset):
     def load_labels(self, ref: ImageRef) -> Labels:
         if not ref.labels:
             raise DataError(f"image {ref.image_id}: no row in {self.spec.labels}")
-        h, w = ref.height, ref.width
         anns = sorted(self._row(int(ref.labels)), key=lambda a: a[0])
-        masks = [rasterize(seg, h, w) for _, _, _, seg in anns]
-        areas = [int(m.sum()) for m in masks]
-        index = np.zeros((h, w), np.uint16)
-        for k in sorted(range(len(anns)), key=lambda k: (-areas[k], anns[k][0])):
-            index[masks[k]] = k + 1
-        return Labels(index, [region(k + 1, aid, self.label_space.by_id[cid], cid, crowd)
-                              for k, (aid, cid, crowd, _) in enumerate(anns)])
+        return Labels(paint([(aid, seg) for aid, _, _, seg in anns], ref.height, ref.width),
+                      [region(k + 1, aid, self.label_space.by_id[cid], cid, crowd)
+                       for k, (aid, cid, crowd, _) in enumerate(anns)])
 
     def discover(self, split: str):
         raise DataError("a run's label file serves prepare tasks only; plan from the annotation file")
