@@ -193,7 +193,13 @@ class TrainConfig:
     checkpoint_every: int = 1000
     eval_every: int = 5000
     log_every: int = 10
+    #: how samples reach a worker: ``threads`` (decoded beside it, ``loader_threads`` at a time) or
+    #: ``ray_data`` (a Ray Data pipeline whose CPU tasks, ``ingest_cpus`` each, may run on other nodes)
+    ingest: str = "threads"
     loader_threads: int = 2
+    ingest_cpus: float = 1.0
+    #: where the workers go: PACK (fill a node first), SPREAD or STRICT_SPREAD (one per node)
+    placement: str = "PACK"
     #: a Cityscapes root (its ``eval_split``) or a COCO instances JSON (scored with pycocotools)
     eval_root: str | None = None
     #: a COCO JSON's images (default ``<root>/<name>/`` for ``<root>/annotations/instances_<name>.json``)
@@ -459,6 +465,12 @@ def validate(cfg: Config) -> None:
     parse_size(t.crop, "train.crop")
     if t.synthetic_ratio is not None and t.synthetic_ratio < 0:
         raise ConfigError(f"train.synthetic_ratio must be >= 0, got {t.synthetic_ratio}")
+    if t.ingest not in ("threads", "ray_data"):
+        raise ConfigError(f"train.ingest must be 'threads' or 'ray_data', got {t.ingest!r}")
+    if t.placement not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+        raise ConfigError(f"train.placement must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got {t.placement!r}")
+    if t.ingest_cpus <= 0:
+        raise ConfigError(f"train.ingest_cpus must be > 0, got {t.ingest_cpus}")
     if t.max_failures < -1:
         raise ConfigError(f"train.max_failures must be -1 (unlimited) or >= 0, got {t.max_failures}")
     for key in ("batch_size", "num_workers", "iterations"):

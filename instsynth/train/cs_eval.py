@@ -10,16 +10,18 @@ directory restored afterwards - without touching the library or global NumPy.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
 import threading
 import types
 
-import cv2
 import numpy as np
 
 #: Cityscapes label ids of the eight evaluated thing classes, in THING_CLASSES order
+from instsynth import storage
+from instsynth.datasets import encode_png
 from instsynth.datasets.cityscapes import THING_CLASSES, THING_IDS, instance_number
 
 LABEL_IDS = {name: cid for cid, name in THING_IDS.items()}
@@ -41,7 +43,7 @@ def quiet(*modules):
     for m in modules:
         m.print = lambda *a, **k: None
     try:
-        with contextlib.redirect_stdout(open(os.devnull, "w")):
+        with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         for m, old in saved:
@@ -74,8 +76,7 @@ def _json_default(o):
 
 
 def _write_json(d, path):
-    with open(path, "w") as f:
-        json.dump(d, f, default=_json_default, sort_keys=True, indent=1)
+    storage.write_bytes(path, json.dumps(d, default=_json_default, sort_keys=True, indent=1).encode())
 
 
 @contextlib.contextmanager
@@ -100,11 +101,10 @@ def write_predictions(pred_dir: str, stem: str, preds: list[dict]) -> str:
     lines = []
     for k, p in enumerate(preds):
         name = f"{stem}_{k:04d}.png"
-        cv2.imwrite(os.path.join(pred_dir, name), (np.asarray(p["mask"], bool).astype(np.uint8) * 255))
+        storage.write_bytes(os.path.join(pred_dir, name), encode_png(np.asarray(p["mask"], bool).astype(np.uint8) * 255))
         lines.append(f"{name} {LABEL_IDS[class_name(p['label'])]} {float(p['score']):.6f}")
     txt = os.path.join(pred_dir, f"{stem}.txt")
-    with open(txt, "w") as f:
-        f.write("\n".join(lines) + ("\n" if lines else ""))
+    storage.write_bytes(txt, ("\n".join(lines) + ("\n" if lines else "")).encode())
     return txt
 
 

@@ -246,7 +246,7 @@ def collate(batch: dict[str, np.ndarray], ids_to_class: dict[int, int] | None = 
     maps; without, Cityscapes instanceIds maps."""
     import torch
 
-    images = torch.from_numpy(np.ascontiguousarray(batch["image"])).permute(0, 3, 1, 2)
+    images = torch.from_numpy(np.require(batch["image"], requirements=["C", "W"])).permute(0, 3, 1, 2)
     out = []
     things = batch.get("things")
     for k, ids in enumerate(batch["ids"]):

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import numpy as np
 
 from instsynth import storage
+from instsynth.datasets import DataError
 from instsynth.datasets.cityscapes import (
     THING_CLASSES,
     discover,
@@ -70,31 +72,23 @@ def evaluate_model(model, data_root: str, split: str = "val", max_images: int | 
         return evaluate_coco_json(model, data_root, image_root, max_images, predictor, short_edge, classes)
     recs = list(discover(data_root, split))[: max_images or None]
     if not recs:
-        raise ValueError(f"{data_root}: no images in split {split!r}")
+        raise DataError(f"{data_root}: no images in split {split!r}")
     if model is not None:
         model.eval()
     gt_files, gt_maps, preds = [], [], []
-    tmp_files = []
-    for rec in recs:
-        img = read_image(storage.join(data_root, rec.image))
-        ids = read_ids(storage.join(data_root, rec.labels))
-        path = storage.join(data_root, rec.labels)
-        if storage.is_uri(path):  # the official evaluator reads local files
-            import tempfile
-
-            fd, local = tempfile.mkstemp(suffix="_gtFine_instanceIds.png")
-            os.write(fd, storage.read_bytes(path))
-            os.close(fd)
-            tmp_files.append(local)
-            path = local
-        gt_files.append(path)
-        gt_maps.append(ids)
-        preds.append(predictor(img, ids) if predictor else predict_image(model, img, short_edge=short_edge))
-    try:
+    with tempfile.TemporaryDirectory(prefix="instsynth-gt-") as tmp:
+        for k, rec in enumerate(recs):
+            img = read_image(storage.join(data_root, rec.image))
+            ids = read_ids(storage.join(data_root, rec.labels))
+            path = storage.join(data_root, rec.labels)
+            if storage.is_uri(path):  # the official evaluator reads local files
+                local = os.path.join(tmp, f"{k:06d}_gtFine_instanceIds.png")
+                storage.write_bytes(local, storage.read_bytes(path))
+                path = local
+            gt_files.append(path)
+            gt_maps.append(ids)
+            preds.append(predictor(img, ids) if predictor else predict_image(model, img, short_edge=short_edge))
         cs = evaluate_cityscapes(gt_files, preds)
-    finally:
-        for f in tmp_files:
-            os.remove(f)
     coco = evaluate_coco(gt_maps, preds)
     agnostic = evaluate_coco(*class_agnostic(gt_maps, preds))
     scale = f"short edge {short_edge} px" if short_edge else "native resolution"
@@ -119,11 +113,11 @@ def evaluate_coco_json(model, source: str, image_root: str | None, max_images: i
     ds = open_dataset(resolve(source, "coco", image_root))
     refs = list(ds.discover("val"))[: max_images or None]
     if not refs:
-        raise ValueError(f"{source}: no images with their files under {ds.spec.image_root}")
+        raise DataError(f"{source}: no images with their files under {ds.spec.image_root}")
     classes = list(classes or THING_CLASSES)
     cat_of = {i: ds.label_space.by_name[c].id for i, c in enumerate(classes) if c in ds.label_space.by_name}
     if not cat_of:
-        raise ValueError(f"{source}: none of the model's classes {classes[:8]} is a category of this file")
+        raise DataError(f"{source}: none of the model's classes {classes[:8]} is a category of this file")
     if model is not None:
         model.eval()
     dets = []

@@ -38,7 +38,9 @@ def run_name(cfg: Config, arm: str, catalog, k: int = 0) -> str:
 def final_checkpoint(result, iterations: int) -> str:
     """The run's last checkpoint, which must be at ``iterations``: the paired comparison scores it,
     never ``best/`` (chosen on the same val split the report scores: a selection bias)."""
-    path = result.checkpoint.path if result.checkpoint else None
+    from instsynth.train.trainer import checkpoint_uri
+
+    path = checkpoint_uri(result.checkpoint)
     step = json.loads(storage.read_bytes(storage.join(path, "model.json")))["step"] if path else None
     if step != iterations:
         raise ConfigError(f"train.iterations: the run's last checkpoint is at step {step}, not {iterations}")

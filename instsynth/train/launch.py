@@ -66,6 +66,10 @@ def check_inputs(cfg: Config, dirs: list[str]) -> None:
         except WeightsError as e:
             raise ConfigError(str(e)) from None
     check_pretrained(t.model.pretrained)
+    from instsynth.train.models import check_params
+    from instsynth.train.trainer import model_kwargs
+
+    check_params(t.model.name, **model_kwargs(t.model))
 
 
 def check_pretrained(model: str | None) -> None:

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 
 from instsynth import storage
-from instsynth.config import Config, ModelConfig, TrainConfig, grad_accum, to_dict
+from instsynth.config import Config, ConfigError, ModelConfig, TrainConfig, grad_accum, to_dict
 
 
 def model_kwargs(m: ModelConfig, classes: list[str] | None = None) -> dict:
@@ -64,6 +64,17 @@ def train_step(model, optimizer, micro_batches, grad_clip: float = 0.0, amp=None
 def loss_name(key: str) -> str:
     """``loss`` (the total) and ``loss_ce`` stay as they are; a head's ``ce`` becomes ``loss_ce``."""
     return key if key == "loss" or key.startswith("loss_") else f"loss_{key}"
+
+
+def checkpoint_uri(checkpoint) -> str | None:
+    """A Ray Train checkpoint's location as ``storage`` names it: Ray gives an S3 or GCS checkpoint's path
+    without its scheme (``bucket/runs/...``), which would read as a local path."""
+    if checkpoint is None:
+        return None
+    import pyarrow.fs as pafs
+
+    scheme = {pafs.S3FileSystem: "s3://", pafs.GcsFileSystem: "gs://"}.get(type(checkpoint.filesystem), "")
+    return checkpoint.path if not scheme or "://" in checkpoint.path else scheme + checkpoint.path
 
 
 def save_checkpoint(path: str, model, optimizer, step: int, spec: dict, metrics: dict) -> None:
@@ -150,6 +161,9 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = load_config(values={"train": config["train"]}).train
     run_dir, catalog = config["run_dir"], config["catalog"]
     quiet_reports(cfg.verbose)
+    from instsynth.train.failures import quiet_input_errors
+
+    quiet_input_errors()
     from instsynth.train import cs_eval
 
     cs_eval.VERBOSE = cfg.verbose
@@ -191,8 +205,13 @@ def train_loop_per_worker(config: dict) -> None:
         board = Board(run_dir)
     _, accum = grad_accum(cfg)
     last_ap = {"AP": -1.0, "AP50": -1.0}
-    loader = iter(SampleLoader(catalog, cfg, step, cfg.iterations, rank, world,
-                               threads=cfg.loader_threads, ahead=2 * accum + 2))
+    if cfg.ingest == "ray_data":
+        from instsynth.train.ingest import worker_batches
+
+        loader = worker_batches(catalog, cfg, step, rank, ahead=2 * accum + 2)
+    else:
+        loader = iter(SampleLoader(catalog, cfg, step, cfg.iterations, rank, world,
+                                   threads=cfg.loader_threads, ahead=2 * accum + 2))
     try:
         while step < cfg.iterations:
             lr = set_lr(opt, step, cfg)
@@ -240,9 +259,9 @@ def make_trainer(cfg: Config, catalog=None, launch: str | None = None):
     ``catalog``: the data's row catalog when the caller already built it (the experiment names its runs
     from it), so the committed parts are listed once."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from instsynth.train.data import build_catalog
+    from instsynth.train.failures import Trainer
     from instsynth.train.launch import resolve_paths
 
     cfg = resolve_paths(cfg)
@@ -252,18 +271,26 @@ def make_trainer(cfg: Config, catalog=None, launch: str | None = None):
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         resources["GPU"] = 1
-    return TorchTrainer(
+    ingest = {}
+    if t.ingest == "ray_data":
+        from instsynth.train import ingest as ray_ingest
+
+        ingest = {"datasets": ray_ingest.datasets(catalog, t, run_dir), "dataset_config": ray_ingest.data_config()}
+    return Trainer(
         train_loop_per_worker,
         train_loop_config={"train": to_dict(cfg)["train"], "run_dir": run_dir, "catalog": catalog,
                            "launch": launch or ""},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
+                                     placement_strategy=t.placement),
         run_config=RunConfig(name=t.name, storage_path=t.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
-                             # a lost worker or node: the group restarts from the last reported checkpoint
+                             # a lost worker or node: the group restarts from the last reported checkpoint;
+                             # an input error ends the run at once (instsynth.train.failures)
                              failure_config=FailureConfig(max_failures=t.max_failures),
                              # Ray Train's life-cycle INFO lines (resources, worker group, every report's
                              # metrics) are noise on the console; its log files keep them; --verbose shows them
                              logging_config=LoggingConfig(log_level="INFO" if t.verbose else "WARNING")),
+        **ingest,
     )
 
 
@@ -279,8 +306,19 @@ def run_training(cfg: Config, log=print, catalog=None):
         check_gpus(cfg)
         import uuid
 
+        from ray.train import TrainingFailedError
+
+        from instsynth.train.failures import input_error
+
         launch = uuid.uuid4().hex[:12]
-        result = make_trainer(cfg, catalog, launch).fit()
+        try:
+            result = make_trainer(cfg, catalog, launch).fit()
+        except TrainingFailedError as e:
+            bad = input_error(e)
+            if bad is None:
+                raise
+            # the worker's one line, not Ray Train's wrapped traceback
+            raise (ConfigError(str(bad)) if isinstance(bad, ValueError) else bad) from None
         log(training_summary(cfg, result, launch))
         return result
     finally:
@@ -322,7 +360,7 @@ def training_summary(cfg: Config, result, launch: str | None = None) -> str:
                      f"{'short edge ' + str(scale) + ' px' if scale else 'native resolution'}); "
                      f"evaluate it: instsynth evaluate --checkpoint {best} --data-root {t.eval_root}")
     except (storage.StorageError, ValueError, KeyError, TypeError):
-        last = result.checkpoint.path if result.checkpoint else "-"
+        last = checkpoint_uri(result.checkpoint) or "-"
         lines.append(f"no best/ checkpoint (no validation ran: train.eval_root, train.eval_every); "
                      f"last checkpoint: {last}")
     lines.append(f"TensorBoard: tensorboard --logdir {storage.join(run_dir, 'tensorboard')}")

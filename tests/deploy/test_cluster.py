@@ -5,6 +5,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -14,6 +15,7 @@ import tempfile
 import time
 
 import pyarrow as pa
+import pytest
 
 from instsynth import shards, storage
 from instsynth.config import load_config
@@ -83,14 +85,24 @@ def _ray_procs(tag):
     return [ln for ln in out.splitlines() if "pgrep" not in ln]
 
 
-def test_two_node_cluster_job_submit(sample_root, tmp_path):
-    """Head + a 'GPU' node (custom resource gpu_slot) on 127.0.0.1; `ray job submit` the synthesis job;
-    generator actors must run on the gpu_slot node; no Ray process is left behind."""
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head (2 CPUs) + a 'GPU' node (1 CPU, custom resource gpu_slot) on 127.0.0.1, both with the
+    environment of a local S3 server of their own; yields (dashboard address, env, S3 env).  On teardown
+    every Ray process of the cluster is killed and none may be left."""
+    import boto3
+
+    from tests.s3server import CountingS3
+
+    server = CountingS3().start()
+    s3env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+             "AWS_ENDPOINT_URL": server.endpoint}
+    boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket="bucket")
     tmp = tempfile.mkdtemp(prefix="rc")  # short: Ray socket paths must stay < 108 chars
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **s3env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     gcs, dash = _free_port(), _free_port()
-    out = str(tmp_path / "out")
     try:
         subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
@@ -99,26 +111,7 @@ def test_two_node_cluster_job_submit(sample_root, tmp_path):
         subprocess.run([RAY, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                         "--resources", json.dumps({"gpu_slot": 1}), "--disable-usage-stats", *_node_ports()],
                        env=env, check=True, capture_output=True, timeout=120)
-        for _ in range(20):  # the dashboard's job agent needs a moment after `ray start`
-            job = subprocess.run(
-                [RAY, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", ROOT, "--",
-                 sys.executable, "ray_jobs/synthesize.py", sample_root, "--out", out, "--config", "configs/debug.yaml",
-                 "--generator", "recolor", "--set", "run.progress=false", "--set", "generator.resources={gpu_slot: 1}",
-                 "--set", "generator.num_cpus=0.25", "--set", "run.num_cpus=0.5"],
-                env={**env, "RAY_ADDRESS": f"http://127.0.0.1:{dash}"}, capture_output=True, text=True, timeout=400)
-            if "No available agent" not in job.stdout + job.stderr:
-                break
-            time.sleep(2)
-        assert job.returncode == 0 and "succeeded" in (job.stdout + job.stderr).lower(), (job.stdout + job.stderr)[-3000:]
-        rows = _rows(out)
-        plan = storage.read_parquet(shards.plan_path(out))
-        assert rows.num_rows == plan.num_rows > 0
-        (run,) = [json.loads(storage.read_bytes(storage.join(out, "_runs", n))) for n in
-                  storage.list_names(storage.join(out, "_runs"))]
-        gpu_nodes = {nid for nid, n in run["nodes"].items() if "gpu_slot" in n["resources"]}
-        assert len(gpu_nodes) == 1 and len(run["nodes"]) == 2
-        gen_nodes = {u["nodes"]["generate"] for u in run["units"]}
-        assert gen_nodes == gpu_nodes  # every generator actor ran on the 'GPU' node
+        yield f"http://127.0.0.1:{dash}", env, s3env, tmp
     finally:
         for line in _ray_procs(tmp):
             with contextlib.suppress(ProcessLookupError, ValueError):
@@ -127,4 +120,99 @@ def test_two_node_cluster_job_submit(sample_root, tmp_path):
         time.sleep(1)
         left = _ray_procs(tmp) + [p for p in _ray_procs(f"127.0.0.1:{gcs}")]
         shutil.rmtree(tmp, ignore_errors=True)
+        server.stop()
         assert not left, left
+
+
+def _submit(address, env, args, wait=True):
+    """`ray job submit` of the repo (retried while the dashboard's job agent is still starting)."""
+    for _ in range(20):
+        job = subprocess.run([RAY, "job", "submit", f"--address={address}", "--working-dir", ROOT,
+                              *([] if wait else ["--no-wait"]), "--", sys.executable, *args],
+                             env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True, timeout=400)
+        if "No available agent" not in job.stdout + job.stderr:
+            return job
+        time.sleep(2)
+    return job
+
+
+def test_two_node_cluster_job_submit(cluster, sample_root, tmp_path):
+    """`ray job submit` the synthesis job; generator actors must run on the gpu_slot node."""
+    address, env, _, _ = cluster
+    out = str(tmp_path / "out")
+    job = _submit(address, env, [
+        "ray_jobs/synthesize.py", sample_root, "--out", out, "--config", "configs/debug.yaml",
+        "--generator", "recolor", "--set", "run.progress=false", "--set", "generator.resources={gpu_slot: 1}",
+        "--set", "generator.num_cpus=0.25", "--set", "run.num_cpus=0.5"])
+    assert job.returncode == 0 and "succeeded" in (job.stdout + job.stderr).lower(), (job.stdout + job.stderr)[-3000:]
+    rows = _rows(out)
+    plan = storage.read_parquet(shards.plan_path(out))
+    assert rows.num_rows == plan.num_rows > 0
+    (run,) = [json.loads(storage.read_bytes(storage.join(out, "_runs", n))) for n in
+              storage.list_names(storage.join(out, "_runs"))]
+    gpu_nodes = {nid for nid, n in run["nodes"].items() if "gpu_slot" in n["resources"]}
+    assert len(gpu_nodes) == 1 and len(run["nodes"]) == 2
+    gen_nodes = {u["nodes"]["generate"] for u in run["units"]}
+    assert gen_nodes == gpu_nodes  # every generator actor ran on the 'GPU' node
+
+
+def _train_workers(tmp):
+    """pids of this cluster's Ray Train worker processes (their raylet runs under the cluster's temp dir)."""
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any("RayTrainWorker" in c for c in (p.info["cmdline"] or [])) and \
+                    any(tmp in " ".join(a.cmdline()) for a in p.parents()):
+                pids.append(p.info["pid"])
+    return pids
+
+
+def test_two_node_training_on_s3_survives_a_killed_worker(cluster, sample_root, tmp_path, monkeypatch):
+    """`ray job submit ray_jobs/train.py` with one worker on each node and storage_path on S3; one train worker
+    is killed (kill -9 by pid) after the first checkpoints; the job still succeeds at train.iterations with one
+    restart; `instsynth evaluate` then scores the s3:// best/ checkpoint."""
+    from instsynth.cli import main
+    from instsynth.originals import write_originals
+
+    address, env, s3env, tmp = cluster
+    for k, v in s3env.items():
+        monkeypatch.setenv(k, v)
+    orig = str(tmp_path / "original")
+    write_originals(sample_root, orig, load_config(DEBUG), log=lambda *a: None)
+    runs, name = "s3://bucket/runs", "two-node"
+    sets = [f"train.dirs=[{orig}]", f"train.eval_root={sample_root}", "train.eval_max_images=1",
+            f"train.storage_path={runs}", f"train.name={name}", "train.num_workers=2", "train.cpus_per_worker=1",
+            "train.placement=STRICT_SPREAD", "train.iterations=6", "train.checkpoint_every=1", "train.eval_every=6"]
+    job = _submit(address, env, ["ray_jobs/train.py", "--config", "configs/train/fastinst.tiny.yaml",
+                                 *sum((["--set", s] for s in sets), [])], wait=False)
+    assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+    job_id = re.search(r"raysubmit_\w+", job.stdout + job.stderr).group(0)
+    run_dir = storage.join(runs, name)
+    killed, deadline = None, time.time() + 150
+    while killed is None and time.time() < deadline:
+        # three checkpoint dirs: the first report is surely registered by the controller
+        if sum(n.startswith("checkpoint_") for n in storage.list_names(run_dir)) >= 3:
+            pids = _train_workers(tmp)
+            assert len(pids) == 2, pids  # one per node
+            os.kill(pids[-1], signal.SIGKILL)
+            killed = pids[-1]
+        time.sleep(0.3)
+    assert killed, "no checkpoints on S3 within 150 s"
+    status = ""
+    while time.time() < deadline + 120 and not any(s in status for s in ("succeeded", "failed", "stopped")):
+        time.sleep(1)
+        status = subprocess.run([RAY, "job", "status", f"--address={address}", job_id], env=env,
+                                capture_output=True, text=True).stdout.lower()
+    logs = subprocess.run([RAY, "job", "logs", f"--address={address}", job_id], env=env, capture_output=True,
+                          text=True).stdout
+    assert "succeeded" in status, logs[-3000:]
+    assert f"trained fastinst {name} from step 0 to step 6; 1 restart after a lost worker" in logs, logs[-3000:]
+    starts = [json.loads(ln) for ln in storage.read_bytes(storage.join(run_dir, "starts.jsonl")).decode().splitlines()]
+    assert len(starts) == 2 and starts[1]["resumed"] and 1 <= starts[1]["start_step"] < 6, starts
+    assert any(n.startswith("events") for n in storage.list_names(storage.join(run_dir, "tensorboard")))
+    best = storage.join(run_dir, "best")
+    assert main(["evaluate", "--checkpoint", best, "--data-root", sample_root, "--max-images", "1"]) == 0
+    res = json.loads(storage.read_bytes(storage.join(best, "eval_val.json")))
+    assert res["step"] == 6 and res["checkpoint"] == best

