@@ -183,6 +183,11 @@ class TrainConfig:
     warmup_iters: int = 1000
     warmup_factor: float = 0.001
     poly_power: float = 0.9
+    #: ``poly`` (Mask2Former's) or ``step`` (FastInst's published config: x``lr_gamma`` at ``lr_steps``,
+    #: fractions of ``iterations``; with ``warmup_iters: 10``, ``warmup_factor: 1.0``, ``grad_clip: 0``)
+    schedule: str = "poly"
+    lr_steps: list[float] = field(default_factory=lambda: [0.89, 0.96])
+    lr_gamma: float = 0.1
     grad_clip: float = 0.01
     amp: str = "auto"
     sync_bn: bool = True
@@ -465,6 +470,10 @@ def validate(cfg: Config) -> None:
     parse_size(t.crop, "train.crop")
     if t.synthetic_ratio is not None and t.synthetic_ratio < 0:
         raise ConfigError(f"train.synthetic_ratio must be >= 0, got {t.synthetic_ratio}")
+    if t.schedule not in ("poly", "step"):
+        raise ConfigError(f"train.schedule must be 'poly' or 'step', got {t.schedule!r}")
+    if any(not 0 < f < 1 for f in t.lr_steps):
+        raise ConfigError(f"train.lr_steps: fractions of train.iterations in (0, 1), got {t.lr_steps}")
     if t.ingest not in ("threads", "ray_data"):
         raise ConfigError(f"train.ingest must be 'threads' or 'ray_data', got {t.ingest!r}")
     if t.placement not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):

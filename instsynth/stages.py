@@ -1,9 +1,9 @@
 """The main job's stages as plain functions over a *work unit* (a few plan rows).
 
 Why units: a unit is the smallest piece of output that is committed (one Parquet file + one
-marker), so it is also what a stage receives.  These functions know nothing of Ray; ``pipeline``
-wraps them in Ray Data operators and ``synth`` also runs them in a plain loop (``run.executor:
-local``), which is the baseline the pipeline benchmark compares against.
+marker), so it is also what a stage receives.  These functions know nothing of Ray;
+``executors/ray.py`` wraps them in Ray Data operators and ``executors/local.py`` runs them in a plain
+loop (``run.executor: local``), the baseline the pipeline benchmark compares against.
 
 A bad record never raises out of a stage: it becomes a failure ``{work_id, image_id, stage,
 reason}`` carried with the unit and written to ``_failures/<unit>.parquet``.

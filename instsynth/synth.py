@@ -1,8 +1,8 @@
 """The main job's driver: plan -> units -> stages -> committed shards, resumable.
 
-Why a driver separate from the pipeline: everything that decides *what* to run (plan, config
+Why a driver separate from the executors: everything that decides *what* to run (plan, config
 check, which units are left, failure budget, run record) is the same whether the stages run in a
-plain loop (``run.executor: local``) or on Ray Data (``pipeline``); only the executor differs.
+plain loop (``executors/local.py``) or on Ray Data (``executors/ray.py``); only the executor differs.
 """
 
 from __future__ import annotations

@@ -46,6 +46,11 @@ def machine() -> str:
 
 # -- learnability ------------------------------------------------------------------------------
 
+#: FastInst's published optimisation (its Base-COCO config): LR 1e-4, backbone x0.1, no gradient clipping,
+#: a 10-iteration warmup from x1.0 (none, in effect), constant LR with x0.1 steps at 89% and 96%
+OFFICIAL_RECIPE = ["train.lr=1e-4", "train.backbone_lr_mult=0.1", "train.grad_clip=0", "train.warmup_iters=10",
+                   "train.warmup_factor=1.0", "train.schedule=step"]
+
 def tiny(args) -> dict:
     from instsynth.config import load_config
     from instsynth.datasets.sample import write_sample
@@ -67,6 +72,8 @@ def tiny(args) -> dict:
         # queries start inside their object here, 65% with 100 (the stride-16 grid allows 67%;
         # scripts/diag_fastinst.py); AP50 at 1,000 iterations was about the same either way
         q = f", num_queries: {args.queries}, test_topk: {args.queries}" if model == "fastinst" else ""
+        if model == "fastinst" and args.width == "published":  # FastInst's own widths (FastInstConfig defaults):
+            arm = [f"train.model.name={model}", "train.model.tiny=false"]  # hidden 256, 8 heads, FFN 1024, 3 layers
         arm += [f"train.model.params={{backbone: mobilenet_v2{q}}}"]
         if init == "imagenet":
             arm += ["train.model.backbone_weights=bundled"]
@@ -76,7 +83,7 @@ def tiny(args) -> dict:
             f"train.cpus_per_worker={os.cpu_count() or 2}", f"train.batch_size={args.batch}", f"train.lr={args.lr}",
             "train.backbone_lr_mult=1.0", f"train.warmup_iters={args.warmup}", "train.crop=384x192",
             "train.short_edge=[288, 480]", "train.eval_short_edge=384", "train.eval_every=1000000",
-            *args.set]
+            *(OFFICIAL_RECIPE if args.recipe == "official" else []), *args.set]
     cfg = load_config(None, sets)
     import ray
 
@@ -288,6 +295,10 @@ def main() -> None:
                     "MobileNetV2 with the same rows, crops, batch, iterations and test scale; one figure of all")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--queries", type=int, default=100, help="--arms: FastInst's number of queries")
+    ap.add_argument("--width", choices=["tiny", "published"], default="tiny",
+                    help="--arms: FastInst at the tiny widths (64/4/128) or its published ones (256/8/1024)")
+    ap.add_argument("--recipe", choices=["ours", "official"], default="ours",
+                    help="official: FastInst's published optimisation (overrides --lr/--warmup; no clipping)")
     ap.add_argument("--plot", nargs="+", help="redraw the arms figure (--out/curves.png) from curve-*.json files")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -304,7 +315,8 @@ def main() -> None:
             r = subprocess.run([sys.executable, __file__, "--scale", "tiny", "--out", args.out, "--arm", arm,
                                 "--name", f"{args.name}-{arm.replace(':', '-')}", "--iterations", str(args.iterations),
                                 "--every", str(args.every), "--batch", str(args.batch), "--lr", str(args.lr),
-                                "--warmup", str(args.warmup), "--queries", str(args.queries)] + sum((["--set", x] for x in args.set), []))
+                                "--warmup", str(args.warmup), "--queries", str(args.queries), "--width", args.width,
+                                "--recipe", args.recipe] + sum((["--set", x] for x in args.set), []))
             if r.returncode:
                 raise SystemExit(f"arm {arm} failed ({r.returncode})")
             reports.append(json.load(open(os.path.join(args.out, f"curve-{arm.replace(':', '-')}.json"))))

@@ -119,14 +119,19 @@ def train(args, root: str, orig: str) -> None:
 
     def counted_match(self, preds, targets, idx, e4_size):
         out = match(self, preds, targets, idx, e4_size)
-        for (cls_l, _), per_image in zip(preds, out):
-            for b, (qi, ti) in enumerate(per_image):
-                if len(qi):
-                    on = fi._on_grid(targets[b]["masks"], e4_size)
-                    stats.setdefault("coverable", []).append(float(on[ti].any(1).float().mean()))
-                    stats.setdefault("inside", []).append(float(on[ti, idx[b][qi]].float().mean()))
-                    right = cls_l[b][qi][:, :-1].argmax(-1) == targets[b]["labels"][ti]
-                    stats.setdefault("clsacc", []).append(float(right.float().mean()))
+        # the last decoder layer only: the guided pass matches it alone; without it, losses() matches all stages
+        if len(preds) not in (1, self.cfg.dec_layers + 1):
+            return out
+        (cls_l, _), per_image = preds[-1], out[-1]
+        cells = torch.arange(e4_size[0] * e4_size[1])
+        for b, (qi, ti) in enumerate(per_image):
+            if len(qi):
+                masks = targets[b]["masks"][ti]
+                stats.setdefault("coverable", []).append(float(fi.query_inside(masks, cells, e4_size).any(0).float().mean()))
+                inside = fi.query_inside(masks, idx[b][qi], e4_size).diagonal()
+                stats.setdefault("inside", []).append(float(inside.float().mean()))
+                right = cls_l[b][qi][:, :-1].argmax(-1) == targets[b]["labels"][ti]
+                stats.setdefault("clsacc", []).append(float(right.float().mean()))
         return out
 
     fi.FastInst.match = counted_match  # this process only: the matching itself is unchanged

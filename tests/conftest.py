@@ -8,28 +8,35 @@ import pytest
 from instsynth.config import Config, load_config
 from instsynth.datasets.sample import write_sample
 
-# Keep every tool's caches out of the user's home (checked at session end, see pytest_sessionfinish),
-# and every temp file of the tests, their subprocesses (TMPDIR) and Ray under one folder that is removed
-# at the end, so a test run leaves /tmp as it found it.  Short name: Ray's socket paths under it must
-# stay within the 107-byte limit of a Unix socket path.
+# The tests run with a HOME of their own, so no tool they start (Ray, Hugging Face, torch, matplotlib, a
+# browser) writes into the user's, and every temp file of the tests, their subprocesses (TMPDIR) and Ray
+# lies under one folder that is removed at the end, so a test run leaves /tmp as it found it.  Short
+# name: Ray's socket paths under it must stay within the 107-byte limit of a Unix socket path.
 _TMP = tempfile.mkdtemp(prefix="ist-")
 os.environ["TMPDIR"] = _TMP
 tempfile.tempdir = _TMP
+_REAL_HOME = os.path.expanduser("~")
+os.environ["HOME"] = os.path.join(_TMP, "home")
+os.makedirs(os.environ["HOME"])
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MPLCONFIGDIR", os.path.join(_TMP, "mpl"))
 os.environ.setdefault("HF_HOME", os.path.join(_TMP, "hf"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCH_HOME", os.path.join(_TMP, "torch"))
-_HOME = os.path.expanduser("~")
+#: where the tools the tests run keep their state under a home: with HOME redirected these stay empty
+#: in the user's home unless something finds it another way (``pwd``); a browser or editor the user runs
+#: meanwhile writes elsewhere (``.config/chromium``, ``.cache/dconf``), so it cannot trip the check
+_TOOL_DIRS = (".ray", ".cache/huggingface", ".cache/torch", ".cache/matplotlib", ".config/matplotlib",
+              ".cache/instsynth", ".cache/ray", ".cache/pip/instsynth", ".pki")
 
 
 def _home_snapshot() -> set[str]:
     out = set()
-    for sub in ("", ".cache", ".config"):
-        d = os.path.join(_HOME, sub)
+    for sub in _TOOL_DIRS:
+        d = os.path.join(_REAL_HOME, sub)
         if os.path.isdir(d):
-            out |= {os.path.join(sub, n) for n in os.listdir(d)}
+            out |= {os.path.join(sub, n) for n in os.listdir(d)} | {sub}
     return out
 
 
@@ -69,24 +76,56 @@ def pytest_sessionfinish(session, exitstatus):
     if left:
         problems.append(f"Ray processes left behind: {left[:5]}")
     if new_home:
-        problems.append(f"tests wrote into {_HOME}: {new_home}")
+        problems.append(f"tests wrote into {_REAL_HOME}: {new_home}")
     if problems:
         print("\n" + "\n".join(problems))
         session.exitstatus = 1
 
 
+def _s3_env(endpoint: str) -> dict:
+    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint}
+
+
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the session, with more logical CPUs than cores so stages can overlap."""
+def session_s3():
+    """A local S3 server for the whole session whose environment the session's Ray workers carry (the
+    ``ray_local`` fixture's runtime env), so in-process Ray Train runs can keep their runs on ``s3://``;
+    bucket ``bucket`` exists.  Tests that use it set the same environment in-process (``s3_session``)."""
+    from tests.s3server import CountingS3
+
+    server = CountingS3().start()
+    server.env = _s3_env(server.endpoint)
+    import boto3
+
+    boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket="bucket")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local(session_s3):
+    """One local Ray for the session, with more logical CPUs than cores so stages can overlap; its workers
+    reach the session's S3 server."""
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR",
-                 _temp_dir=os.path.join(_TMP, "ray"))
+                 _temp_dir=os.path.join(_TMP, "ray"), runtime_env={"env_vars": session_s3.env})
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
     yield ray
+
+
+@pytest.fixture
+def s3_session(session_s3, monkeypatch):
+    """The session S3 server's environment, set in this process too (for tests that train on Ray with
+    their runs on ``s3://``)."""
+    for k, v in session_s3.env.items():
+        monkeypatch.setenv(k, v)
+    return session_s3.env
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,8 +181,7 @@ def s3_server(monkeypatch):
     from tests.s3server import CountingS3
 
     server = CountingS3().start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": server.endpoint}
+    env = _s3_env(server.endpoint)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     import boto3

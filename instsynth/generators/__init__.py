@@ -18,7 +18,7 @@ import importlib
 
 from instsynth.config import GeneratorConfig
 
-# name -> "module:Class"; classes take (**params) and expose from_config(GeneratorConfig)
+# name -> "module:Class"; classes take the generator's ``params`` as keywords (``build_generator``)
 REGISTRY = {
     "identity": "instsynth.generators.simple:Identity",
     "recolor": "instsynth.generators.simple:Recolor",

@@ -24,10 +24,13 @@ def run_name(cfg: Config, arm: str, catalog, k: int = 0) -> str:
     does not depend on ``train.synthetic_ratio``, so its hash sees that key at its default: changing
     the synthetic side reuses finished baseline runs."""
     t = to_dict(cfg)["train"]
-    for key in ("dirs", "name", "storage_path", "verbose", "max_failures"):  # where, how loudly, not what
-        t.pop(key)
-    if t.get("eval_image_root") is None:  # a key added later: at its default, names made before stay valid
-        t.pop("eval_image_root", None)
+    # where, how loudly and how the samples arrive (the same samples either way), not what is trained
+    for key in ("dirs", "name", "storage_path", "verbose", "max_failures", "ingest", "ingest_cpus", "placement"):
+        t.pop(key, None)
+    defaults = to_dict(Config())["train"]
+    for key in ("eval_image_root", "schedule", "lr_steps", "lr_gamma"):  # keys added later: at their
+        if t.get(key) == defaults.get(key):  # defaults, names made before them stay valid
+            t.pop(key, None)
     if not catalog.synth:  # hashed at its default, so names made before this rule stay valid
         t["synthetic_ratio"] = to_dict(Config())["train"]["synthetic_ratio"]
     h = hashlib.sha1(json.dumps({"data": catalog.fingerprint(), "train": t}, sort_keys=True).encode())

@@ -96,13 +96,18 @@ class Board:
     background thread, so a flush can miss them and a killed run keeps an empty file): each report is
     on disk when ``flush`` returns; a URI run dir gets a mirror at checkpoints and at close."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, purge_step: int | None = None):
         from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
 
         self.dest = storage.join(run_dir, "tensorboard")
         self.local = self.dest if not storage.is_uri(run_dir) else tempfile.mkdtemp(prefix="instsynth-tb-")
         os.makedirs(self.local, exist_ok=True)
         self.events = EventsWriter(os.path.join(self.local, "events"))
+        if purge_step is not None:  # a resumed start: TensorBoard drops the earlier files' events from this
+            # step on (steps a lost worker reported after its last checkpoint), so each step shows once
+            self.events.write_event(Event(step=purge_step, file_version="brain.Event:2"))
+            self.events.write_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
 
     def scalars(self, values: dict, step: int) -> None:
         import time
@@ -202,7 +207,7 @@ def train_loop_per_worker(config: dict) -> None:
         storage.append_text(storage.join(run_dir, "starts.jsonl"), json.dumps(
             {"start_step": step, "world_size": world, "resumed": bool(ckpt), "launch": config.get("launch", ""),
              "recipe": spec["recipe"]}) + "\n")
-        board = Board(run_dir)
+        board = Board(run_dir, purge_step=step if ckpt else None)
     _, accum = grad_accum(cfg)
     last_ap = {"AP": -1.0, "AP50": -1.0}
     if cfg.ingest == "ray_data":

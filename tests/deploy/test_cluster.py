@@ -208,6 +208,10 @@ def test_two_node_training_on_s3_survives_a_killed_worker(cluster, sample_root, 
     logs = subprocess.run([RAY, "job", "logs", f"--address={address}", job_id], env=env, capture_output=True,
                           text=True).stdout
     assert "succeeded" in status, logs[-3000:]
+    # the console a user sees: no Ray Train life-cycle or per-report lines, no evaluator dumps
+    assert "Reporting training result" not in logs, logs[-3000:]
+    assert "Average Precision" not in logs and "index created" not in logs and "loss_loss" not in logs
+    assert "at test scale short edge 192 px" in logs
     assert f"trained fastinst {name} from step 0 to step 6; 1 restart after a lost worker" in logs, logs[-3000:]
     starts = [json.loads(ln) for ln in storage.read_bytes(storage.join(run_dir, "starts.jsonl")).decode().splitlines()]
     assert len(starts) == 2 and starts[1]["resumed"] and 1 <= starts[1]["start_step"] < 6, starts

@@ -72,3 +72,21 @@ def test_models_prefetch_offline(tmp_path, capsys, monkeypatch):
     assert main(["models", "prefetch", "--set", "generator.name=sdxl-inpaint",
                  "--set", f"generator.params.model={local}"]) == 0
     assert "local" in capsys.readouterr().out
+
+
+def test_kuberay_training_job_is_a_valid_launch():
+    """The training RayJob's entrypoint is `ray_jobs/train.py` with a config and overrides that load (every key
+    valid), its checkpoints on s3:// and one GPU worker pod per train worker."""
+    import shlex
+
+    from instsynth.config import load_config
+
+    job = _yaml("deploy/kuberay/train-rayjob.yaml")
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:2] == ["python", "ray_jobs/train.py"]
+    config = os.path.join(ROOT, argv[argv.index("--config") + 1])
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    t = load_config(config, sets).train
+    assert t.storage_path.startswith("s3://") and t.eval_root.startswith("s3://") and t.ingest == "ray_data"
+    gpu = [g for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu"][0]
+    assert gpu["maxReplicas"] >= t.num_workers and t.use_gpu

@@ -42,7 +42,9 @@ def test_query_selection_ranks_per_class_local_maxima_first():
     logits[0, 0, 1, 1] = 3.0
     idx = select_queries(logits, 3)
     assert set(int(i) for i in idx[0][:3]) == {9, 10, 45}
-    assert select_queries(logits, 100).shape == (1, 64)  # capped at the number of pixels
+    many = select_queries(logits, 100)  # more queries than the 64 cells: every cell, then again in rank order
+    assert many.shape == (1, 100) and set(many[0, :64].tolist()) == set(range(64))
+    assert torch.equal(many[0, 64:], many[0, :36])
 
 
 def test_output_shapes_and_losses():
@@ -65,8 +67,44 @@ def test_proposal_loss_supervises_every_e4_pixel():
     assert bool((per_pixel > 0).all())  # every pixel gets a target (matched class or no-object)
     # the matched pixels are one per GT and lie inside their GT masks
     (pi, ti), _ = m.match_pixels(aux.detach(), _targets())
-    inside = fi._on_grid(_targets()[0]["masks"], (16, 32))
+    inside = fi.proposal_cells(_targets()[0]["masks"], (16, 32)).flatten(1)
     assert len(pi) == 2 and all(bool(inside[t, p]) for p, t in zip(pi.tolist(), ti.tolist()))
+
+
+def test_proposal_cells_mark_every_cell_holding_a_pixel():
+    """The authors' rule (adaptive average pooling > 0): a 2x2 GT at (1, 1) of a 64x64 mask marks cell 0 of
+    a 4x4 grid and only it; a one-pixel GT still gets its cell (nearest downsampling loses it)."""
+    m = torch.zeros(2, 64, 64, dtype=torch.bool)
+    m[0, 1:3, 1:3] = True
+    m[1, 37, 50] = True
+    cells = fi.proposal_cells(m, (4, 4))
+    assert cells.shape == (2, 4, 4) and cells.dtype == torch.bool
+    assert cells[0].nonzero().tolist() == [[0, 0]]
+    assert cells[1].nonzero().tolist() == [[2, 3]]
+    assert fi.proposal_cells(m[:0], (4, 4)).shape == (0, 4, 4)
+
+
+def test_location_cost_samples_the_full_resolution_mask_at_the_query():
+    """Official compute_coordinates + point_sample: cell (y, x) of an h x w grid sits at
+    (linspace(0,1,w)[x], linspace(0,1,h)[y]); the corner cells sit on the image corners."""
+    m = torch.zeros(1, 64, 64, dtype=torch.bool)
+    m[0, :4, :4] = True  # the top-left corner only
+    inside = fi.query_inside(m, torch.arange(16), (4, 4))  # (Q, T)
+    assert inside[:, 0].nonzero().flatten().tolist() == [0]
+    assert torch.allclose(fi.query_locations(torch.tensor([5]), (4, 4)), torch.tensor([[1 / 3, 1 / 3]]))
+
+
+def test_small_inputs_with_fewer_cells_than_queries():
+    """20 queries on an input whose E4 grid has 8 cells: training and inference run (it crashed in the
+    attention mask before)."""
+    m = _model()
+    images = torch.randint(0, 255, (1, 3, 64, 128), dtype=torch.uint8)
+    targets = [{"masks": torch.zeros(1, 64, 128, dtype=torch.bool), "labels": torch.tensor([1])}]
+    targets[0]["masks"][0, 10:40, 20:60] = True
+    m.train()
+    assert torch.isfinite(m(images, targets)["loss"])
+    m.eval()
+    assert len(m(images)[0]["scores"]) == m.cfg.test_topk
 
 
 def test_masks_follow_the_updated_pixel_path():

@@ -79,16 +79,16 @@ def test_every_family_sizes_its_head_from_the_label_space(coco_out, name):
 
 
 def test_experiment_and_evaluate_on_coco(ray_local, coco_out, coco_root, tmp_path, capsys):
-    """An experiment (2 seeds, both arms) on COCO-sourced dirs scored with COCO mask AP; `evaluate` of one
-    of its checkpoints knows the model's classes from the checkpoint."""
+    """An experiment (both arms; seeds are tested on Cityscapes) on COCO-sourced dirs scored with COCO mask
+    AP; `evaluate` of one of its checkpoints knows the model's classes from the checkpoint."""
     from instsynth.train.experiment import run_experiment
 
     exp = load_config(os.path.join(CONFIGS, "experiments", "debug.yaml"), _train_sets(coco_out, coco_root, "coco-exp") + [
         f"experiment.originals=[{coco_out / 'original'}]", f"experiment.synthetic=[{coco_out / 'recolor'}]",
-        f"experiment.out={tmp_path / 'exp'}", "experiment.seeds=2", "train.eval_max_images=2",
+        f"experiment.out={tmp_path / 'exp'}", "experiment.seeds=1", "train.eval_max_images=2",
         "train.eval_every=1000"])  # the final checkpoints are scored; no validation during the runs
     report = run_experiment(exp, log=lambda *a: None)
-    assert report["metric"] == "coco" and len(report["per_seed"]) == 2 and report["paired"]["AP50"]["n"] == 2
+    assert report["metric"] == "coco" and len(report["per_seed"]) == 1 and report["baseline"]["step"] == 2
     assert "COCO mask AP" in open(tmp_path / "exp" / "report.md").read()
     ckpt = report["augmented"]["checkpoint"]
     meta = json.load(open(os.path.join(ckpt, "model.json")))

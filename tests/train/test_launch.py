@@ -54,17 +54,32 @@ def test_shipped_tiny_configs_run_from_another_directory(ray_local, demo_tree, t
     assert (run_dir / "starts.jsonl").exists() and not (tmp_path / "demo-out").exists()
     meta = json.load(open(os.path.join(result.checkpoint.path, "model.json")))
     assert meta["recipe"]["eval_short_edge"] == 192 and meta["recipe"]["batch_size"] == cfg.train.batch_size
+    if name == "fastinst":  # a launch that found the run finished (its start at train.iterations) says so
+        from instsynth.train.trainer import training_summary
+
+        storage.append_text(str(run_dir / "starts.jsonl"), json.dumps(
+            {"start_step": cfg.train.iterations, "world_size": 2, "resumed": True, "launch": "again"}) + "\n")
+        text = training_summary(load_config(str(demo_tree / "configs" / "train" / f"{name}.tiny.yaml")), result,
+                                "again")
+        assert f"nothing left to train: {cfg.train.name} already reached step {cfg.train.iterations}" in text
 
 
-def test_shipped_debug_experiment_and_fingerprinted_runs(ray_local, demo_tree, tmp_path, monkeypatch):
+def test_shipped_debug_experiment_on_s3_and_fingerprinted_runs(ray_local, s3_session, demo_tree, tmp_path,
+                                                               monkeypatch, capsys):
+    """`instsynth experiment --seeds 2` (the debug config) with train.storage_path and experiment.out on S3:
+    every run trains there, the final checkpoints (s3:// URIs, which Ray names without their scheme) are
+    scored, the report lands on S3; run names fingerprint the data."""
     from instsynth.synth import run_synth
     from instsynth.train.data import build_catalog
-    from instsynth.train.experiment import run_experiment, run_name
+    from instsynth.train.experiment import run_name
     from instsynth.train.launch import resolve_paths
 
     monkeypatch.chdir(tmp_path)
     path = str(demo_tree / "configs" / "experiments" / "debug.yaml")
-    report = run_experiment(load_config(path, ["experiment.seeds=2"]), log=lambda *a: None)
+    runs, exp = "s3://bucket/runs", "s3://bucket/experiments/debug"
+    assert main(["experiment", "--config", path, "--seeds", "2", "--set", f"train.storage_path={runs}",
+                 "--set", f"experiment.out={exp}"]) == 0, capsys.readouterr().err[-3000:]
+    report = json.loads(storage.read_bytes(storage.join(exp, "report.json")))
     assert report["baseline"]["images"] == 2 and report["test_scale"] == "short edge 192 px"
     # seeds: run k trains with train.seed + k; seed 0 keeps the one-seed names; final checkpoints are scored
     assert report["seeds"] == [0, 1] and len(report["per_seed"]) == 2
@@ -73,14 +88,13 @@ def test_shipped_debug_experiment_and_fingerprinted_runs(ray_local, demo_tree, t
     assert not any("-seed" in n for n in report["runs"].values())  # seed 0: the one-seed names
     for arm in ("baseline", "augmented"):
         assert report[arm]["step"] == 2 and os.path.basename(report[arm]["checkpoint"]) != "best"
+        assert report[arm]["checkpoint"].startswith(f"{runs}/{report['runs'][arm]}/checkpoint_")
         assert set(report["arms"][arm]["AP"]) == {"mean", "std"}
     assert report["paired"]["AP50"]["n"] == 2 and report["paired"]["AP50"]["lo"] is not None
-    text = open(demo_tree / "demo-out" / "experiment" / "report.md").read()
-    assert "95% interval" in text and "seed" in text and "final (step 2)" in text
-    assert (demo_tree / "demo-out" / "experiment" / "report.md").exists()
-    assert "recolor" in open(demo_tree / "demo-out" / "experiment" / "report.md").read()
-    runs = demo_tree / "demo-out" / "runs"
-    assert {p.name for p in runs.iterdir()} >= set(report["runs"].values())
+    text = storage.read_bytes(storage.join(exp, "report.md")).decode()
+    assert "95% interval" in text and "seed" in text and "final (step 2)" in text and "recolor" in text
+    assert set(storage.list_names(runs)) >= set(report["runs"].values())
+    assert not (demo_tree / "demo-out" / "experiment").exists()  # nothing went to the config's local paths
 
     def names(cfg):
         cfg = resolve_paths(cfg)
@@ -184,6 +198,45 @@ def test_tensorboard_scalars_survive_a_killed_run(tmp_path):
     assert b"train/loss" in data  # flushed at the report, not only at close
 
 
+def _events(path):
+    """The Event protos of a TensorBoard event file (TFRecord framing: length, crc, data, crc)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    data, out, pos = open(path, "rb").read(), [], 0
+    while pos < len(data):
+        (n,) = struct.unpack("<Q", data[pos:pos + 8])
+        out.append(Event.FromString(data[pos + 12:pos + 12 + n]))
+        pos += 12 + n + 4
+    return out
+
+
+def test_a_resumed_board_purges_the_steps_after_its_checkpoint(tmp_path):
+    """A worker reported steps 1-5, its last checkpoint was step 3: the restarted worker's events file starts
+    with TensorBoard's purge marker at step 3 (SessionLog START), so steps 4-5 show once, from the restart."""
+    from tensorboardX.proto.event_pb2 import SessionLog
+
+    from instsynth.train.trainer import Board
+
+    first = Board(str(tmp_path))
+    for step in range(1, 6):
+        first.scalars({"train/loss": 1.0}, step)
+    first.close()
+    import time
+
+    time.sleep(1.1)  # event files are named by the second they were opened in
+    again = Board(str(tmp_path), purge_step=3)
+    again.scalars({"train/loss": 0.5}, 4)
+    again.close()
+    files = sorted(os.listdir(tmp_path / "tensorboard"))
+    assert len(files) == 2
+    events = _events(tmp_path / "tensorboard" / files[1])
+    start = [e for e in events if e.HasField("session_log")]
+    assert len(start) == 1 and start[0].step == 3 and start[0].session_log.status == SessionLog.START
+    assert not any(e.HasField("session_log") for e in _events(tmp_path / "tensorboard" / files[0]))
+
+
 def test_side_files_on_s3(s3, tmp_path):
     from instsynth.train.trainer import Board
 
@@ -214,25 +267,10 @@ def test_generator_model_paths_relative_to_the_config(tmp_path, monkeypatch):
     assert load_config("h.yaml").generator.params["model"] == "org/some-model"  # a hub id stays as it is
 
 
-def test_train_output_is_quiet_and_names_the_best_checkpoint(demo_tree, tmp_path):
-    """A tiny `instsynth train` (its own local Ray, as a user runs it): no PlacementGroupCleaner lines, no
-    pycocotools dump without --verbose, and it ends with the best/ path and its AP50 at the test scale;
-    run again, it says there was nothing left to train."""
+def test_loss_names():
     from instsynth.train.trainer import loss_name
 
     assert (loss_name("loss"), loss_name("ce"), loss_name("loss_mask")) == ("loss", "loss_ce", "loss_mask")
-    cfg = str(demo_tree / "configs" / "train" / "fastinst.tiny.yaml")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    cmd = [sys.executable, "-m", "instsynth.cli", "train", "--config", cfg, "--set", "train.name=quiet",
-           "--set", "train.num_workers=1", "--set", "train.cpus_per_worker=1"]
-    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
-    text = out.stdout + out.stderr
-    assert out.returncode == 0, text[-3000:]
-    assert "PlacementGroupCleaner" not in text and "Average Precision" not in text and "index created" not in text
-    assert "Reporting training result" not in text  # Ray Train's per-report INFO lines stay off the console
-    assert "best checkpoint: " in text and "at test scale short edge 192 px" in text and "loss_loss" not in text
-    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
-    assert "nothing left to train: quiet already reached step 4" in again.stdout + again.stderr
 
 
 def test_checkpoints_on_s3_evaluate_and_final(s3, sample_root, tmp_path, capsys):
@@ -259,22 +297,6 @@ def test_checkpoints_on_s3_evaluate_and_final(s3, sample_root, tmp_path, capsys)
     ckpt = Checkpoint(best)  # Ray names it without its scheme: bucket/runs/...
     assert not ckpt.path.startswith("s3://")
     assert final_checkpoint(type("R", (), {"checkpoint": ckpt})(), 4) == best
-
-
-def test_experiment_with_its_runs_on_s3(s3, demo_tree, tmp_path):
-    """`instsynth experiment --seeds 1` (debug config) with train.storage_path and experiment.out on S3: both
-    arms train, their final checkpoints (s3:// URIs) are scored, the report lands on S3."""
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **s3}
-    cmd = [sys.executable, "-m", "instsynth.cli", "experiment", "--config",
-           str(demo_tree / "configs" / "experiments" / "debug.yaml"), "--seeds", "1",
-           "--set", "train.storage_path=s3://bucket/runs", "--set", "experiment.out=s3://bucket/experiments/debug"]
-    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    report = json.loads(storage.read_bytes("s3://bucket/experiments/debug/report.json"))
-    for arm in ("baseline", "augmented"):
-        assert report[arm]["checkpoint"].startswith(f"s3://bucket/runs/{report['runs'][arm]}/checkpoint_")
-        assert report[arm]["step"] == 2
-    assert "final (step 2)" in storage.read_bytes("s3://bucket/experiments/debug/report.md").decode()
 
 
 def test_input_errors_end_the_run_lost_workers_are_retried():

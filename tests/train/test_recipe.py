@@ -24,6 +24,16 @@ def test_lr_schedule_warmup_then_poly():
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-5 * 0.9 ** 0.9)  # each group scales its own LR
 
 
+def test_fastinsts_published_step_schedule():
+    """schedule: step - constant LR after a 10-iteration warmup from x1.0 (no ramp), x0.1 at 89% and 96%."""
+    c = _cfg("train.iterations=1000", "train.schedule=step", "train.warmup_iters=10", "train.warmup_factor=1.0")
+    assert [lr_factor(s, c) for s in (0, 5, 10, 889)] == [1.0, 1.0, 1.0, 1.0]
+    assert lr_factor(890, c) == pytest.approx(0.1) and lr_factor(959, c) == pytest.approx(0.1)
+    assert lr_factor(960, c) == pytest.approx(0.01) and lr_factor(999, c) == pytest.approx(0.01)
+    with pytest.raises(ConfigError, match="train.lr_steps"):
+        _cfg("train.lr_steps=[0.5, 1.5]")
+
+
 def test_param_groups_backbone_multiplier_and_no_decay():
     model = build_model("fastinst", tiny=True)
     c = _cfg("train.lr=1e-4", "train.backbone_lr_mult=0.1", "train.weight_decay=0.05")
