@@ -217,10 +217,8 @@ def cmd_evaluate(args) -> int:
     from instsynth.train.evaluate import evaluate_checkpoint, format_table, scores
 
     _config(args)
-    from instsynth.train import cs_eval
     from instsynth.train.launch import check_eval_root
 
-    cs_eval.VERBOSE = bool(args.verbose)
     ckpt, root = storage.absolute(args.checkpoint), storage.absolute(args.data_root)
     if not storage.exists(storage.join(ckpt, "model.json")):
         raise ConfigError(f"--checkpoint: {args.checkpoint} has no model.json (not a checkpoint dir)")
@@ -228,7 +226,8 @@ def cmd_evaluate(args) -> int:
     check_eval_root(root, args.split, "--data-root", image_root)
     name = "coco" if root.lower().endswith(".json") else args.split
     out = args.out or storage.join(ckpt, f"eval_{name}.json")
-    res = evaluate_checkpoint(ckpt, root, args.split, args.max_images, out, args.short_edge, image_root)
+    res = evaluate_checkpoint(ckpt, root, args.split, args.max_images, out, args.short_edge, image_root,
+                              verbose=bool(args.verbose))
     print(format_table({f"step {res['step']}": res}))
     print(json.dumps({c: v for c, v in scores(res)["per_class"].items()}))
     print(f"wrote {out}")

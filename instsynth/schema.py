@@ -18,6 +18,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
+from instsynth import storage
 from instsynth.datasets import Labels, LabelSpace, cityscapes_space, decode_index, encode_index
 
 #: Row format of the current writer; 1 = the Cityscapes-only rows (``instance_ids``, ``city``).
@@ -213,12 +214,11 @@ BEGIN, END = "<!-- schema:begin (generated: python -m instsynth.schema) -->", "<
 
 def update_readme(path: str) -> bool:
     """Rewrite the table between the README's schema markers from ``FIELDS``; True if it changed."""
-    text = open(path).read()
+    text = storage.read_bytes(path).decode()
     a, b = text.index(BEGIN) + len(BEGIN), text.index(END)
     new = text[:a] + "\n" + markdown_table() + "\n" + text[b:]
     if new != text:
-        with open(path, "w") as f:
-            f.write(new)
+        storage.write_bytes(path, new.encode())
     return new != text
 
 

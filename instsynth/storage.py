@@ -580,7 +580,13 @@ def absolute(path: str | None) -> str | None:
 
 
 def append_text(path: str, text: str) -> None:
-    """Append to a small text file (read + rewrite: object stores have no append)."""
+    """Append to a text file: locally an append; on object stores (no append) read + rewrite, so keep
+    those files small."""
+    if not is_uri(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "a") as f:
+            f.write(text)
+        return
     old = read_bytes(path) if exists(path) else b""
     write_bytes(path, old + text.encode())
 

@@ -211,16 +211,18 @@ def test_bad_input_is_recorded_not_fatal(ray_local, sample_root, tmp_path):
 
 
 def test_kill_and_resume_is_exactly_once(sample_root, tmp_path):
-    """SIGKILL the driver mid-job; the re-run completes the rest; rows equal an uninterrupted run."""
+    """SIGKILL the driver mid-job; the re-run completes the rest; rows equal an uninterrupted run.  The job is
+    slowed by the ``simulate`` generator (0.1 s an item), so the kill lands while units are still to come."""
+    slow = ["generator.name=simulate", "generator.params={cost_s: 0.1}"]
     ref = str(tmp_path / "ref")
-    run_synth(sample_root, ref, _cfg("run.executor=local"), log=lambda *a: None)
+    run_synth(sample_root, ref, _cfg("run.executor=local", *slow), log=lambda *a: None)
     out = str(tmp_path / "killed")
     rt = tempfile.mkdtemp(prefix="rt")  # short: Ray's socket paths must stay < 108 chars
     env = {**os.environ, "RAY_TMPDIR": rt, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "instsynth.cli", "synth", sample_root, "--out", out, "--config", DEBUG,
-           "--set", "run.progress=false", "--set", "run.rows_per_unit=1"]
-    proc = subprocess.Popen(cmd + ["--set", "run.pause_after_units=2"], env=env, start_new_session=True,
+           "--set", "run.progress=false", "--set", "run.rows_per_unit=1", *sum((["--set", s] for s in slow), [])]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120

@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from instsynth.config import ComposeConfig, Config, GeneratorConfig
+from instsynth.ray_runtime import init_ray
 
 
 def _where(stage: str, unit, started: float) -> None:
@@ -105,8 +106,7 @@ class GeneratorActor:
         return {"unit": batch["unit"], "payload": np.array(payloads, dtype=object)}
 
 
-def _compose_commit(row: dict, out: str, compose_cfg: ComposeConfig, pause_after: int | None,
-                    writer: str | None = None) -> dict:
+def _compose_commit(row: dict, out: str, compose_cfg: ComposeConfig, writer: str | None = None) -> dict:
     from instsynth import shards
     from instsynth.stages import compose
 
@@ -115,8 +115,6 @@ def _compose_commit(row: dict, out: str, compose_cfg: ComposeConfig, pause_after
     unit = compose(pickle.loads(row["payload"]), compose_cfg)
     marker = shards.commit_unit(out, unit.name, unit.out, unit.failures, writer=writer)
     _where("commit", unit, t0)  # compose + the writes + the marker
-    if pause_after is not None and len(shards.committed_units(out)) >= pause_after:
-        time.sleep(3600)  # test-only: hold the run here so a test can kill the driver mid-job
     # the whole marker travels back: the driver's ledger learns the commit without reading it
     return {"unit": unit.name, "marker": json.dumps(marker), "placement": pickle.dumps(unit.placement)}
 
@@ -167,62 +165,9 @@ def build_dataset(units, root: str, out: str, cfg: Config, writer: str | None = 
                                   **({"max_concurrent_calls_per_actor": 2, "enable_true_multi_threading": True}
                                      if g.num_gpus else {})),
         num_gpus=g.num_gpus or None, num_cpus=g.num_cpus, resources=g.resources or None)
-    ds = ds.map(_compose_commit, fn_kwargs={"out": out, "compose_cfg": cfg.compose,
-                                            "pause_after": cfg.run.pause_after_units, "writer": writer},
+    ds = ds.map(_compose_commit, fn_kwargs={"out": out, "compose_cfg": cfg.compose, "writer": writer},
                 num_cpus=cfg.run.num_cpus)
     return ds
-
-
-def init_ray(address: str | None, log_level: str = "WARNING") -> bool:
-    """Join ``address`` or start a local Ray; returns True when this call started/joined it.
-
-    A local start disables Ray 2.60's token auth (it would write ``~/.ray/auth_token``) unless the
-    user set ``RAY_AUTH_MODE`` themselves, and skips the dashboard.
-    """
-    import logging
-
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kw = {"logging_level": getattr(logging, log_level.upper(), logging.WARNING), "log_to_driver": True}
-    address = address or os.environ.get("RAY_ADDRESS")  # set for drivers started by `ray job submit`
-    if address:
-        ray.init(address=address, **kw)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(include_dashboard=False, runtime_env={"worker_process_setup_hook": QUIET_HOOK}, **kw)
-    return True
-
-
-QUIET_HOOK = "instsynth.executors.ray.quiet_worker_logs"
-#: Ray's own loggers whose warnings are noise to a user: Ray Train V2's placement-group cleaner warns
-#: "Failed to query Ray Train Controller actor state" 10-27 times per command while the controller it
-#: watches shuts down normally at the end of every fit.
-NOISY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
-
-
-#: Ray-internal threads whose dying traceback at shutdown is noise: the cleaner's monitor thread raises
-#: when the controller it polls is already gone (every local fit ends that way, racily).
-NOISY_THREADS = ("PlacementGroupCleanerMonitor",)
-
-
-def quiet_worker_logs() -> None:
-    """Ray worker set-up hook of a local Ray started here: silence ``NOISY_LOGGERS`` below ERROR and the
-    tracebacks of ``NOISY_THREADS`` (a cluster's workers log as its operator configured them)."""
-    import logging
-    import threading
-
-    for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    previous = threading.excepthook
-
-    def hook(args):
-        if args.thread is not None and args.thread.name in NOISY_THREADS:
-            return
-        previous(args)
-    threading.excepthook = hook
 
 
 def _iter_rows(ds):

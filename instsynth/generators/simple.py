@@ -126,6 +126,8 @@ class Simulate:
         time.sleep(self.cost_s * len(batch))
         if self.trace:
             os.makedirs(self.trace, exist_ok=True)
-            with open(os.path.join(self.trace, f"{os.getpid()}.txt"), "a") as f:
-                f.write(f"{os.getpid()} {t0:.4f} {time.time():.4f} {len(batch)}\n")
+            from instsynth import storage
+
+            storage.append_text(os.path.join(self.trace, f"{os.getpid()}.txt"),
+                                f"{os.getpid()} {t0:.4f} {time.time():.4f} {len(batch)}\n")
         return [{"image": item["crop"].copy(), "stats": {}} for item in batch]

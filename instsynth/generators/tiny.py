@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 
+from instsynth import storage
+
 HIDDEN = 32
 TIME_DIM = 8
 MERGES = [("c", "a"), ("ca", "r</w>"), ("p", "h"), ("ph", "o"), ("t", "o</w>"), ("o", "f</w>")]
@@ -42,10 +44,9 @@ def write_tokenizer(path: str) -> int:
     symbols = list(_bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + [a + b for a, b in MERGES] + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
-    with open(os.path.join(path, "vocab.json"), "w") as f:
-        json.dump(vocab, f)
-    with open(os.path.join(path, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in MERGES) + "\n")
+    storage.write_bytes(os.path.join(path, "vocab.json"), json.dumps(vocab).encode())
+    storage.write_bytes(os.path.join(path, "merges.txt"),
+                        ("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in MERGES) + "\n").encode())
     from transformers import CLIPTokenizer
 
     tok = CLIPTokenizer(os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"), model_max_length=77)

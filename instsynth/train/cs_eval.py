@@ -26,16 +26,14 @@ from instsynth.datasets.cityscapes import THING_CLASSES, THING_IDS, instance_num
 
 LABEL_IDS = {name: cid for cid, name in THING_IDS.items()}
 _LOCK = threading.Lock()
-#: print the evaluators' own progress and summary dumps (``--verbose``; ``train.verbose`` in workers)
-VERBOSE = False
 
 
 @contextlib.contextmanager
-def quiet(*modules):
-    """Silence the evaluators' prints unless ``VERBOSE``.  ``redirect_stdout`` alone is not enough: in a
+def quiet(verbose: bool, *modules):
+    """Silence the evaluators' prints unless ``verbose`` (``--verbose``; ``train.verbose`` in workers).  ``redirect_stdout`` alone is not enough: in a
     Ray Train worker ``print`` itself is patched to write to a logger, so ``print`` is also shadowed in
     the modules that print (pycocotools, cityscapesscripts) for the duration."""
-    if VERBOSE:
+    if verbose:
         yield
         return
     missing = object()
@@ -108,7 +106,7 @@ def write_predictions(pred_dir: str, stem: str, preds: list[dict]) -> str:
     return txt
 
 
-def evaluate_cityscapes(gt_files: list[str], predictions: list[list[dict]]) -> dict:
+def evaluate_cityscapes(gt_files: list[str], predictions: list[list[dict]], verbose: bool = False) -> dict:
     """Official Cityscapes instance AP / AP50 (overall and per class) for predictions on ``gt_files``.
 
     ``predictions[i]`` lists dicts ``{"mask": HxW bool, "label": class name or index or label id,
@@ -130,7 +128,7 @@ def evaluate_cityscapes(gt_files: list[str], predictions: list[list[dict]]) -> d
         saved = (ev.np, ev.writeDict2JSON)
         ev.np, ev.writeDict2JSON = _NumpyShim(), _write_json
         try:
-            with _in_dir(tmp), quiet(ev):
+            with _in_dir(tmp), quiet(verbose, ev):
                 res = ev.evaluateImgLists(pred_files, gt_files, args)
         finally:
             ev.np, ev.writeDict2JSON = saved
@@ -144,7 +142,7 @@ def _nan0(v) -> float | None:
     return None if np.isnan(v) else v
 
 
-def evaluate_coco(gt_maps: list[np.ndarray], predictions: list[list[dict]]) -> dict:
+def evaluate_coco(gt_maps: list[np.ndarray], predictions: list[list[dict]], verbose: bool = False) -> dict:
     """COCO-style segm AP / AP50 with pycocotools, as a second opinion (group regions are crowd)."""
     import pycocotools.coco
     import pycocotools.cocoeval
@@ -176,7 +174,7 @@ def evaluate_coco(gt_maps: list[np.ndarray], predictions: list[list[dict]]) -> d
                          "score": float(p["score"])})
     gt = COCO()
     gt.dataset = {"images": images, "annotations": anns, "categories": cats}
-    with quiet(pycocotools.coco, pycocotools.cocoeval):
+    with quiet(verbose, pycocotools.coco, pycocotools.cocoeval):
         gt.createIndex()
         if not dets:
             return {"AP": 0.0, "AP50": 0.0}

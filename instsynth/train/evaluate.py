@@ -60,7 +60,7 @@ def is_coco(data_root: str) -> bool:
 
 def evaluate_model(model, data_root: str, split: str = "val", max_images: int | None = None,
                    predictor=None, short_edge: int | None = None, image_root: str | None = None,
-                   classes: list[str] | None = None) -> dict:
+                   classes: list[str] | None = None, verbose: bool = False) -> dict:
     """AP/AP50 of ``model`` (or of ``predictor(image, labels) -> preds``, e.g. an oracle) on a split of a
     Cityscapes root, or on a COCO instances JSON (``image_root``: its images; ``classes``: the model's
     classes by index, default Cityscapes' eight).
@@ -69,7 +69,7 @@ def evaluate_model(model, data_root: str, split: str = "val", max_images: int | 
     """
     data_root = storage.absolute(data_root)
     if is_coco(data_root):
-        return evaluate_coco_json(model, data_root, image_root, max_images, predictor, short_edge, classes)
+        return evaluate_coco_json(model, data_root, image_root, max_images, predictor, short_edge, classes, verbose)
     recs = list(discover(data_root, split))[: max_images or None]
     if not recs:
         raise DataError(f"{data_root}: no images in split {split!r}")
@@ -88,9 +88,9 @@ def evaluate_model(model, data_root: str, split: str = "val", max_images: int | 
             gt_files.append(path)
             gt_maps.append(ids)
             preds.append(predictor(img, ids) if predictor else predict_image(model, img, short_edge=short_edge))
-        cs = evaluate_cityscapes(gt_files, preds)
-    coco = evaluate_coco(gt_maps, preds)
-    agnostic = evaluate_coco(*class_agnostic(gt_maps, preds))
+        cs = evaluate_cityscapes(gt_files, preds, verbose)
+    coco = evaluate_coco(gt_maps, preds, verbose)
+    agnostic = evaluate_coco(*class_agnostic(gt_maps, preds), verbose)
     scale = f"short edge {short_edge} px" if short_edge else "native resolution"
     scores = {"metric": "cityscapes", "AP": cs["AP"], "AP50": cs["AP50"], "per_class": cs["per_class"]}
     return {"images": len(recs), "test_scale": scale, "cityscapes": cs, "coco": coco, "agnostic": agnostic,
@@ -98,7 +98,7 @@ def evaluate_model(model, data_root: str, split: str = "val", max_images: int | 
 
 
 def evaluate_coco_json(model, source: str, image_root: str | None, max_images: int | None, predictor,
-                       short_edge: int | None, classes: list[str] | None) -> dict:
+                       short_edge: int | None, classes: list[str] | None, verbose: bool = False) -> dict:
     """Mask AP/AP50 of the model's predictions on a COCO-format dataset, scored by pycocotools against
     that JSON (its crowd regions ignored, its category ids): the images are read through the dataset seam."""
     import pycocotools.coco
@@ -132,7 +132,7 @@ def evaluate_coco_json(model, source: str, image_root: str | None, max_images: i
             dets.append({"image_id": int(ref.image_id), "category_id": cat_of[int(p["label"])],
                          "segmentation": rle, "score": float(p["score"])})
     scale = f"short edge {short_edge} px" if short_edge else "native resolution"
-    with quiet(pycocotools.coco, pycocotools.cocoeval):
+    with quiet(verbose, pycocotools.coco, pycocotools.cocoeval):
         gt = COCO(source)
         ap = {"AP": 0.0, "AP50": 0.0, "per_class": {c: {"ap": None, "ap50": None} for c in classes}}
         if dets:
@@ -231,7 +231,7 @@ def load_checkpoint(path: str):
 
 def evaluate_checkpoint(ckpt: str, data_root: str, split: str = "val", max_images: int | None = None,
                         out_json: str | None = None, short_edge: int | None = -1,
-                        image_root: str | None = None) -> dict:
+                        image_root: str | None = None, verbose: bool = False) -> dict:
     """``short_edge=-1``: the test scale the checkpoint was trained for (its recipe), else as given.
     ``data_root``: a Cityscapes root or a COCO JSON (``image_root``: its images); the model's classes
     come from its checkpoint (the label space it was trained on)."""
@@ -240,7 +240,7 @@ def evaluate_checkpoint(ckpt: str, data_root: str, split: str = "val", max_image
     if short_edge == -1:
         short_edge = spec.get("recipe", {}).get("eval_short_edge")
     res = evaluate_model(model, data_root, split, max_images, short_edge=short_edge, image_root=image_root,
-                         classes=spec["kwargs"].get("classes"))
+                         classes=spec["kwargs"].get("classes"), verbose=verbose)
     res["checkpoint"], res["step"] = ckpt, step
     if out_json:
         storage.write_bytes(out_json, json.dumps(res, indent=1).encode())

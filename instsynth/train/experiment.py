@@ -13,7 +13,6 @@ import os
 
 from instsynth import storage
 from instsynth.config import Config, ConfigError, to_dict
-from instsynth.train import cs_eval
 from instsynth.train.evaluate import evaluate_checkpoint, format_table, scores
 
 
@@ -68,7 +67,6 @@ def run_experiment(cfg: Config, log=print) -> dict:
     if e.seeds < 1:
         raise ConfigError(f"experiment.seeds: {e.seeds}: give 1 or more")
     check_inputs(cfg, e.originals + e.synthetic)
-    cs_eval.VERBOSE = t.verbose
     arms = (("baseline", e.originals), ("augmented", e.originals + e.synthetic))
     per_seed, names = [], {a: [] for a, _ in arms}
     for k in range(e.seeds):
@@ -85,7 +83,7 @@ def run_experiment(cfg: Config, log=print) -> dict:
             result = run_training(c, log, catalog)
             row[arm] = evaluate_checkpoint(final_checkpoint(result, t.iterations), t.eval_root, t.eval_split,
                                            t.eval_max_images, short_edge=t.eval_short_edge,
-                                           image_root=t.eval_image_root)
+                                           image_root=t.eval_image_root, verbose=t.verbose)
         per_seed.append(row)
 
     def diff(a, b):

@@ -12,6 +12,7 @@ import os
 
 from instsynth import storage
 from instsynth.config import Config, ConfigError
+from instsynth.train.models import check_params, family
 
 
 def resolve_paths(cfg: Config) -> Config:
@@ -58,15 +59,15 @@ def check_inputs(cfg: Config, dirs: list[str]) -> None:
     w = t.model.backbone_weights
     if w and w != "bundled" and not storage.exists(w):
         raise ConfigError(f"train.model.backbone_weights: {w}: no such file")
-    if w and t.model.name in ("fastinst", "maskrcnn"):  # every key and shape, before any worker starts
+    fam = family(t.model.name)
+    if w and fam.backbone_weights:  # every key and shape, before any worker starts
         from instsynth.train.models.backbones import WeightsError, check_weights
 
         try:
-            check_weights(w, t.model.params.get("backbone", "resnet18" if t.model.tiny else "resnet50"))
+            check_weights(w, t.model.params.get("backbone", fam.backbone[0] if t.model.tiny else fam.backbone[1]))
         except WeightsError as e:
             raise ConfigError(str(e)) from None
     check_pretrained(t.model.pretrained)
-    from instsynth.train.models import check_params
     from instsynth.train.trainer import model_kwargs
 
     check_params(t.model.name, **model_kwargs(t.model))

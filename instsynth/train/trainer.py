@@ -27,10 +27,9 @@ from instsynth.config import Config, ConfigError, ModelConfig, TrainConfig, grad
 def model_kwargs(m: ModelConfig, classes: list[str] | None = None) -> dict:
     """The model's keyword arguments (recorded in model.json); ``classes``: the data's label space's
     evaluated classes, which size the class head."""
-    extra = {"classes": list(classes)} if classes is not None else {}
-    if m.name in ("fastinst", "maskrcnn"):
-        return {"tiny": m.tiny, "backbone_weights": m.backbone_weights, **extra, **m.params}
-    return {"pretrained": m.pretrained, "tiny": m.tiny, **extra, **m.params}
+    from instsynth.train.models import family
+
+    return family(m.name).kwargs(m, classes)
 
 
 def train_step(model, optimizer, micro_batches, grad_clip: float = 0.0, amp=None) -> dict[str, float]:
@@ -132,7 +131,9 @@ class Board:
 
 def bn_mode(cfg: TrainConfig, world: int) -> str:
     """``frozen`` with backbone weights (detectron2's FrozenBN), ``sync`` across GPU workers, else ``batch``."""
-    if cfg.model.name in ("fastinst", "maskrcnn") and cfg.model.backbone_weights:
+    from instsynth.train.models import family
+
+    if family(cfg.model.name).backbone_weights and cfg.model.backbone_weights:
         return "frozen"
     return "sync" if cfg.sync_bn and cfg.use_gpu and world > 1 else "batch"
 
@@ -169,9 +170,6 @@ def train_loop_per_worker(config: dict) -> None:
     from instsynth.train.failures import quiet_input_errors
 
     quiet_input_errors()
-    from instsynth.train import cs_eval
-
-    cs_eval.VERBOSE = cfg.verbose
     ctx = train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = get_device()
@@ -234,7 +232,7 @@ def train_loop_per_worker(config: dict) -> None:
             if evaluate and rank == 0:
                 res = evaluate_model(raw, cfg.eval_root, cfg.eval_split, cfg.eval_max_images,
                                      short_edge=cfg.eval_short_edge, image_root=cfg.eval_image_root,
-                                     classes=catalog.classes)
+                                     classes=catalog.classes, verbose=cfg.verbose)
                 last_ap = {"AP": res["scores"]["AP"] or 0.0, "AP50": res["scores"]["AP50"] or 0.0}
                 board.scalars({"val/AP": last_ap["AP"], "val/AP50": last_ap["AP50"]}, step)
                 if last_ap["AP50"] > best:
@@ -301,7 +299,7 @@ def make_trainer(cfg: Config, catalog=None, launch: str | None = None):
 
 def run_training(cfg: Config, log=print, catalog=None):
     """Check, then fit (or resume) the run; returns the Ray Train Result."""
-    from instsynth.executors.ray import init_ray
+    from instsynth.ray_runtime import init_ray
     from instsynth.train.launch import check_gpus, check_inputs, resolve_paths
 
     cfg = resolve_paths(cfg)

@@ -42,18 +42,25 @@ def _upload(local_root, uri):
             storage.write_bytes(storage.join(uri, os.path.relpath(path, local_root)), open(path, "rb").read())
 
 
-def test_synth_s3_to_s3_interrupt_resume(s3, sample_root, tmp_path):
-    src, out = "s3://bucket/cityscapes", "s3://bucket/out/recolor"
+def test_synth_s3_to_s3_interrupt_resume(cluster, sample_root, tmp_path, monkeypatch):
+    """A synthesis driver on the two-node cluster, S3 in and out, SIGKILLed after two commits; the re-run
+    resumes on S3 and the rows equal an uninterrupted run."""
+    address, _, s3, _, gcs = cluster
+    for k, v in s3.items():
+        monkeypatch.setenv(k, v)
+    src, out = "s3://bucket/cityscapes", "s3://bucket/out/simulate"
     _upload(sample_root, src)
     ref = str(tmp_path / "ref")
-    cfg = ["generator.name=recolor", "run.progress=false", "run.rows_per_unit=1"]
+    # simulate at 0.1 s an item: the kill lands while units are still to come
+    cfg = ["generator.name=simulate", "generator.params={cost_s: 0.1}", "run.progress=false", "run.rows_per_unit=1"]
     run_synth(sample_root, ref, load_config(DEBUG, cfg + ["run.executor=local"]), log=lambda *a: None)
-    rt = tempfile.mkdtemp(prefix="rt")
-    env = {**os.environ, **s3, "RAY_TMPDIR": rt, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "instsynth.cli", "synth", src, "--out", out, "--config", DEBUG]
+    env = {**os.environ, **s3, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "instsynth.cli", "synth", src, "--out", out, "--config", DEBUG,
+           "--set", f"run.address={gcs}"]
     for c in cfg:
         cmd += ["--set", c]
-    proc = subprocess.Popen(cmd + ["--set", "run.pause_after_units=2"], env=env, start_new_session=True,
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
@@ -70,7 +77,6 @@ def test_synth_s3_to_s3_interrupt_resume(s3, sample_root, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert _rows(out).equals(_rows(ref))  # resumed on S3: nothing lost, nothing duplicated
     assert storage.list_names(storage.join(out, "_commits")) and storage.exists(storage.join(out, "config.yaml"))
-    shutil.rmtree(rt, ignore_errors=True)
 
 
 def _node_ports() -> list[str]:
@@ -111,7 +117,7 @@ def cluster(tmp_path_factory):
         subprocess.run([RAY, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                         "--resources", json.dumps({"gpu_slot": 1}), "--disable-usage-stats", *_node_ports()],
                        env=env, check=True, capture_output=True, timeout=120)
-        yield f"http://127.0.0.1:{dash}", env, s3env, tmp
+        yield f"http://127.0.0.1:{dash}", env, s3env, tmp, f"127.0.0.1:{gcs}"
     finally:
         for line in _ray_procs(tmp):
             with contextlib.suppress(ProcessLookupError, ValueError):
@@ -138,7 +144,7 @@ def _submit(address, env, args, wait=True):
 
 def test_two_node_cluster_job_submit(cluster, sample_root, tmp_path):
     """`ray job submit` the synthesis job; generator actors must run on the gpu_slot node."""
-    address, env, _, _ = cluster
+    address, env, _, _, _ = cluster
     out = str(tmp_path / "out")
     job = _submit(address, env, [
         "ray_jobs/synthesize.py", sample_root, "--out", out, "--config", "configs/debug.yaml",
@@ -176,7 +182,7 @@ def test_two_node_training_on_s3_survives_a_killed_worker(cluster, sample_root, 
     from instsynth.cli import main
     from instsynth.originals import write_originals
 
-    address, env, s3env, tmp = cluster
+    address, env, s3env, tmp, _ = cluster
     for k, v in s3env.items():
         monkeypatch.setenv(k, v)
     orig = str(tmp_path / "original")

@@ -8,6 +8,8 @@ default}); ``model(images)`` in eval mode -> list of
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 def check_kwargs(builder, kw: dict) -> None:
     """Every keyword is one ``builder`` takes (one line naming ``train.model.params.<key>`` and the valid
@@ -26,36 +28,58 @@ def check_kwargs(builder, kw: dict) -> None:
                           f"{', '.join(k for k in params if k not in ('self', 'classes'))}")
 
 
-def _builder(name: str):
-    """(the callable that builds model ``name``, what its keywords are checked against)."""
-    if name == "fastinst":
-        from instsynth.train.models.fastinst import FastInstConfig, build_fastinst
+@dataclass(frozen=True)
+class Family:
+    """A model family and what the trainer needs to know of it, in one place (no ``if name ==`` elsewhere).
 
-        return build_fastinst, FastInstConfig
-    if name == "maskrcnn":
-        from instsynth.train.models.maskrcnn import MaskRCNN
+    ``builder``: "module:callable" that builds it from keywords; ``signature``: what its keywords are checked
+    against ("module:Class", default the builder); ``backbone_weights``: it takes ImageNet weights through
+    ``train.model.backbone_weights`` (checked key by key at launch, BatchNorm frozen with them), else a
+    Hugging Face ``pretrained`` model; ``backbone``: its backbone when the config names none (tiny, full)."""
 
-        return MaskRCNN, MaskRCNN
-    if name == "mask2former":
-        from instsynth.train.models.hf import Mask2Former
+    builder: str
+    signature: str | None = None
+    backbone_weights: bool = False
+    backbone: tuple[str, str] = ("resnet18", "resnet50")
 
-        return Mask2Former, Mask2Former
-    if name == "oneformer":
-        from instsynth.train.models.hf import OneFormer
+    def load(self, ref: str | None = None):
+        import importlib
 
-        return OneFormer, OneFormer
-    from instsynth.config import ConfigError
+        mod, attr = (ref or self.builder).split(":")
+        return getattr(importlib.import_module(mod), attr)
 
-    raise ConfigError(f"train.model.name: unknown model {name!r}; known: fastinst, maskrcnn, mask2former, oneformer")
+    def kwargs(self, m, classes: list[str] | None = None) -> dict:
+        """The model's keyword arguments from its config (recorded in model.json)."""
+        extra = {"classes": list(classes)} if classes is not None else {}
+        if self.backbone_weights:
+            return {"tiny": m.tiny, "backbone_weights": m.backbone_weights, **extra, **m.params}
+        return {"pretrained": m.pretrained, "tiny": m.tiny, **extra, **m.params}
+
+
+FAMILIES = {
+    "fastinst": Family("instsynth.train.models.fastinst:build_fastinst", "instsynth.train.models.fastinst:FastInstConfig",
+                       backbone_weights=True),
+    "maskrcnn": Family("instsynth.train.models.maskrcnn:MaskRCNN", backbone_weights=True),
+    "mask2former": Family("instsynth.train.models.hf:Mask2Former"),
+    "oneformer": Family("instsynth.train.models.hf:OneFormer"),
+}
+
+
+def family(name: str) -> Family:
+    if name not in FAMILIES:
+        from instsynth.config import ConfigError
+
+        raise ConfigError(f"train.model.name: unknown model {name!r}; known: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
 
 
 def check_params(name: str, **kw) -> None:
     """The driver's check of a model's keywords before any worker starts (one line)."""
-    check_kwargs(_builder(name)[1], kw)
+    f = family(name)
+    check_kwargs(f.load(f.signature), kw)
 
 
 def build_model(name: str, **kw):
     """``fastinst`` | ``maskrcnn`` (the reference) | ``mask2former`` | ``oneformer`` with their own keyword arguments."""
-    build, signature = _builder(name)
-    check_kwargs(signature, kw)
-    return build(**kw)
+    check_params(name, **kw)
+    return family(name).load()(**kw)
