@@ -103,8 +103,8 @@ class Board:
         self.local = self.dest if not storage.is_uri(run_dir) else tempfile.mkdtemp(prefix="instsynth-tb-")
         os.makedirs(self.local, exist_ok=True)
         self.events = EventsWriter(os.path.join(self.local, "events"))
-        if purge_step is not None:  # a resumed start: TensorBoard drops the earlier files' events from this
-            # step on (steps a lost worker reported after its last checkpoint), so each step shows once
+        if purge_step is not None:  # a resumed start: TensorBoard drops the earlier files' events with a step
+            # >= this one (steps a lost worker reported after its last checkpoint), so each step shows once
             self.events.write_event(Event(step=purge_step, file_version="brain.Event:2"))
             self.events.write_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
 
@@ -205,7 +205,8 @@ def train_loop_per_worker(config: dict) -> None:
         storage.append_text(storage.join(run_dir, "starts.jsonl"), json.dumps(
             {"start_step": step, "world_size": world, "resumed": bool(ckpt), "launch": config.get("launch", ""),
              "recipe": spec["recipe"]}) + "\n")
-        board = Board(run_dir, purge_step=step if ckpt else None)
+        # TensorBoard drops earlier events from the purge step on: the first step this start will report
+        board = Board(run_dir, purge_step=step + 1 if ckpt else None)
     _, accum = grad_accum(cfg)
     last_ap = {"AP": -1.0, "AP50": -1.0}
     if cfg.ingest == "ray_data":

@@ -214,7 +214,8 @@ def _events(path):
 
 def test_a_resumed_board_purges_the_steps_after_its_checkpoint(tmp_path):
     """A worker reported steps 1-5, its last checkpoint was step 3: the restarted worker's events file starts
-    with TensorBoard's purge marker at step 3 (SessionLog START), so steps 4-5 show once, from the restart."""
+    with TensorBoard's purge marker at step 4, its first step (SessionLog START: TensorBoard drops earlier
+    events with a step >= 4), so steps 4-5 show once, from the restart."""
     from tensorboardX.proto.event_pb2 import SessionLog
 
     from instsynth.train.trainer import Board
@@ -226,14 +227,14 @@ def test_a_resumed_board_purges_the_steps_after_its_checkpoint(tmp_path):
     import time
 
     time.sleep(1.1)  # event files are named by the second they were opened in
-    again = Board(str(tmp_path), purge_step=3)
+    again = Board(str(tmp_path), purge_step=4)
     again.scalars({"train/loss": 0.5}, 4)
     again.close()
     files = sorted(os.listdir(tmp_path / "tensorboard"))
     assert len(files) == 2
     events = _events(tmp_path / "tensorboard" / files[1])
     start = [e for e in events if e.HasField("session_log")]
-    assert len(start) == 1 and start[0].step == 3 and start[0].session_log.status == SessionLog.START
+    assert len(start) == 1 and start[0].step == 4 and start[0].session_log.status == SessionLog.START
     assert not any(e.HasField("session_log") for e in _events(tmp_path / "tensorboard" / files[0]))
 
 
