@@ -65,9 +65,19 @@ def gt_paths(split: str, city: str, stem: str) -> dict[str, str]:
     }
 
 
+#: the file-name ending of an instanceIds map (the official evaluator matches predictions by it too)
+INSTANCE_IDS_SUFFIX = "_gtFine_instanceIds.png"
+
+
 def split_dir(root: str, split: str) -> str:
     """The folder of a split's images."""
     return storage.join(root, "leftImg8bit", split)
+
+
+def check_split(root: str, split: str) -> None:
+    """A root that has the split's image folder (one-line DataError otherwise)."""
+    if not storage.is_dir(split_dir(root, split)):
+        raise DataError(f"{root} has no leftImg8bit/{split} (not a Cityscapes root)")
 
 
 def is_root(path: str) -> bool:
@@ -260,12 +270,12 @@ class CityscapesDataset(Dataset):
         if not storage.is_dir(base):
             return
         images = {r.image_id for r in discover(self.root, split)}
-        for path in storage.walk(base, "_gtFine_instanceIds.png"):
+        for path in storage.walk(base, INSTANCE_IDS_SUFFIX):
             rel = storage.relpath(path, base).replace("\\", "/")
             parts = rel.split("/")
             if len(parts) != 2:
                 continue
-            stem = parts[1][: -len("_gtFine_instanceIds.png")]
+            stem = parts[1][: -len(INSTANCE_IDS_SUFFIX)]
             if stem not in images:
                 f = f"gtFine/{split}/{rel}"
                 yield {"image_id": stem, "file": f, "reason": f"{MAP_WITHOUT_IMAGE}: no leftImg8bit image for {f}"}

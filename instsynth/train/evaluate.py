@@ -19,6 +19,7 @@ import numpy as np
 from instsynth import storage
 from instsynth.datasets import DataError
 from instsynth.datasets.cityscapes import (
+    INSTANCE_IDS_SUFFIX,
     THING_CLASSES,
     discover,
     instance_number,
@@ -82,7 +83,7 @@ def evaluate_model(model, data_root: str, split: str = "val", max_images: int | 
             ids = read_ids(storage.join(data_root, rec.labels))
             path = storage.join(data_root, rec.labels)
             if storage.is_uri(path):  # the official evaluator reads local files
-                local = os.path.join(tmp, f"{k:06d}_gtFine_instanceIds.png")
+                local = os.path.join(tmp, f"{k:06d}{INSTANCE_IDS_SUFFIX}")
                 storage.write_bytes(local, storage.read_bytes(path))
                 path = local
             gt_files.append(path)

@@ -36,16 +36,15 @@ def resolve_paths(cfg: Config) -> Config:
 def check_eval_root(root: str, split: str, key: str = "train.eval_root", image_root: str | None = None) -> None:
     """A Cityscapes root with the split's images, or a COCO JSON whose images can be found (one line)."""
     from instsynth.datasets import DataError, resolve
-    from instsynth.datasets.cityscapes import split_dir
+    from instsynth.datasets.cityscapes import check_split
 
-    if str(root).lower().endswith(".json"):
-        try:
+    try:
+        if str(root).lower().endswith(".json"):
             resolve(root, "coco", image_root)
-        except DataError as e:
-            raise ConfigError(f"{key}: {e}") from None
-        return
-    if not storage.is_dir(split_dir(root, split)):
-        raise ConfigError(f"{key}: {root} has no leftImg8bit/{split} (not a Cityscapes root)")
+        else:
+            check_split(root, split)
+    except DataError as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 def check_inputs(cfg: Config, dirs: list[str]) -> None:
