@@ -51,6 +51,36 @@ def machine() -> str:
 OFFICIAL_RECIPE = ["train.lr=1e-4", "train.backbone_lr_mult=0.1", "train.grad_clip=0", "train.warmup_iters=10",
                    "train.warmup_factor=1.0", "train.schedule=step"]
 
+#: Mask2Former's published optimisation (its Cityscapes config): AdamW 1e-4, weight decay 0.05, backbone x0.1,
+#: full-model clipping at 0.01, poly(0.9), no warmup
+M2F_RECIPE = ["train.lr=1e-4", "train.backbone_lr_mult=0.1", "train.grad_clip=0.01", "train.warmup_iters=0",
+              "train.schedule=poly"]
+
+
+def published_recipe(model: str) -> list[str]:
+    """Each family on its own published recipe (``--recipe official``); Mask R-CNN keeps the benchmark's."""
+    return {"fastinst": OFFICIAL_RECIPE, "mask2former": M2F_RECIPE}.get(model, [])
+
+
+def mask2former_arm(width: str) -> str:
+    """The reference arm: transformers' Mask2Former on the package's MobileNetV2 (hidden 256 at the published
+    width, 128 otherwise), 100 queries, 3 deformable encoder layers, 3 masked-attention layers, 12,544 points."""
+    d = 256 if width == "published" else 128
+    return (f"{{backbone: mobilenet_v2, feature_size: {d}, mask_feature_size: {d}, hidden_dim: {d}, "
+            f"encoder_layers: 3, decoder_layers: 4, num_queries: 100, train_num_points: 12544}}")
+
+
+def heldout_root(out: str, seed: int) -> str:
+    """80 held-out images from another sample seed, all in ``val`` (``--heldout-seed``): scenes the training
+    sample never drew, twice as many as its own 20 val images."""
+    from instsynth.datasets.sample import write_sample
+
+    root = os.path.join(out, f"heldout-seed{seed}")
+    if not os.path.isdir(root):
+        write_sample(root, images=80, size=(1024, 512), seed=seed, val_fraction=1.0)
+    return root
+
+
 def tiny(args) -> dict:
     from instsynth.config import load_config
     from instsynth.datasets.sample import write_sample
@@ -74,7 +104,10 @@ def tiny(args) -> dict:
         q = f", num_queries: {args.queries}, test_topk: {args.queries}" if model == "fastinst" else ""
         if model == "fastinst" and args.width == "published":  # FastInst's own widths (FastInstConfig defaults):
             arm = [f"train.model.name={model}", "train.model.tiny=false"]  # hidden 256, 8 heads, FFN 1024, 3 layers
-        arm += [f"train.model.params={{backbone: mobilenet_v2{q}}}"]
+        if model == "mask2former":
+            arm = [f"train.model.name={model}", "train.model.tiny=false", f"train.model.params={mask2former_arm(args.width)}"]
+        else:
+            arm += [f"train.model.params={{backbone: mobilenet_v2{q}}}"]
         if init == "imagenet":
             arm += ["train.model.backbone_weights=bundled"]
     sets = [f"train.dirs=[{orig}]", f"train.storage_path={out}/runs", f"train.name={args.name}",
@@ -83,7 +116,8 @@ def tiny(args) -> dict:
             f"train.cpus_per_worker={os.cpu_count() or 2}", f"train.batch_size={args.batch}", f"train.lr={args.lr}",
             "train.backbone_lr_mult=1.0", f"train.warmup_iters={args.warmup}", "train.crop=384x192",
             "train.short_edge=[288, 480]", "train.eval_short_edge=384", "train.eval_every=1000000",
-            *(OFFICIAL_RECIPE if args.recipe == "official" else []), *args.set]
+            *(published_recipe(model) if args.recipe == "official" else []), *args.set]
+    heldout = heldout_root(out, args.heldout_seed) if args.heldout_seed is not None else root
     cfg = load_config(None, sets)
     import ray
 
@@ -100,18 +134,29 @@ def tiny(args) -> dict:
     for c in ckpts:
         step = json.load(open(os.path.join(c.path, "model.json")))["step"]
         point = {"step": step}
-        for split in ("train", "val"):
-            r = evaluate_checkpoint(c.path, root, split)
+        for split, data in (("train", root), ("val", heldout)):
+            r = evaluate_checkpoint(c.path, data, split)
             point[split] = {"AP50": r["cityscapes"]["AP50"], "AP": r["cityscapes"]["AP"],
                             "agnostic_AP50": r["agnostic"]["AP50"], "images": r["images"],
                             "per_class_AP50": {k: v["ap50"] for k, v in r["cityscapes"]["per_class"].items()}}
+            if args.check_windows:  # issue 30 item 6: the same checkpoint on training-sized windows pasted back
+                from instsynth.train.data import parse_size
+
+                w = evaluate_checkpoint(c.path, data, split, windows=parse_size(cfg.train.crop, "train.crop"))
+                point[split]["windows"] = {"AP50": w["cityscapes"]["AP50"], "AP": w["cityscapes"]["AP"],
+                                           "agnostic_AP50": w["agnostic"]["AP50"], "test_scale": w["test_scale"]}
         curve.append(point)
         print(f"step {step:>5}: train AP50 {point['train']['AP50'] or 0:.3f} (agnostic "
               f"{point['train']['agnostic_AP50']:.3f}), val AP50 {point['val']['AP50'] or 0:.3f} "
-              f"(agnostic {point['val']['agnostic_AP50']:.3f})", flush=True)
+              f"(agnostic {point['val']['agnostic_AP50']:.3f})"
+              + (f"; on windows pasted back: train {point['train']['windows']['AP50'] or 0:.3f}, val "
+                 f"{point['val']['windows']['AP50'] or 0:.3f}" if args.check_windows else ""), flush=True)
     report = {"machine": machine(), "arm": args.arm or "fastinst:scratch", "config": sets, "train_seconds": train_s,
+              "heldout": (f"write_sample(images=80, size=1024x512, seed={args.heldout_seed}), all 80"
+                          if args.heldout_seed is not None else "the training sample's val split (20 images)"),
               "s_per_iter": train_s / args.iterations, "total_seconds": time.time() - t0, "curve": curve}
     stem = f"curve-{args.arm.replace(':', '-')}" if args.arm else "curve"
+    stem += f"-seed{args.seed}" if args.seed else ""
     with open(os.path.join(out, f"{stem}.json"), "w") as f:
         json.dump(report, f, indent=1)
     plot(report, os.path.join(out, f"{stem}.png"))
@@ -122,6 +167,15 @@ def tiny(args) -> dict:
     print(f"final: train-split AP50 {last['train']['AP50'] or 0:.3f} (target >= 0.5), "
           f"held-out AP50 {last['val']['AP50'] or 0:.3f} (target >= 0.25)")
     return report
+
+
+def mean_heldout(reports: list[dict]) -> dict:
+    """{arm: {step: mean held-out AP50 over its seeds}} (the fair protocol's figure)."""
+    acc: dict = {}
+    for r in reports:
+        for p in r["curve"]:
+            acc.setdefault(r["arm"], {}).setdefault(p["step"], []).append(p["val"]["AP50"] or 0.0)
+    return {a: {k: sum(v) / len(v) for k, v in sorted(s.items())} for a, s in acc.items()}
 
 
 def plot(report: dict, path: str) -> None:
@@ -157,10 +211,10 @@ def plot_arms(reports: list[dict], path: str) -> None:
     for ax, split, title in ((axes[0], "train", "train split"), (axes[1], "val", "held-out (val)")):
         for r in reports:
             steps = [p["step"] for p in r["curve"]]
-            style = "-" if r["arm"].startswith("fastinst") else "--"
+            style = {"fastinst": "-", "mask2former": ":"}.get(r["arm"].split(":")[0], "--")
             marker = "o" if r["arm"].endswith("imagenet") else "x"
             vals = [p[split]["AP50"] or 0 for p in r["curve"]]
-            ax.plot(steps, vals, marker + style, label=f"{r['arm']} ({r['s_per_iter']:.2f} s/it)")
+            ax.plot(steps, vals, marker + style, label=f"{r['arm']} seed {r.get('seed', 0)} ({r['s_per_iter']:.2f} s/it)")
             for x, y in zip(steps, vals):
                 ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_title(f"AP50, {title}")
@@ -168,7 +222,8 @@ def plot_arms(reports: list[dict], path: str) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("AP50")
     axes[1].legend(fontsize=7)
-    fig.suptitle(f"FastInst vs torchvision Mask R-CNN, MobileNetV2, 80-image sample ({reports[0]['machine']})",
+    fig.suptitle(f"FastInst and its references (Mask R-CNN, Mask2Former), MobileNetV2, 80-image sample "
+                 f"({reports[0]['machine']})",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -291,7 +346,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the result here")
     ap.add_argument("--profile", help="--scale full: write torch profiler tables (3 steps) into this dir")
     ap.add_argument("--set", action="append", default=[], help="extra train config overrides")
-    ap.add_argument("--arms", help="--scale tiny: MODEL:INIT,... (fastinst|maskrcnn : scratch|imagenet), each on "
+    ap.add_argument("--arms", help="--scale tiny: MODEL:INIT,... (fastinst|maskrcnn|mask2former : scratch|imagenet), each on "
                     "MobileNetV2 with the same rows, crops, batch, iterations and test scale; one figure of all")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--queries", type=int, default=100, help="--arms: FastInst's number of queries")
@@ -299,6 +354,13 @@ def main() -> None:
                     help="--arms: FastInst at the tiny widths (64/4/128) or its published ones (256/8/1024)")
     ap.add_argument("--recipe", choices=["ours", "official"], default="ours",
                     help="official: FastInst's published optimisation (overrides --lr/--warmup; no clipping)")
+    ap.add_argument("--seeds", default="0", help="--arms: training seeds (train.seed), one run each; the "
+                    "figure and JSON carry every run and the mean held-out AP50 per arm and length")
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--heldout-seed", type=int, help="score held-out AP50 on 80 images of this sample seed "
+                    "(the fair protocol: 1) instead of the training sample's 20 val images")
+    ap.add_argument("--check-windows", action="store_true", help="also score every checkpoint on crop-sized "
+                    "windows pasted back into the frame (train/test extent check)")
     ap.add_argument("--plot", nargs="+", help="redraw the arms figure (--out/curves.png) from curve-*.json files")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -311,17 +373,25 @@ def main() -> None:
         print(f"wrote {os.path.join(args.out, 'curves.png')}")
     elif args.arms:
         reports = []
-        for arm in args.arms.split(","):
+        for arm, seed in ((a, int(sd)) for a in args.arms.split(",") for sd in args.seeds.split(",")):
             r = subprocess.run([sys.executable, __file__, "--scale", "tiny", "--out", args.out, "--arm", arm,
-                                "--name", f"{args.name}-{arm.replace(':', '-')}", "--iterations", str(args.iterations),
+                                "--seed", str(seed), "--set", f"train.seed={seed}",
+                                *(["--heldout-seed", str(args.heldout_seed)] if args.heldout_seed is not None else []),
+                                *(["--check-windows"] if args.check_windows else []),
+                                "--name", f"{args.name}-{arm.replace(':', '-')}-seed{seed}",
+                                "--iterations", str(args.iterations),
                                 "--every", str(args.every), "--batch", str(args.batch), "--lr", str(args.lr),
                                 "--warmup", str(args.warmup), "--queries", str(args.queries), "--width", args.width,
                                 "--recipe", args.recipe] + sum((["--set", x] for x in args.set), []))
             if r.returncode:
                 raise SystemExit(f"arm {arm} failed ({r.returncode})")
-            reports.append(json.load(open(os.path.join(args.out, f"curve-{arm.replace(':', '-')}.json"))))
+            stem = f"curve-{arm.replace(':', '-')}" + (f"-seed{seed}" if seed else "")
+            reports.append({**json.load(open(os.path.join(args.out, f"{stem}.json"))), "seed": seed})
         plot_arms(reports, os.path.join(args.out, "curves.png"))
-        res = {"arms": reports}
+        res = {"arms": reports, "mean_heldout_AP50": mean_heldout(reports)}
+        for arm, by_step in res["mean_heldout_AP50"].items():
+            print(f"{arm}: mean held-out AP50 over seeds {args.seeds}: "
+                  + ", ".join(f"{v:.3f} at {k}" for k, v in by_step.items()))
         print(f"wrote {os.path.join(args.out, 'curves.png')}")
     else:
         res = tiny(args) if args.scale == "tiny" else full(args)

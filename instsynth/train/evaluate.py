@@ -55,20 +55,62 @@ def predict_image(model, image: np.ndarray, score_threshold: float = 0.0, short_
     return preds
 
 
+def window_boxes(h: int, w: int, wh: int, ww: int) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) of the windows of ``ww`` x ``wh`` that tile an ``h`` x ``w`` frame: a grid of
+    ``ceil`` steps whose last row and column sit on the frame's edge (they overlap where it is not a multiple)."""
+    def starts(n, k):
+        if n <= k:
+            return [0]
+        steps = -(-n // k)
+        return [round(i * (n - k) / (steps - 1)) for i in range(steps)]
+    return [(y, x, min(h, y + wh), min(w, x + ww)) for y in starts(h, wh) for x in starts(w, ww)]
+
+
+def predict_windows(model, image: np.ndarray, window: tuple[int, int], short_edge: int | None = None) -> list[dict]:
+    """Predictions made on training-sized windows (``window``: width, height at the test scale) and pasted
+    back into the frame: the model sees inputs of the extent it was trained on (issue 30's train/test extent
+    check against whole-image scoring, ``predict_image``).  Every window's instances are kept with their
+    scores; an object cut by a window border is scored as the pieces it was predicted as."""
+    import cv2
+
+    h, w = image.shape[:2]
+    x = image
+    if short_edge and short_edge != min(h, w):
+        s = short_edge / min(h, w)
+        x = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))),
+                       interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    preds = []
+    for y0, x0, y1, x1 in window_boxes(x.shape[0], x.shape[1], window[1], window[0]):
+        for p in predict_image(model, x[y0:y1, x0:x1]):
+            full = np.zeros(x.shape[:2], bool)
+            full[y0:y1, x0:x1] = p["mask"]
+            if full.shape != (h, w):
+                full = cv2.resize(full.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+            if full.any():
+                preds.append({**p, "mask": full})
+    return preds
+
+
 def is_coco(data_root: str) -> bool:
     return str(data_root).lower().endswith(".json")
 
 
 def evaluate_model(model, data_root: str, split: str = "val", max_images: int | None = None,
                    predictor=None, short_edge: int | None = None, image_root: str | None = None,
-                   classes: list[str] | None = None, verbose: bool = False) -> dict:
+                   classes: list[str] | None = None, verbose: bool = False,
+                   windows: tuple[int, int] | None = None) -> dict:
     """AP/AP50 of ``model`` (or of ``predictor(image, labels) -> preds``, e.g. an oracle) on a split of a
     Cityscapes root, or on a COCO instances JSON (``image_root``: its images; ``classes``: the model's
     classes by index, default Cityscapes' eight).
 
-    ``short_edge``: the test scale (short side in pixels; None = native).  The result names it.
+    ``short_edge``: the test scale (short side in pixels; None = native).  ``windows`` (width, height):
+    predict on windows of that size at the test scale, pasted back (``predict_windows``).  The result names
+    both.
     """
     data_root = storage.absolute(data_root)
+    if windows and predictor is None:
+        def predictor(img, _labels):
+            return predict_windows(model, img, windows, short_edge)
     if is_coco(data_root):
         return evaluate_coco_json(model, data_root, image_root, max_images, predictor, short_edge, classes, verbose)
     recs = list(discover(data_root, split))[: max_images or None]
@@ -93,6 +135,8 @@ def evaluate_model(model, data_root: str, split: str = "val", max_images: int | 
     coco = evaluate_coco(gt_maps, preds, verbose)
     agnostic = evaluate_coco(*class_agnostic(gt_maps, preds), verbose)
     scale = f"short edge {short_edge} px" if short_edge else "native resolution"
+    if windows:
+        scale += f", {windows[0]}x{windows[1]} windows pasted back"
     scores = {"metric": "cityscapes", "AP": cs["AP"], "AP50": cs["AP50"], "per_class": cs["per_class"]}
     return {"images": len(recs), "test_scale": scale, "cityscapes": cs, "coco": coco, "agnostic": agnostic,
             "scores": scores}
@@ -232,7 +276,8 @@ def load_checkpoint(path: str):
 
 def evaluate_checkpoint(ckpt: str, data_root: str, split: str = "val", max_images: int | None = None,
                         out_json: str | None = None, short_edge: int | None = -1,
-                        image_root: str | None = None, verbose: bool = False) -> dict:
+                        image_root: str | None = None, verbose: bool = False,
+                        windows: tuple[int, int] | None = None) -> dict:
     """``short_edge=-1``: the test scale the checkpoint was trained for (its recipe), else as given.
     ``data_root``: a Cityscapes root or a COCO JSON (``image_root``: its images); the model's classes
     come from its checkpoint (the label space it was trained on)."""
@@ -241,7 +286,7 @@ def evaluate_checkpoint(ckpt: str, data_root: str, split: str = "val", max_image
     if short_edge == -1:
         short_edge = spec.get("recipe", {}).get("eval_short_edge")
     res = evaluate_model(model, data_root, split, max_images, short_edge=short_edge, image_root=image_root,
-                         classes=spec["kwargs"].get("classes"), verbose=verbose)
+                         classes=spec["kwargs"].get("classes"), verbose=verbose, windows=windows)
     res["checkpoint"], res["step"] = ckpt, step
     if out_json:
         storage.write_bytes(out_json, json.dumps(res, indent=1).encode())

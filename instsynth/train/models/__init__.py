@@ -20,6 +20,8 @@ def check_kwargs(builder, kw: dict) -> None:
     from instsynth.config import ConfigError
 
     params = dict(inspect.signature(builder).parameters)
+    if hasattr(builder, "config_keys"):  # a Hugging Face model: its config's keys pass through **overrides
+        params = {k: v for k, v in params.items() if v.kind != v.VAR_KEYWORD} | dict.fromkeys(builder.config_keys())
     if dataclasses.is_dataclass(builder):
         params = {f.name: f for f in dataclasses.fields(builder)} | {"tiny": None, "classes": None}
     unknown = sorted(set(kw) - set(params))
@@ -35,11 +37,13 @@ class Family:
     ``builder``: "module:callable" that builds it from keywords; ``signature``: what its keywords are checked
     against ("module:Class", default the builder); ``backbone_weights``: it takes ImageNet weights through
     ``train.model.backbone_weights`` (checked key by key at launch, BatchNorm frozen with them), else a
-    Hugging Face ``pretrained`` model; ``backbone``: its backbone when the config names none (tiny, full)."""
+    Hugging Face ``pretrained`` model (``pretrained``: it takes one); ``backbone``: its backbone when the
+    config names none (tiny, full)."""
 
     builder: str
     signature: str | None = None
     backbone_weights: bool = False
+    pretrained: bool = False
     backbone: tuple[str, str] = ("resnet18", "resnet50")
 
     def load(self, ref: str | None = None):
@@ -50,18 +54,20 @@ class Family:
 
     def kwargs(self, m, classes: list[str] | None = None) -> dict:
         """The model's keyword arguments from its config (recorded in model.json)."""
-        extra = {"classes": list(classes)} if classes is not None else {}
+        kw = {"tiny": m.tiny}
+        if self.pretrained:
+            kw["pretrained"] = m.pretrained
         if self.backbone_weights:
-            return {"tiny": m.tiny, "backbone_weights": m.backbone_weights, **extra, **m.params}
-        return {"pretrained": m.pretrained, "tiny": m.tiny, **extra, **m.params}
+            kw["backbone_weights"] = m.backbone_weights
+        return {**kw, **({"classes": list(classes)} if classes is not None else {}), **m.params}
 
 
 FAMILIES = {
     "fastinst": Family("instsynth.train.models.fastinst:build_fastinst", "instsynth.train.models.fastinst:FastInstConfig",
                        backbone_weights=True),
     "maskrcnn": Family("instsynth.train.models.maskrcnn:MaskRCNN", backbone_weights=True),
-    "mask2former": Family("instsynth.train.models.hf:Mask2Former"),
-    "oneformer": Family("instsynth.train.models.hf:OneFormer"),
+    "mask2former": Family("instsynth.train.models.hf:Mask2Former", backbone_weights=True, pretrained=True),
+    "oneformer": Family("instsynth.train.models.hf:OneFormer", pretrained=True),
 }
 
 

@@ -66,6 +66,25 @@ def build(name: str):
     return net, stem, (net.layer2, net.layer3, net.layer4), (c // 4, c // 2, c)
 
 
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d by a FrozenBatchNorm2d holding the same statistics and affine (detectron2's
+    FrozenBN: with ImageNet weights and batches of two, batch statistics would only add noise)."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            with torch.no_grad():
+                frozen.weight.copy_(child.weight.detach())
+                frozen.bias.copy_(child.bias.detach())
+                frozen.running_mean.copy_(child.running_mean)
+                frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
 def _tonylins_key(key: str) -> str:
     """tonylins/pytorch-mobilenet-v2 -> torchvision: block 1's ``conv.{0,1,3,4}`` and the other blocks'
     ``conv.{0,1,3,4,6,7}`` become torchvision's Conv2dNormActivation-nested names."""

@@ -82,23 +82,6 @@ class FastInstConfig:
 
 # -- backbone and pixel decoder (Sec. 3.1) -------------------------------------------------------
 
-def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d by a FrozenBatchNorm2d holding the same statistics and affine."""
-    from torchvision.ops import FrozenBatchNorm2d
-
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            frozen.weight.copy_(child.weight.detach())
-            frozen.bias.copy_(child.bias.detach())
-            frozen.running_mean.copy_(child.running_mean)
-            frozen.running_var.copy_(child.running_var)
-            setattr(module, name, frozen)
-        else:
-            freeze_batchnorm(child)
-    return module
-
-
 class Backbone(nn.Module):
     """ResNet res3-res5 or MobileNetV2 (strides 8, 16, 32); ImageNet weights from a local file or
     ``bundled`` (``backbones.py`` checks every key and shape)."""
@@ -111,8 +94,7 @@ class Backbone(nn.Module):
         if weights:
             backbones.load_weights(net, weights, name)
         if frozen_bn:
-            with torch.no_grad():
-                freeze_batchnorm(self)
+            backbones.freeze_batchnorm(self)
 
     def forward(self, x):
         c3 = self.res3(self.stem(x))

