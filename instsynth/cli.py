@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from instsynth import storage
 from instsynth.config import Config, ConfigError, load_config
+from instsynth.io import storage
 
 # command -> [(flag, config key, type, help)]
 ALIASES: dict[str, list[tuple[str, str, type, str]]] = {
@@ -99,7 +99,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from instsynth.plan import failures_path, format_summary, make_plan, write_plan
+    from instsynth.plan.planner import failures_path, format_summary, make_plan, write_plan
 
     cfg = _config(args)
     label_rows: list = []
@@ -113,7 +113,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from instsynth.synth import run_synth
+    from instsynth.synth.driver import run_synth
 
     cfg = _config(args)
     summary = run_synth(args.source, args.out, cfg, overwrite=args.overwrite, dry_run=args.dry_run,
@@ -124,14 +124,14 @@ def cmd_synth(args) -> int:
 
 
 def cmd_originals(args) -> int:
-    from instsynth.originals import write_originals
+    from instsynth.synth.originals import write_originals
 
     write_originals(args.root, args.out, _config(args))
     return 0
 
 
 def cmd_status(args) -> int:
-    from instsynth.report import format_status, status
+    from instsynth.views.status import format_status, status
 
     _config(args)
     st = status(args.out_dir, verify=args.verify)
@@ -142,14 +142,14 @@ def cmd_status(args) -> int:
 def _check_dirs(dirs: list[str]) -> None:
     """Read-only commands refuse, in one line and before writing anything, a dir that is missing or
     is not an InstSynth output dir."""
-    from instsynth.report import check_output_dir
+    from instsynth.views.status import check_output_dir
 
     for d in dirs:
         check_output_dir(d)
 
 
 def cmd_stats(args) -> int:
-    from instsynth.report import write_stats
+    from instsynth.views.stats import write_stats
 
     _config(args)
     _check_dirs(args.dirs)
@@ -161,7 +161,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_preview(args) -> int:
-    from instsynth.report import compare_grid, preview
+    from instsynth.views.preview import compare_grid, preview
 
     _config(args)
     _check_dirs([args.out_dir])
@@ -177,7 +177,7 @@ def cmd_preview(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from instsynth.site import check_report_out, write_report
+    from instsynth.views.site import check_report_out, write_report
 
     _config(args)
     out = args.out or storage.join(args.dirs[0], "report")
@@ -187,7 +187,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from instsynth.export import export_cityscapes, export_coco, export_parquet, parse_bytes
+    from instsynth.output.export import export_cityscapes, export_coco, export_parquet, parse_bytes
 
     _config(args)
     _check_dirs(args.dirs)
@@ -242,7 +242,7 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from instsynth.weights import prefetch
+    from instsynth.generators.weights import prefetch
 
     prefetch(_config(args), offline=True if args.offline else None)
     return 0
@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from instsynth.datasets import DataError
     from instsynth.generators import GeneratorError
-    from instsynth.lease import LeaseError
+    from instsynth.output.lease import LeaseError
 
     args = build_parser().parse_args(argv)
     try:
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"instsynth {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001
-        from instsynth.synth import SynthError
+        from instsynth.errors import SynthError
 
         if isinstance(e, SynthError):
             print(f"instsynth {args.command}: error: {e}", file=sys.stderr)

@@ -16,9 +16,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override is malformed; the message names the key."""
+from instsynth.errors import ConfigError  # noqa: F401 - raised here, importable from here
 
 
 @dataclass
@@ -394,7 +392,7 @@ def _nest(key: str, value: Any) -> dict:
 def load_config(path: str | None = None, overrides: list[str] | None = None,
                 values: dict[str, Any] | None = None) -> Config:
     """Defaults <- YAML file <- ``values`` (dotted keys, e.g. from CLI flags) <- ``overrides`` (``--set``)."""
-    from instsynth import storage
+    from instsynth.io import storage
 
     cfg = Config()
     if path:

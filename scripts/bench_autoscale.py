@@ -111,7 +111,7 @@ def main() -> int:
         sampler.start()
         from instsynth.config import load_config
         from instsynth.datasets.sample import write_sample
-        from instsynth.synth import run_synth
+        from instsynth.synth.driver import run_synth
 
         root = os.path.join(tmp, "root")
         write_sample(root, images=max(4, args.items // 24 + 2), size=(256, 128), seed=0, val_fraction=0.0001)

@@ -13,15 +13,15 @@ import argparse
 import tempfile
 import time
 
-from instsynth import storage
 from instsynth.config import load_config, parse_size
 from instsynth.datasets import decode_image, encode_index, encode_png
 from instsynth.datasets import decode_index as decode_ids
 from instsynth.datasets.cityscapes import THING_CLASSES, discover, regions_from_ids
 from instsynth.datasets.sample import write_sample
-from instsynth.phases.compose import cut_window, focused_window, paste
-from instsynth.phases.select import prepare_instance, select_instances, square_box
-from instsynth.rng import item_rng
+from instsynth.io import storage
+from instsynth.plan.rng import item_rng
+from instsynth.plan.select import prepare_instance, select_instances, square_box
+from instsynth.synth.compose import cut_window, focused_window, paste
 
 
 def main() -> None:

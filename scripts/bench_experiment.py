@@ -35,8 +35,8 @@ def main() -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from instsynth.config import load_config
     from instsynth.datasets.sample import write_sample
-    from instsynth.originals import write_originals
-    from instsynth.synth import run_synth
+    from instsynth.synth.driver import run_synth
+    from instsynth.synth.originals import write_originals
     from instsynth.train.experiment import run_experiment
 
     work = os.path.abspath(args.work)

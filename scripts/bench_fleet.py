@@ -46,7 +46,7 @@ def child_job(args) -> None:
 
     DataContext.get_current().enable_progress_bars = False
     from instsynth.config import load_config
-    from instsynth.synth import run_synth
+    from instsynth.synth.driver import run_synth
 
     cfg = load_config(os.path.join(REPO, "configs", "debug.yaml"), json.loads(args.sets))
     t0 = time.time()
@@ -84,7 +84,7 @@ def child_memory(args) -> None:
     import psutil
 
     from instsynth.config import load_config
-    from instsynth.synth import run_synth
+    from instsynth.synth.driver import run_synth
 
     cfg = load_config(os.path.join(REPO, "configs", "debug.yaml"), json.loads(args.sets))
     proc = psutil.Process()
@@ -124,7 +124,7 @@ def busy_fraction(trace: str, gpus: int) -> dict:
 
 def queue_depths(out: str, png: str | None = None) -> dict:
     """Steady-state (middle 80% of the run) mean and max of each queue and stage occupancy, in units."""
-    from instsynth.report import stage_queues
+    from instsynth.views.status import stage_queues
 
     units = []
     for name in os.listdir(os.path.join(out, "_runs")):
@@ -135,7 +135,7 @@ def queue_depths(out: str, png: str | None = None) -> dict:
     series = {**{f"queued {k}": v for k, v in q["queued"].items()}, **{f"in {k}": v for k, v in q["running"].items()}}
     summary = {k: {"mean": sum(v[lo:hi]) / (hi - lo), "max": max(v[lo:hi])} for k, v in series.items()}
     if png:
-        from instsynth.report import queues_chart
+        from instsynth.views.status import queues_chart
 
         with open(png, "wb") as f:
             f.write(queues_chart(units, "simulated GPU fleet: queue depths and stage occupancy over the run",

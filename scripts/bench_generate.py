@@ -173,10 +173,11 @@ def e2e(gen_name: str, pipe, params: dict, batch: int, items: int, rows_per_unit
 
     Steady state = from the first unit's commit to the last (actor start-up and the first unit's
     pipeline fill excluded): rows/s there, GPU busy there, and the ratio to the bare generator."""
-    from instsynth import shards
     from instsynth.config import load_config
     from instsynth.datasets.sample import write_sample
-    from instsynth.synth import run_synth
+    from instsynth.output.layout import marker_path
+    from instsynth.output.ledger import committed_units
+    from instsynth.synth.driver import run_synth
 
     work = tempfile.mkdtemp(prefix="bench-e2e-")
     model = os.path.join(work, "model")
@@ -196,8 +197,8 @@ def e2e(gen_name: str, pipe, params: dict, batch: int, items: int, rows_per_unit
         summary = run_synth(root, out, cfg, log=lambda *a: None)
     wall = time.time() - start
     shutil.rmtree(model, ignore_errors=True)  # several GB at full scale
-    stamps = sorted((os.path.getmtime(shards.marker_path(out, u)), m["rows"])
-                    for u, m in shards.committed_units(out).items())
+    stamps = sorted((os.path.getmtime(marker_path(out, u)), m["rows"])
+                    for u, m in committed_units(out).items())
     first, last = stamps[0][0], stamps[-1][0]
     steady_rows = sum(r for _, r in stamps[1:])
     steady = steady_rows / (last - first) if len(stamps) > 1 and last > first else None

@@ -47,9 +47,9 @@ def child(args) -> None:
     pinned = pin_cores(args.cpus)
 
     from instsynth.config import load_config
-    from instsynth.executors.local import run_local
-    from instsynth.plan import plan_dataset, read_plan
-    from instsynth.synth import pending_units
+    from instsynth.plan.planner import plan_dataset, read_plan
+    from instsynth.synth.executors.local import run_local
+    from instsynth.synth.stages import PendingUnits
 
     cfg = load_config(None, [f"generator.name={args.generator}", "run.progress=false",
                              f"run.rows_per_unit={args.rows_per_unit}", "run.log_level=ERROR"])
@@ -57,7 +57,7 @@ def child(args) -> None:
     root = plan_dataset(table)  # the dataset spec the stages read through
     rows = [r for r in table.to_pylist() if r["image_id"] in set(json.loads(args.image_ids))] \
         if args.image_ids else table.to_pylist()
-    units = pending_units(rows, set(), cfg.run.rows_per_unit)
+    units = PendingUnits.of(rows, set(), cfg.run.rows_per_unit)
     out = tempfile.mkdtemp(prefix="bench-out-")
     peak = {"workers": 0, "workers_sum": 0}
     by_name: dict = {}
@@ -89,7 +89,7 @@ def child(args) -> None:
     else:
         import ray
 
-        from instsynth.executors.ray import configure_context
+        from instsynth.synth.executors.ray import configure_context
 
         s = time.perf_counter()
         ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
@@ -104,7 +104,7 @@ def child(args) -> None:
         cfg.run.num_cpus = 0.75 if args.cpus == 1 else 0.5
         import pickle
 
-        from instsynth.executors.ray import build_dataset
+        from instsynth.synth.executors.ray import build_dataset
 
         t0 = time.perf_counter()
         for r in build_dataset(units, root, out, cfg).iter_rows():
@@ -161,7 +161,7 @@ def main() -> None:
 
     from instsynth.config import load_config, parse_size
     from instsynth.datasets.sample import write_sample
-    from instsynth.plan import make_plan, write_plan
+    from instsynth.plan.planner import make_plan, write_plan
 
     n_sample = max(args.images, args.images2, args.big, args.small)
     root = tempfile.mkdtemp(prefix="bench-pipe-")

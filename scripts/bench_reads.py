@@ -37,14 +37,16 @@ def measure(layout: str, root: str, out: str, local: str, server, samples: int, 
             generator: str = "identity") -> dict:
     import datasets
 
-    from instsynth import shards, storage
     from instsynth.config import load_config
-    from instsynth.synth import run_synth
+    from instsynth.io import storage
+    from instsynth.output import commits
+    from instsynth.output.ledger import committed_parts
+    from instsynth.synth.driver import run_synth
     from instsynth.train.data import build_catalog, read_rows
 
-    saved = shards.RAW_COLUMNS
+    saved = commits.RAW_COLUMNS
     if layout == "before":
-        shards.RAW_COLUMNS = ()  # every column zstd, no offsets: what parts were before
+        commits.RAW_COLUMNS = ()  # every column zstd, no offsets: what parts were before
     try:
         cfg = load_config(os.path.join(REPO, "configs", "debug.yaml"),
                           [f"generator.name={generator}", "run.executor=local", "run.progress=false",
@@ -52,7 +54,7 @@ def measure(layout: str, root: str, out: str, local: str, server, samples: int, 
                            f"plan.variants={variants}", "quality.min_changed_inside=0", "quality.min_inside_share=0"])
         run_synth(root, out, cfg, log=lambda *a: None)
     finally:
-        shards.RAW_COLUMNS = saved
+        commits.RAW_COLUMNS = saved
     part_bytes = sum(storage.list_sizes(storage.join(out, "data")).values())
     cat = build_catalog([out])
     addrs = (cat.orig + cat.synth)[:samples]
@@ -72,7 +74,7 @@ def measure(layout: str, root: str, out: str, local: str, server, samples: int, 
         ds = datasets.load_dataset(local, split="train", cache_dir=f"{local}-hf{k}")
         times.append(time.time() - t0)
     load_s = min(times)
-    return {"rows": len(ds), "parts": len(shards.committed_parts(out)), "part_bytes": part_bytes,
+    return {"rows": len(ds), "parts": len(committed_parts(out)), "part_bytes": part_bytes,
             "samples": len(addrs), "requests_per_sample": reqs / len(addrs), "bytes_read": read, "bytes_used": used,
             "read_over_used": read / used, "load_dataset_s": load_s}
 

@@ -28,7 +28,7 @@ def du(path: str) -> int:
 
 
 def report_run(out: str, site: str) -> dict:
-    code = ("import json, resource, time; from instsynth.site import write_report; t = time.time(); "
+    code = ("import json, resource, time; from instsynth.views.site import write_report; t = time.time(); "
             f"s = write_report([{out!r}], {site!r}, log=lambda *a: None); "
             "s['seconds'] = time.time() - t; "
             "s['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print('RESULT', json.dumps(s))")
@@ -47,7 +47,7 @@ def main() -> int:
     args = ap.parse_args()
     from instsynth.config import load_config, parse_size
     from instsynth.datasets.sample import write_sample
-    from instsynth.synth import run_synth
+    from instsynth.synth.driver import run_synth
 
     tmp = tempfile.mkdtemp(prefix="bench-report-")
     try:

@@ -44,7 +44,7 @@ sys.path.insert(0, REPO)  # the tests' S3 server: tests/s3server.py
 def child(args) -> None:
     """One synth run in this process; prints a JSON line with its timings."""
     from instsynth.config import load_config
-    from instsynth.synth import run_synth
+    from instsynth.synth.driver import run_synth
 
     cfg = load_config(os.path.join(REPO, "configs", "debug.yaml"), json.loads(args.sets))
     commits, ready = [], []
@@ -185,7 +185,8 @@ def main() -> int:
             v = subprocess.run([sys.executable, "-m", "instsynth.cli", "status", out, "--verify"], env=env,
                                capture_output=True, text=True)
             reqs = counts.snapshot(reset=True)
-            from instsynth import shards, storage
+            from instsynth.io import storage
+            from instsynth.output.ledger import committed_parts
 
             total = sum(storage.list_sizes(storage.join(out, "data")).values())
             size["verify"] = {"exit": v.returncode, "wall_s": time.time() - t0, "data_bytes": total,
@@ -202,14 +203,14 @@ def main() -> int:
             ds = datasets.load_dataset(local, split="train", cache_dir=os.path.join(tmp, f"hf-{units}"))
             size["load_dataset_s"] = time.time() - t0
             assert len(ds) == n, (len(ds), n, fresh, noop)
-            from instsynth.export import export_parquet
+            from instsynth.output.export import export_parquet
 
             export_parquet([local], os.path.join(tmp, f"pub-{units}"), log=lambda *a: None)
             t0 = time.time()
             ds = datasets.load_dataset(os.path.join(tmp, f"pub-{units}"), split="train",
                                        cache_dir=os.path.join(tmp, f"hf2-{units}"))
             size["load_dataset_export_s"] = time.time() - t0
-            size["parts"] = len(shards.committed_parts(out))
+            size["parts"] = len(committed_parts(out))
             counts.reset()
             if not args.skip_kill:
                 kbucket = f"bench-kill-{units}"

@@ -84,7 +84,7 @@ def heldout_root(out: str, seed: int) -> str:
 def tiny(args) -> dict:
     from instsynth.config import load_config
     from instsynth.datasets.sample import write_sample
-    from instsynth.originals import write_originals
+    from instsynth.synth.originals import write_originals
     from instsynth.train.evaluate import evaluate_checkpoint
     from instsynth.train.trainer import run_training
 
@@ -278,7 +278,7 @@ def full(args) -> dict:
     crop = (720, 360) if dev.type == "cuda" else (256, 128)
     root = tempfile.mkdtemp(prefix="bench-train-")
     write_sample(root, images=8, size=size, seed=0)
-    from instsynth import storage
+    from instsynth.io import storage
 
     rows = []
     for i, rec in enumerate(discover(root, "train")):

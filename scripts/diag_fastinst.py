@@ -37,7 +37,7 @@ def sample(out: str) -> tuple[str, str]:
     """The 80-image sample and its originals (written once into ``out``)."""
     from instsynth.config import load_config
     from instsynth.datasets.sample import write_sample
-    from instsynth.originals import write_originals
+    from instsynth.synth.originals import write_originals
 
     root, orig = os.path.join(out, "cityscapes"), os.path.join(out, "original")
     if not os.path.isdir(root):
@@ -79,8 +79,8 @@ def mask_quality(model, root: str, images: int = 10) -> dict:
     """Mean best IoU of each GT instance (>= 100 px) over all predictions, and the share above 0.5."""
     import numpy as np
 
-    from instsynth import storage
     from instsynth.datasets.cityscapes import discover, read_ids, read_image
+    from instsynth.io import storage
     from instsynth.train.data import targets_from_ids
     from instsynth.train.evaluate import predict_image
 

@@ -132,7 +132,7 @@ def s3_session(session_s3, monkeypatch):
     return session_s3.env
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout (tests in any folder)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,7 +4,9 @@ nothing that is gone), and its contents list names every section in order."""
 import os
 import re
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import REPO_ROOT
+
+ROOT = REPO_ROOT
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 
-from instsynth import storage
 from instsynth.datasets.base import (
     ClassInfo,
     DataError,
@@ -31,6 +30,7 @@ from instsynth.datasets.base import (
 from instsynth.datasets.cityscapes import CityscapesDataset
 from instsynth.datasets.coco import CocoDataset, default_image_root
 from instsynth.datasets.mapillary import MapillaryDataset
+from instsynth.io import storage
 
 __all__ = ["ClassInfo", "DataError", "Dataset", "DatasetSpec", "ImageRef", "Labels", "LabelSpace", "compact",
            "decode_image", "decode_index", "encode_index", "encode_png", "FORMATS", "detect", "resolve",

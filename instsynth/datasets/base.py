@@ -16,11 +16,9 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from instsynth.errors import DataError  # noqa: F401 - raised here, importable from here
+
 cv2.setNumThreads(1)
-
-
-class DataError(ValueError):
-    """A dataset file is missing, unreadable or inconsistent; the message names the file (and record)."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +121,7 @@ class ImageRef:
     height: int = 0
 
 
-#: fields of one region of an index map (also the row's ``regions`` struct, see instsynth.schema)
+#: fields of one region of an index map (also the row's ``regions`` struct, see instsynth.output.schema)
 REGION_FIELDS = ("index", "source_id", "class_id", "class_name", "thing", "crowd")
 
 
@@ -211,7 +209,7 @@ def encode_index(index: np.ndarray) -> bytes:
 def read_map(root: str, rel: str, missing: str) -> np.ndarray:
     """A dataset's 16-bit label map ``rel`` under ``root``; DataError ``"{missing}: {rel} is missing"`` when
     the file is absent (the plan counts those), else naming the file and what is wrong with it."""
-    from instsynth import storage
+    from instsynth.io import storage
 
     path = storage.join(root, rel)
     try:
@@ -251,7 +249,7 @@ class Dataset:
     def select(self, ref: ImageRef, top_k: int, min_pixels: int, classes: list[str] | None):
         """(Eq. 1's instances, (height, width)) of one image; formats may override it with a cheaper
         equivalent (COCO ranks on RLEs without painting the index map)."""
-        from instsynth.phases.select import select_instances
+        from instsynth.plan.select import select_instances
 
         labels = self.load_labels(ref)
         return select_instances(labels, top_k, min_pixels, classes), labels.index.shape
@@ -261,7 +259,7 @@ class Dataset:
         raise NotImplementedError
 
     def read_image(self, rel: str) -> np.ndarray:
-        from instsynth import storage
+        from instsynth.io import storage
 
         path = self.image_path(rel)
         try:

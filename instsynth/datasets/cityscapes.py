@@ -21,7 +21,6 @@ import cv2
 import numpy as np
 from cityscapesscripts.helpers.labels import id2label, labels, name2label
 
-from instsynth import storage
 from instsynth.datasets.base import (
     ClassInfo,
     DataError,
@@ -35,6 +34,7 @@ from instsynth.datasets.base import (
     read_map,
     region,
 )
+from instsynth.io import storage
 
 #: classes evaluated by Cityscapes instance AP (caravan/trailer have instances but are ignored)
 THING_CLASSES = [lb.name for lb in labels if lb.hasInstances and not lb.ignoreInEval]

@@ -33,7 +33,6 @@ from collections.abc import Iterator
 import msgspec
 import numpy as np
 
-from instsynth import storage
 from instsynth.datasets.base import (
     ClassInfo,
     DataError,
@@ -46,6 +45,7 @@ from instsynth.datasets.base import (
     decode_image,
     region,
 )
+from instsynth.io import storage
 
 REQUIRED = ("images", "annotations", "categories")
 _NAME = re.compile(r"instances_(?P<name>[^/]+)\.json$")
@@ -275,7 +275,7 @@ class CocoDataset(Dataset):
         for their boxes."""
         from pycocotools import mask as mask_utils
 
-        from instsynth.phases.select import Instance, bbox_of
+        from instsynth.plan.select import Instance, bbox_of
 
         iid = int(ref.image_id)
         h, w = self.images[iid]["height"], self.images[iid]["width"]
@@ -381,7 +381,7 @@ class CocoLabelFile(CocoDataset):
 
 
 def io_sparse(footer, path: str):
-    from instsynth.storage import SparseFile
+    from instsynth.io.storage import SparseFile
 
     meta, total, pieces = footer
     return SparseFile(total, pieces, str(path))

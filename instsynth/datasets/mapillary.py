@@ -16,7 +16,6 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from instsynth import storage
 from instsynth.datasets.base import (
     ClassInfo,
     DataError,
@@ -28,6 +27,7 @@ from instsynth.datasets.base import (
     read_map,
     region,
 )
+from instsynth.io import storage
 
 CONFIG = "config_v2.0.json"
 SPLITS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}

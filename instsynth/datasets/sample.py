@@ -29,9 +29,9 @@ from cityscapesscripts.helpers.labels import name2label
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from cityscapesscripts.preparation.json2labelImg import createLabelImage
 
-from instsynth import storage
 from instsynth.datasets import encode_index, encode_png
 from instsynth.datasets.cityscapes import THING_CLASSES, instance_number, label_name, write_image
+from instsynth.io import storage
 
 TRAIN_CITIES = ["aachen", "bochum", "bremen"]
 VAL_CITIES = ["frankfurt", "lindau"]

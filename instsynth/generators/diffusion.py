@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from instsynth.generators import GeneratorError
-from instsynth.phases.prompts import prompt_object
+from instsynth.plan.prompts import prompt_object
 
 DTYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp32": "float32", "float32": "float32"}

@@ -126,7 +126,7 @@ class Simulate:
         time.sleep(self.cost_s * len(batch))
         if self.trace:
             os.makedirs(self.trace, exist_ok=True)
-            from instsynth import storage
+            from instsynth.io import storage
 
             storage.append_text(os.path.join(self.trace, f"{os.getpid()}.txt"),
                                 f"{os.getpid()} {t0:.4f} {time.time():.4f} {len(batch)}\n")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 
-from instsynth import storage
+from instsynth.io import storage
 
 HIDDEN = 32
 TIME_DIM = 8

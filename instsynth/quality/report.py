@@ -16,21 +16,15 @@ from collections import defaultdict
 import cv2
 import numpy as np
 
-from instsynth import shards, storage
 from instsynth.config import QualityConfig
 from instsynth.datasets import Dataset, decode_image
-from instsynth.outputs import output_dataset, source_dataset
-from instsynth.phases.select import crop as crop_box
+from instsynth.io import storage
+from instsynth.output.readers import iter_tables
+from instsynth.output.sources import source_dataset
+from instsynth.plan.select import crop as crop_box
 from instsynth.quality.metrics import PSNR_CAP, SSIM_MAX_SIDE, SetMetrics, psnr, ssim_map
 
 PER_SAMPLE = ["psnr_in", "psnr_out", "ssim_in", "ssim_out", "changed_inside", "inside_share", "clip"]
-
-
-def _dataset_of(d: str, data_root: str | None) -> Dataset | None:
-    """The source dataset of ``d`` (``--data-root`` moves it); None when none is recorded or given."""
-    if data_root is None and output_dataset(d)[0] is None:
-        return None
-    return source_dataset(d, data_root)
 
 
 def _original_window(ds: Dataset, row: dict, cache: dict) -> np.ndarray:
@@ -74,9 +68,9 @@ def quality_report(dirs: list[str], cfg: QualityConfig, data_root: str | None = 
     per_gen: dict = {}
 
     for d in dirs:
-        root = _dataset_of(d, data_root)
+        root = source_dataset(d, data_root, optional=True)
         cache: dict = {}
-        for t in shards.iter_tables(d, ["work_id", "generator", "class_name", "gen_stats", "image", "prompt",
+        for t in iter_tables(d, ["work_id", "generator", "class_name", "gen_stats", "image", "prompt",
                                         "source_image", "crop_box", "width", "height"]):
             rows = [r for r in t.to_pylist() if r["generator"] != "original"]
             if not rows:
@@ -165,7 +159,7 @@ def quality_chart(table: dict) -> bytes | None:
     ax.set_ylim(0, 1.12)
     ax.set_title("generation quality (means over samples)")
     ax.legend(fontsize=8)
-    from instsynth.report import figure_png
+    from instsynth.views.figures import figure_png
 
     return figure_png(fig)
 

@@ -19,10 +19,11 @@ import types
 
 import numpy as np
 
-#: Cityscapes label ids of the eight evaluated thing classes, in THING_CLASSES order
-from instsynth import storage
 from instsynth.datasets import encode_png
 from instsynth.datasets.cityscapes import THING_CLASSES, THING_IDS, instance_number
+
+#: Cityscapes label ids of the eight evaluated thing classes, in THING_CLASSES order
+from instsynth.io import storage
 
 LABEL_IDS = {name: cid for cid, name in THING_IDS.items()}
 _LOCK = threading.Lock()

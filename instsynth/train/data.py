@@ -33,10 +33,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from instsynth import shards, storage
 from instsynth.config import ConfigError, TrainConfig, parse_size
 from instsynth.datasets import LabelSpace, cityscapes_space, decode_image, decode_index
 from instsynth.datasets.cityscapes import regions_from_ids
+from instsynth.io import storage
+from instsynth.output.layout import part_path
+from instsynth.output.ledger import committed_units
+from instsynth.output.readers import iter_tables
 
 _MEMO_LOCK = threading.Lock()
 
@@ -112,7 +115,7 @@ class Catalog:
 
 def dir_generator(d: str) -> str | None:
     """The generator of an output dir (``original`` for originals), from its first committed row."""
-    for t in shards.iter_tables(d, ["generator"]):
+    for t in iter_tables(d, ["generator"]):
         if t.num_rows:
             return t.column("generator")[0].as_py()
     return None
@@ -124,7 +127,7 @@ def build_catalog(dirs: list[str], ratio: float | None = None, seed: int = 0) ->
     import pyarrow.parquet as pq
 
     from instsynth.datasets import DataError
-    from instsynth.outputs import label_space
+    from instsynth.output.sources import label_space
 
     if not dirs:
         raise ConfigError("train.dirs: give at least one output dir (e.g. the originals)")
@@ -134,12 +137,12 @@ def build_catalog(dirs: list[str], ratio: float | None = None, seed: int = 0) ->
         raise ConfigError(f"train.dirs: {e}") from None
     orig, synth = [], []
     for d in dirs:
-        markers = {u: m for u, m in sorted(shards.committed_units(d).items()) if m["rows"]}
+        markers = {u: m for u, m in sorted(committed_units(d).items()) if m["rows"]}
         if not markers:
             raise ConfigError(f"train.dirs: {d} has no committed rows")
         rows, gens = [], set()
         for u, m in markers.items():
-            p = shards.part_path(d, u)
+            p = part_path(d, u)
             locs = m.get("data", {}).get("rows_at")
             things = m.get("data", {}).get("things")
             if "stats" in m:  # format 2: the marker lists the rows in file order

@@ -16,7 +16,6 @@ import tempfile
 
 import numpy as np
 
-from instsynth import storage
 from instsynth.datasets import DataError
 from instsynth.datasets.cityscapes import (
     INSTANCE_IDS_SUFFIX,
@@ -27,6 +26,7 @@ from instsynth.datasets.cityscapes import (
     read_ids,
     read_image,
 )
+from instsynth.io import storage
 from instsynth.train.cs_eval import evaluate_cityscapes, evaluate_coco
 
 

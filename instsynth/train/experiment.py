@@ -11,8 +11,8 @@ import hashlib
 import json
 import os
 
-from instsynth import storage
 from instsynth.config import Config, ConfigError, to_dict
+from instsynth.io import storage
 from instsynth.train.evaluate import evaluate_checkpoint, format_table, scores
 
 

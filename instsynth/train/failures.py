@@ -16,9 +16,9 @@ from __future__ import annotations
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
 
-from instsynth import storage
 from instsynth.config import ConfigError
 from instsynth.datasets import DataError
+from instsynth.io import storage
 from instsynth.train.models.backbones import WeightsError
 
 INPUT_ERRORS = (ConfigError, DataError, WeightsError, storage.StorageError)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 import os
 
-from instsynth import storage
 from instsynth.config import Config, ConfigError
+from instsynth.io import storage
 from instsynth.train.models import check_params, family
 
 

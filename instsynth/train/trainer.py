@@ -20,8 +20,8 @@ import os
 import shutil
 import tempfile
 
-from instsynth import storage
 from instsynth.config import Config, ConfigError, ModelConfig, TrainConfig, grad_accum, to_dict
+from instsynth.io import storage
 
 
 def model_kwargs(m: ModelConfig, classes: list[str] | None = None) -> dict:

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from instsynth import storage
 from instsynth.datasets import DatasetSpec, decode_index, encode_index, open_dataset
 from instsynth.datasets.base import check_size
 from instsynth.datasets.cityscapes import (
@@ -13,6 +12,7 @@ from instsynth.datasets.cityscapes import (
     read_image,
     regions_from_ids,
 )
+from instsynth.io import storage
 
 
 def test_thing_classes_come_from_cityscapesscripts():

@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from instsynth import shards
 from instsynth.cli import main
 from instsynth.config import load_config
 from instsynth.datasets import DataError, DatasetSpec, ImageRef, open_dataset, resolve
 from instsynth.datasets.coco import CocoDataset, rasterize
 from instsynth.datasets.sample import COCO_IDS
-from instsynth.plan import make_plan
+from instsynth.output.ledger import committed_parts
+from instsynth.plan.planner import make_plan
 
 DEBUG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                      "configs", "debug.yaml")
@@ -154,7 +154,7 @@ def test_coco_end_to_end(coco_root, tmp_path, capsys):
     sets = ["--set", "run.executor=local", "--set", "run.progress=false", "--set", "plan.min_pixels=64",
             "--set", "plan.top_k=8"]
     assert main(["synth", _json(coco_root), "--out", out, "--config", DEBUG, "--generator", "recolor"] + sets) == 0
-    rows = [r for p in shards.committed_parts(out) for r in pq.read_table(p).to_pylist()]
+    rows = [r for p in committed_parts(out) for r in pq.read_table(p).to_pylist()]
     assert rows and {r["dataset"] for r in rows} == {"coco"} and {r["split"] for r in rows} == {"train"}
     assert {r["class_id"] for r in rows} >= {91} and all(r["class_id"] == COCO_IDS[r["class_name"]] for r in rows)
     assert all(r["instance_id"] > 2**32 and r["regions"][r["instance_index"] - 1]["source_id"] == r["instance_id"]
@@ -194,7 +194,7 @@ def test_coco_end_to_end(coco_root, tmp_path, capsys):
 def test_originals_of_a_coco_dataset(coco_root, tmp_path):
     out = str(tmp_path / "orig")
     assert main(["originals", _json(coco_root), "--out", out, "--config", DEBUG]) == 0
-    rows = [r for p in shards.committed_parts(out) for r in pq.read_table(p).to_pylist()]
+    rows = [r for p in committed_parts(out) for r in pq.read_table(p).to_pylist()]
     assert len(rows) == 6 and all(r["image"][:3] == b"\xff\xd8\xff" for r in rows)  # the JPEG as it is
     assert all(r["class_label"] == -1 and r["generator"] == "original" for r in rows)
     shutil.rmtree(out)
@@ -232,10 +232,10 @@ def test_prepare_tasks_read_their_images_rows_not_the_file(coco_root, tmp_path):
                      "--set", "run.executor=local", "--set", "run.progress=false"]) == 0
     finally:
         shutil.move(hidden, src)
-    got = [r for p in shards.committed_parts(out) for r in pq.read_table(p).to_pylist()]
+    got = [r for p in committed_parts(out) for r in pq.read_table(p).to_pylist()]
     assert len(got) == len(rows) and os.path.exists(os.path.join(out, "plan.labels.parquet"))
     # the label file gives exactly the labels the annotation file gives
-    from instsynth.stages import image_ref
+    from instsynth.synth.stages import image_ref
 
     whole = open_dataset(resolve(src))
     rows_file = open_dataset(DatasetSpec("coco", whole.spec.source, whole.spec.image_root,

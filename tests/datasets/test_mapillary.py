@@ -6,13 +6,13 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 
-from instsynth import shards
 from instsynth.cli import main
 from instsynth.config import load_config
 from instsynth.datasets import detect, open_dataset, resolve
 from instsynth.datasets.coco import CocoDataset
 from instsynth.datasets.sample import MAPILLARY_LABELS, write_sample
-from instsynth.plan import make_plan
+from instsynth.output.ledger import committed_parts
+from instsynth.plan.planner import make_plan
 
 DEBUG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                      "configs", "debug.yaml")
@@ -39,7 +39,7 @@ def test_mapillary_through_synth_and_coco_export(tmp_path, sample_root, capsys):
                  "run.executor=local", "--set", "plan.min_pixels=64", "--set", "dataset.format=mapillary"]) == 0
     fails = pq.read_table(os.path.join(out, "plan.failures.parquet")).to_pylist()
     assert [f["image_id"] for f in fails] == [train[1].image_id] and "without its image" in fails[0]["reason"]
-    rows = [r for p in shards.committed_parts(out) for r in pq.read_table(p).to_pylist()]
+    rows = [r for p in committed_parts(out) for r in pq.read_table(p).to_pylist()]
     assert rows and {r["dataset"] for r in rows} == {"mapillary"} and all("--" in r["class_name"] for r in rows)
     assert all(r["prompt"].startswith("A photo of") for r in rows)
     exp = str(tmp_path / "exp")

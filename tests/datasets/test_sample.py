@@ -2,9 +2,9 @@ import json
 
 import numpy as np
 
-from instsynth import storage
 from instsynth.datasets.cityscapes import THING_CLASSES, discover, gt_paths, read_ids, read_label_ids
 from instsynth.datasets.sample import maps_from_polygons, write_sample
+from instsynth.io import storage
 
 
 def test_label_pngs_equal_official_converter(sample_root):

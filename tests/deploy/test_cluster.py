@@ -17,11 +17,15 @@ import time
 import pyarrow as pa
 import pytest
 
-from instsynth import shards, storage
 from instsynth.config import load_config
-from instsynth.synth import run_synth
+from instsynth.io import storage
+from instsynth.output.layout import plan_path
+from instsynth.output.ledger import committed_units
+from instsynth.output.readers import iter_tables
+from instsynth.synth.driver import run_synth
+from tests.conftest import REPO_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = REPO_ROOT
 DEBUG = os.path.join(ROOT, "configs", "debug.yaml")
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
@@ -33,7 +37,7 @@ def _free_port() -> int:
 
 
 def _rows(out):
-    return pa.concat_tables(list(shards.iter_tables(out))).sort_by("work_id")
+    return pa.concat_tables(list(iter_tables(out))).sort_by("work_id")
 
 
 def _upload(local_root, uri):
@@ -64,7 +68,7 @@ def test_synth_s3_to_s3_interrupt_resume(cluster, sample_root, tmp_path, monkeyp
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and len(shards.committed_units(out)) < 2:
+        while time.time() < deadline and len(committed_units(out)) < 2:
             assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
             time.sleep(0.3)
     finally:
@@ -72,7 +76,7 @@ def test_synth_s3_to_s3_interrupt_resume(cluster, sample_root, tmp_path, monkeyp
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     total = _rows(ref).num_rows
-    assert 1 <= len(shards.committed_units(out)) < total
+    assert 1 <= len(committed_units(out)) < total
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert _rows(out).equals(_rows(ref))  # resumed on S3: nothing lost, nothing duplicated
@@ -152,7 +156,7 @@ def test_two_node_cluster_job_submit(cluster, sample_root, tmp_path):
         "--set", "generator.num_cpus=0.25", "--set", "run.num_cpus=0.5"])
     assert job.returncode == 0 and "succeeded" in (job.stdout + job.stderr).lower(), (job.stdout + job.stderr)[-3000:]
     rows = _rows(out)
-    plan = storage.read_parquet(shards.plan_path(out))
+    plan = storage.read_parquet(plan_path(out))
     assert rows.num_rows == plan.num_rows > 0
     (run,) = [json.loads(storage.read_bytes(storage.join(out, "_runs", n))) for n in
               storage.list_names(storage.join(out, "_runs"))]
@@ -180,7 +184,7 @@ def test_two_node_training_on_s3_survives_a_killed_worker(cluster, sample_root, 
     is killed (kill -9 by pid) after the first checkpoints; the job still succeeds at train.iterations with one
     restart; `instsynth evaluate` then scores the s3:// best/ checkpoint."""
     from instsynth.cli import main
-    from instsynth.originals import write_originals
+    from instsynth.synth.originals import write_originals
 
     address, env, s3env, tmp, _ = cluster
     for k, v in s3env.items():

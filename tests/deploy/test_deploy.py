@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from instsynth.cli import main
+from tests.conftest import REPO_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = REPO_ROOT
 
 
 def _yaml(path):

@@ -6,16 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from instsynth import shards, storage
 from instsynth.cli import main
 from instsynth.config import GeneratorConfig, load_config
 from instsynth.datasets import decode_image
 from instsynth.generators import GeneratorError, build_generator
 from instsynth.generators.tiny import make_all
-from instsynth.stages import Unit, generate
-from instsynth.synth import run_synth
+from instsynth.io import storage
+from instsynth.output.readers import iter_rows
+from instsynth.synth.driver import run_synth
+from instsynth.synth.stages import Unit, generate
+from tests.conftest import REPO_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = REPO_ROOT
 TINY = {"sdxl-inpaint": "tiny-sdxl-inpaint", "blended-sdxl": "tiny-sdxl-base", "gligen": "tiny-gligen"}
 
 
@@ -50,7 +52,7 @@ def test_synth_end_to_end_on_tiny_models(name, tiny_models, ray_local, sample_ro
                        "run.limit=6"])
     s = run_synth(sample_root, out, cfg, log=lambda *a: None)
     assert s["committed_rows"] == 6 and s["failed_items"] == 0
-    rows = list(shards.iter_rows(out))
+    rows = list(iter_rows(out))
     assert {r["generator"] for r in rows} == {name} and {r["model_id"] for r in rows} == {tiny_models[name]}
     for r in rows:
         img = decode_image(r["image"], "x")
@@ -65,7 +67,7 @@ def test_tiny_diffusion_on_coco_input(tiny_models, ray_local, coco_root, tmp_pat
                       [f"generator.params.model={tiny_models['sdxl-inpaint']}", "run.progress=false",
                        "plan.min_pixels=64", "plan.classes=[rider, trailer, caravan]", "plan.top_k=8"])
     s = run_synth(os.path.join(coco_root, "annotations", "instances_train.json"), out, cfg, log=lambda *a: None)
-    rows = list(shards.iter_rows(out))
+    rows = list(iter_rows(out))
     assert s["committed_rows"] == len(rows) > 0 and s["failed_items"] == 0
     assert {r["class_id"] for r in rows} <= {91, 120, 121} and all(r["class_id"] > 65 for r in rows)
     assert all(r["instance_id"] > 2**32 and r["dataset"] == "coco" for r in rows)

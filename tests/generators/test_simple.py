@@ -2,12 +2,12 @@ import cv2
 import numpy as np
 import pytest
 
-from instsynth import storage
 from instsynth.config import GeneratorConfig
 from instsynth.datasets.cityscapes import THING_CLASSES, discover, read_ids, read_image, regions_from_ids
 from instsynth.generators import GeneratorError, build_generator
 from instsynth.generators.simple import COLOURS
-from instsynth.phases.select import prepare_instance, select_instances, square_box
+from instsynth.io import storage
+from instsynth.plan.select import prepare_instance, select_instances, square_box
 
 
 def _lab(rgb):

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from instsynth import shards
 from instsynth.cli import main
 from instsynth.config import QualityConfig, load_config
+from instsynth.output.readers import iter_rows, read_failures
+from instsynth.plan.rng import item_seed
 from instsynth.quality.metrics import PSNR_CAP, per_sample, psnr, set_metrics, ssim_map
-from instsynth.rng import item_seed
-from instsynth.stages import Unit, generate
+from instsynth.synth.stages import Unit, generate
+from tests.conftest import REPO_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = REPO_ROOT
 DEBUG = os.path.join(ROOT, "configs", "debug.yaml")
 
 
@@ -137,12 +138,12 @@ def test_filter_rejects_untouched_and_outside_painting_then_regenerates():
 
 
 def test_quality_command_without_weights(ray_local, sample_root, tmp_path, capsys):
-    from instsynth.synth import run_synth
+    from instsynth.synth.driver import run_synth
 
     out = str(tmp_path / "recolor")
     run_synth(sample_root, out, load_config(DEBUG, ["generator.name=recolor", "run.executor=local",
                                                     "run.progress=false"]), log=lambda *a: None)
-    rows = list(shards.iter_rows(out, ["gen_stats"]))
+    rows = list(iter_rows(out, ["gen_stats"]))
     assert all("ssim_in" in json.loads(r["gen_stats"]) for r in rows)  # stored per-sample numbers
     assert main(["quality", out]) == 0
     text = capsys.readouterr().out
@@ -182,14 +183,14 @@ def test_tiny_clip_scores(tmp_path):
 
 
 def test_stats_show_accepted_retried_rejected(sample_root, tmp_path, capsys):
-    from instsynth.synth import run_synth
+    from instsynth.synth.driver import run_synth
 
     out = str(tmp_path / "strict")
     s = run_synth(sample_root, out, load_config(DEBUG, [
         "generator.name=identity", "run.executor=local", "run.progress=false", "quality.min_changed_inside=0.5",
         "quality.max_tries=2", "run.limit=3"]), log=lambda *a: None)
     assert s["committed_rows"] == 0 and s["failures_by_stage"] == {"filter": 3}
-    fails = shards.read_failures(out).to_pylist()
+    fails = read_failures(out).to_pylist()
     assert all(len(json.loads(f["details"])["tries"]) == 2 for f in fails)  # scores of every try kept
     assert main(["stats", out, "--out", str(tmp_path / "st")]) == 0
     text = capsys.readouterr().out

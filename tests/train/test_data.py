@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from instsynth.config import load_config
-from instsynth.originals import write_originals
+from instsynth.synth.originals import write_originals
 from instsynth.train.data import Catalog, augment, build_catalog, crop_rng, global_samples, load_samples
 
 DEBUG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -82,8 +82,8 @@ def test_crops_are_a_pure_function_of_seed_epoch_and_work_id(sample_root, tmp_pa
 
 
 def test_augment_with_the_same_rng_is_identical(sample_root):
-    from instsynth import storage
     from instsynth.datasets.cityscapes import discover
+    from instsynth.io import storage
 
     rec = next(iter(discover(sample_root, "train")))
     row = {"work_id": rec.image, "image": storage.read_bytes(storage.join(sample_root, rec.image)),
@@ -103,8 +103,9 @@ def test_a_sample_reads_only_its_rows_bytes_and_old_parts_still_train(s3_server,
 
     import pyarrow.parquet as pq
 
-    from instsynth import shards, storage
-    from instsynth.synth import run_synth
+    from instsynth.io import storage
+    from instsynth.output.layout import LEDGER, marker_path
+    from instsynth.synth.driver import run_synth
     from instsynth.train.data import build_catalog, read_rows
 
     out = "s3://bucket/train-rows"
@@ -127,11 +128,11 @@ def test_a_sample_reads_only_its_rows_bytes_and_old_parts_still_train(s3_server,
     buf = io_bytes()
     pq.write_table(table, buf, compression="zstd")
     storage.write_bytes(addrs[0][0], buf.getvalue())
-    marker = json.loads(storage.read_bytes(shards.marker_path(out, unit)))
+    marker = json.loads(storage.read_bytes(marker_path(out, unit)))
     marker = {k: v for k, v in marker.items() if k not in ("stats", "v")}
     marker["data"] = {k: v for k, v in marker["data"].items() if k != "rows_at"} | {"bytes": len(buf.getvalue())}
-    storage.write_bytes(shards.marker_path(out, unit), json.dumps(marker).encode())
-    storage.remove_tree(storage.join(out, shards.LEDGER))
+    storage.write_bytes(marker_path(out, unit), json.dumps(marker).encode())
+    storage.remove_tree(storage.join(out, LEDGER))
     old = build_catalog([out])
     olds = [a for a in old.synth if a[0] == addrs[0][0]]
     assert olds and all(a[3] is None for a in olds)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from instsynth import storage
 from instsynth.cli import main
 from instsynth.datasets.cityscapes import THING_IDS, discover, read_ids, read_image
 from instsynth.datasets.sample import write_sample
+from instsynth.io import storage
 from instsynth.train.cs_eval import _NumpyShim
 from instsynth.train.data import collate
 from instsynth.train.evaluate import evaluate_model, load_checkpoint

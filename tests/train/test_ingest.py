@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from instsynth.config import load_config
-from instsynth.originals import write_originals
+from instsynth.synth.originals import write_originals
 from instsynth.train.data import SampleLoader, build_catalog
 from instsynth.train.ingest import make_stream, restored_step
+from tests.conftest import REPO_ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = REPO_ROOT
 DEBUG = os.path.join(ROOT, "configs", "debug.yaml")
 
 

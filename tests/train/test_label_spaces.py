@@ -11,8 +11,8 @@ import pytest
 from instsynth.cli import main
 from instsynth.config import ConfigError, load_config
 from instsynth.datasets.sample import COCO_IDS
-from instsynth.originals import write_originals
-from instsynth.synth import run_synth
+from instsynth.synth.driver import run_synth
+from instsynth.synth.originals import write_originals
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "configs")

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from instsynth import storage
 from instsynth.cli import main
 from instsynth.config import load_config
-from instsynth.originals import write_originals
+from instsynth.io import storage
+from instsynth.synth.originals import write_originals
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "configs")
@@ -22,7 +22,7 @@ DEBUG = os.path.join(CONFIGS, "debug.yaml")
 @pytest.fixture(scope="module")
 def demo_tree(sample_root, tmp_path_factory):
     """A copy of the repo's configs beside a demo-out built from the session sample (as `make demo` would)."""
-    from instsynth.synth import run_synth
+    from instsynth.synth.driver import run_synth
 
     top = tmp_path_factory.mktemp("repo")
     shutil.copytree(CONFIGS, top / "configs")
@@ -69,7 +69,7 @@ def test_shipped_debug_experiment_on_s3_and_fingerprinted_runs(ray_local, s3_ses
     """`instsynth experiment --seeds 2` (the debug config) with train.storage_path and experiment.out on S3:
     every run trains there, the final checkpoints (s3:// URIs, which Ray names without their scheme) are
     scored, the report lands on S3; run names fingerprint the data."""
-    from instsynth.synth import run_synth
+    from instsynth.synth.driver import run_synth
     from instsynth.train.data import build_catalog
     from instsynth.train.experiment import run_name
     from instsynth.train.launch import resolve_paths

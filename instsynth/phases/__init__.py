@@ -1,1 +1,0 @@
-"""The paper's three phases as plain functions over numpy arrays (no Ray, no models)."""
