@@ -135,14 +135,15 @@ def tiny(args) -> dict:
         step = json.load(open(os.path.join(c.path, "model.json")))["step"]
         point = {"step": step}
         for split, data in (("train", root), ("val", heldout)):
-            r = evaluate_checkpoint(c.path, data, split)
+            r = evaluate_checkpoint(c.path, data, split, max_images=args.eval_images)
             point[split] = {"AP50": r["cityscapes"]["AP50"], "AP": r["cityscapes"]["AP"],
                             "agnostic_AP50": r["agnostic"]["AP50"], "images": r["images"],
                             "per_class_AP50": {k: v["ap50"] for k, v in r["cityscapes"]["per_class"].items()}}
             if args.check_windows:  # issue 30 item 6: the same checkpoint on training-sized windows pasted back
                 from instsynth.train.data import parse_size
 
-                w = evaluate_checkpoint(c.path, data, split, windows=parse_size(cfg.train.crop, "train.crop"))
+                w = evaluate_checkpoint(c.path, data, split, max_images=args.eval_images,
+                                        windows=parse_size(cfg.train.crop, "train.crop"))
                 point[split]["windows"] = {"AP50": w["cityscapes"]["AP50"], "AP": w["cityscapes"]["AP"],
                                            "agnostic_AP50": w["agnostic"]["AP50"], "test_scale": w["test_scale"]}
         curve.append(point)
@@ -359,6 +360,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--heldout-seed", type=int, help="score held-out AP50 on 80 images of this sample seed "
                     "(the fair protocol: 1) instead of the training sample's 20 val images")
+    ap.add_argument("--eval-images", type=int, help="score at most this many images per split (smoke runs)")
     ap.add_argument("--check-windows", action="store_true", help="also score every checkpoint on crop-sized "
                     "windows pasted back into the frame (train/test extent check)")
     ap.add_argument("--plot", nargs="+", help="redraw the arms figure (--out/curves.png) from curve-*.json files")
@@ -378,6 +380,7 @@ def main() -> None:
                                 "--seed", str(seed), "--set", f"train.seed={seed}",
                                 *(["--heldout-seed", str(args.heldout_seed)] if args.heldout_seed is not None else []),
                                 *(["--check-windows"] if args.check_windows else []),
+                                *(["--eval-images", str(args.eval_images)] if args.eval_images else []),
                                 "--name", f"{args.name}-{arm.replace(':', '-')}-seed{seed}",
                                 "--iterations", str(args.iterations),
                                 "--every", str(args.every), "--batch", str(args.batch), "--lr", str(args.lr),

@@ -55,6 +55,11 @@ def predict_image(model, image: np.ndarray, score_threshold: float = 0.0, short_
     return preds
 
 
+#: predictions kept per image from all its windows (the highest scores): the budget a model has on the whole
+#: image (its top 100 queries), so neither scoring gets more guesses
+WINDOW_KEEP = 100
+
+
 def window_boxes(h: int, w: int, wh: int, ww: int) -> list[tuple[int, int, int, int]]:
     """(y0, x0, y1, x1) of the windows of ``ww`` x ``wh`` that tile an ``h`` x ``w`` frame: a grid of
     ``ceil`` steps whose last row and column sit on the frame's edge (they overlap where it is not a multiple)."""
@@ -88,7 +93,7 @@ def predict_windows(model, image: np.ndarray, window: tuple[int, int], short_edg
                 full = cv2.resize(full.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
             if full.any():
                 preds.append({**p, "mask": full})
-    return preds
+    return sorted(preds, key=lambda p: -p["score"])[:WINDOW_KEEP]
 
 
 def is_coco(data_root: str) -> bool:
