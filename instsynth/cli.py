@@ -10,8 +10,27 @@ from __future__ import annotations
 import argparse
 import sys
 
-from instsynth.config import Config, ConfigError, load_config
+from instsynth.config import Config, ConfigError, load_config, parse_size
+from instsynth.datasets import DataError
+from instsynth.datasets.sample import write_sample
+from instsynth.errors import SynthError
+from instsynth.generators import GeneratorError
+from instsynth.generators.weights import prefetch
 from instsynth.io import storage
+from instsynth.output.export import export_cityscapes, export_coco, export_parquet, parse_bytes
+from instsynth.output.lease import LeaseError
+from instsynth.plan.planner import failures_path, format_summary, make_plan, write_plan
+from instsynth.quality.report import write_quality
+from instsynth.synth.driver import run_synth
+from instsynth.synth.originals import write_originals
+from instsynth.train.evaluate import evaluate_checkpoint, format_table, scores
+from instsynth.train.experiment import run_experiment
+from instsynth.train.launch import check_eval_root
+from instsynth.train.trainer import run_training
+from instsynth.views.preview import compare_grid, preview
+from instsynth.views.site import check_report_out, write_report
+from instsynth.views.stats import write_stats
+from instsynth.views.status import check_output_dir, format_status, status
 
 # command -> [(flag, config key, type, help)]
 ALIASES: dict[str, list[tuple[str, str, type, str]]] = {
@@ -81,9 +100,6 @@ def _progress(label: str, total: int | None = None):
 
 
 def cmd_sample(args) -> int:
-    from instsynth.config import parse_size
-    from instsynth.datasets.sample import write_sample
-
     cfg = _config(args)
     s = cfg.sample
     stems = write_sample(args.out, s.images, parse_size(s.size, "sample.size"), s.seed, s.val_fraction,
@@ -99,8 +115,6 @@ def cmd_sample(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from instsynth.plan.planner import failures_path, format_summary, make_plan, write_plan
-
     cfg = _config(args)
     label_rows: list = []
     table, fails, summary = make_plan(args.root, cfg, progress=_progress("planned images"), label_rows=label_rows)
@@ -113,8 +127,6 @@ def cmd_plan(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from instsynth.synth.driver import run_synth
-
     cfg = _config(args)
     summary = run_synth(args.source, args.out, cfg, overwrite=args.overwrite, dry_run=args.dry_run,
                         repair=args.repair, force_unlock=args.force_unlock)
@@ -124,15 +136,11 @@ def cmd_synth(args) -> int:
 
 
 def cmd_originals(args) -> int:
-    from instsynth.synth.originals import write_originals
-
     write_originals(args.root, args.out, _config(args))
     return 0
 
 
 def cmd_status(args) -> int:
-    from instsynth.views.status import format_status, status
-
     _config(args)
     st = status(args.out_dir, verify=args.verify)
     print(format_status(st))
@@ -142,15 +150,11 @@ def cmd_status(args) -> int:
 def _check_dirs(dirs: list[str]) -> None:
     """Read-only commands refuse, in one line and before writing anything, a dir that is missing or
     is not an InstSynth output dir."""
-    from instsynth.views.status import check_output_dir
-
     for d in dirs:
         check_output_dir(d)
 
 
 def cmd_stats(args) -> int:
-    from instsynth.views.stats import write_stats
-
     _config(args)
     _check_dirs(args.dirs)
     out = args.out or storage.join(args.dirs[0], "stats")
@@ -161,8 +165,6 @@ def cmd_stats(args) -> int:
 
 
 def cmd_preview(args) -> int:
-    from instsynth.views.preview import compare_grid, preview
-
     _config(args)
     _check_dirs([args.out_dir])
     if args.compare:
@@ -177,8 +179,6 @@ def cmd_preview(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from instsynth.views.site import check_report_out, write_report
-
     _config(args)
     out = args.out or storage.join(args.dirs[0], "report")
     check_report_out(out, args.dirs)
@@ -187,8 +187,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from instsynth.output.export import export_cityscapes, export_coco, export_parquet, parse_bytes
-
     _config(args)
     _check_dirs(args.dirs)
     if args.format == "cityscapes":
@@ -205,8 +203,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from instsynth.train.trainer import run_training
-
     result = run_training(_config(args))
     return 0 if result.error is None else 1
 
@@ -214,10 +210,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     import json
 
-    from instsynth.train.evaluate import evaluate_checkpoint, format_table, scores
-
     _config(args)
-    from instsynth.train.launch import check_eval_root
 
     ckpt, root = storage.absolute(args.checkpoint), storage.absolute(args.data_root)
     if not storage.exists(storage.join(ckpt, "model.json")):
@@ -235,22 +228,16 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from instsynth.train.experiment import run_experiment
-
     run_experiment(_config(args))
     return 0
 
 
 def cmd_models(args) -> int:
-    from instsynth.generators.weights import prefetch
-
     prefetch(_config(args), offline=True if args.offline else None)
     return 0
 
 
 def cmd_quality(args) -> int:
-    from instsynth.quality.report import write_quality
-
     cfg = _config(args)
     _check_dirs(args.dirs)
     out = args.out or storage.join(args.dirs[0], "stats")
@@ -354,10 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from instsynth.datasets import DataError
-    from instsynth.generators import GeneratorError
-    from instsynth.output.lease import LeaseError
-
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][1](args)
@@ -365,8 +348,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"instsynth {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001
-        from instsynth.errors import SynthError
-
         if isinstance(e, SynthError):
             print(f"instsynth {args.command}: error: {e}", file=sys.stderr)
             return 2

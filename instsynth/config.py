@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from instsynth.errors import ConfigError  # noqa: F401 - raised here, importable from here
+from instsynth.io import storage
 
 
 @dataclass
@@ -392,8 +393,6 @@ def _nest(key: str, value: Any) -> dict:
 def load_config(path: str | None = None, overrides: list[str] | None = None,
                 values: dict[str, Any] | None = None) -> Config:
     """Defaults <- YAML file <- ``values`` (dotted keys, e.g. from CLI flags) <- ``overrides`` (``--set``)."""
-    from instsynth.io import storage
-
     cfg = Config()
     if path:
         try:

@@ -25,5 +25,9 @@ class WeightsError(ValueError):
     """A backbone weights file that is missing or does not fit."""
 
 
+class GeneratorError(ValueError):
+    """A generator name, parameter or weights path that cannot work (checked before any model loads)."""
+
+
 class SynthError(RuntimeError):
     """A synthesis run refused before it writes anything (e.g. its output inside its input)."""

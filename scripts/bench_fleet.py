@@ -11,7 +11,7 @@
    items/s.  From the actors' busy intervals (``generator.params.trace``): the fraction of time the
    simulated GPUs are busy in the steady state (the middle 80% of the span between the first and last
    generator call).  Target: >= 90%.  Queue depths per stage from the run record's per-unit stage
-   intervals (``report.stage_queues``): units waiting between prepare and the generators, between the
+   intervals (``views.status.stage_queues``): units waiting between prepare and the generators, between the
    generators and commit, and units inside each stage, as steady-state mean/max and a PNG over time.
    Also the fleet's own cost to this machine: the cores ``--gpus`` idle actors take (they share the cores
    with the CPU stages here; on a real fleet they run on the GPU nodes).

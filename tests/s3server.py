@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 
-#: directory names of an output dir (shards.py's layout) a request's key is classified by
+#: directory names of an output dir (output/layout.py) a request's key is classified by
 PREFIXES = ("data", "_commits", "_ledger", "_claims", "_failures", "_runs", "stats", "report")
 
 

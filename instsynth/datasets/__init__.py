@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 
+from instsynth.datasets import mapillary
 from instsynth.datasets.base import (
     ClassInfo,
     DataError,
@@ -27,8 +28,8 @@ from instsynth.datasets.base import (
     encode_index,
     encode_png,
 )
-from instsynth.datasets.cityscapes import CityscapesDataset
-from instsynth.datasets.coco import CocoDataset, default_image_root
+from instsynth.datasets.cityscapes import _SPACE, CityscapesDataset
+from instsynth.datasets.coco import CocoDataset, CocoLabelFile, default_image_root
 from instsynth.datasets.mapillary import MapillaryDataset
 from instsynth.io import storage
 
@@ -43,8 +44,6 @@ FORMATS: dict[str, type[Dataset]] = {"cityscapes": CityscapesDataset, "coco": Co
 def detect(source: str) -> str:
     """``auto``: a ``.json`` path is COCO, a folder with ``leftImg8bit/`` is Cityscapes, a folder with
     ``config_v2.0.json`` is Mapillary Vistas v2.0."""
-    from instsynth.datasets import mapillary
-
     if str(source).lower().endswith(".json"):
         return "coco"
     if storage.is_dir(storage.join(source, "leftImg8bit")):
@@ -100,8 +99,6 @@ def open_dataset(spec: DatasetSpec) -> Dataset:
 @functools.lru_cache(maxsize=4)
 def _open(spec: DatasetSpec, stamp) -> Dataset:
     if spec.format == "coco" and spec.labels:
-        from instsynth.datasets.coco import CocoLabelFile
-
         return CocoLabelFile(spec)
     return FORMATS[spec.format](spec)
 
@@ -121,6 +118,4 @@ def check_reachable(spec: DatasetSpec) -> None:
 
 def cityscapes_space() -> LabelSpace:
     """Cityscapes' label space: what outputs written before label spaces were recorded carry."""
-    from instsynth.datasets.cityscapes import _SPACE
-
     return _SPACE

@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 
 from instsynth.errors import DataError  # noqa: F401 - raised here, importable from here
+from instsynth.io import storage
+from instsynth.plan.select import select_instances
 
 cv2.setNumThreads(1)
 
@@ -209,8 +211,6 @@ def encode_index(index: np.ndarray) -> bytes:
 def read_map(root: str, rel: str, missing: str) -> np.ndarray:
     """A dataset's 16-bit label map ``rel`` under ``root``; DataError ``"{missing}: {rel} is missing"`` when
     the file is absent (the plan counts those), else naming the file and what is wrong with it."""
-    from instsynth.io import storage
-
     path = storage.join(root, rel)
     try:
         return decode_index(storage.read_bytes(path), path)
@@ -249,8 +249,6 @@ class Dataset:
     def select(self, ref: ImageRef, top_k: int, min_pixels: int, classes: list[str] | None):
         """(Eq. 1's instances, (height, width)) of one image; formats may override it with a cheaper
         equivalent (COCO ranks on RLEs without painting the index map)."""
-        from instsynth.plan.select import select_instances
-
         labels = self.load_labels(ref)
         return select_instances(labels, top_k, min_pixels, classes), labels.index.shape
 
@@ -259,8 +257,6 @@ class Dataset:
         raise NotImplementedError
 
     def read_image(self, rel: str) -> np.ndarray:
-        from instsynth.io import storage
-
         path = self.image_path(rel)
         try:
             return decode_image(storage.read_bytes(path), path)

@@ -28,6 +28,8 @@ from instsynth.datasets.base import (
     DatasetSpec,
     ImageRef,
     Labels,
+    LabelSpace,
+    decode_image,
     decode_index,
     encode_index,
     encode_png,
@@ -46,8 +48,6 @@ LABEL_SPACE_NAME = "cityscapes"
 
 
 def label_space():
-    from instsynth.datasets.base import LabelSpace
-
     return LabelSpace(LABEL_SPACE_NAME, [
         ClassInfo(lb.id, lb.name, thing=lb.hasInstances, selectable=lb.hasInstances and not lb.ignoreInEval,
                   evaluated=lb.hasInstances and not lb.ignoreInEval, noun=lb.name)
@@ -140,8 +140,6 @@ def instance_value(label_id: int, k: int) -> int:
 
 def read_image(path: str) -> np.ndarray:
     """An image file as RGB (DataError naming it when unreadable)."""
-    from instsynth.datasets.base import decode_image
-
     try:
         return decode_image(storage.read_bytes(path), path)
     except storage.StorageError as e:

@@ -46,6 +46,8 @@ from instsynth.datasets.base import (
     region,
 )
 from instsynth.io import storage
+from instsynth.io.storage import SparseFile
+from instsynth.plan.select import Instance, bbox_of
 
 REQUIRED = ("images", "annotations", "categories")
 _NAME = re.compile(r"instances_(?P<name>[^/]+)\.json$")
@@ -275,8 +277,6 @@ class CocoDataset(Dataset):
         for their boxes."""
         from pycocotools import mask as mask_utils
 
-        from instsynth.plan.select import Instance, bbox_of
-
         iid = int(ref.image_id)
         h, w = self.images[iid]["height"], self.images[iid]["width"]
         anns, regions = self._regions(iid)
@@ -381,7 +381,5 @@ class CocoLabelFile(CocoDataset):
 
 
 def io_sparse(footer, path: str):
-    from instsynth.io.storage import SparseFile
-
     meta, total, pieces = footer
     return SparseFile(total, pieces, str(path))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 
 from instsynth.config import GeneratorConfig
+from instsynth.errors import GeneratorError  # noqa: F401 - raised here, importable from here
 
 # name -> "module:Class"; classes take the generator's ``params`` as keywords (``build_generator``)
 REGISTRY = {
@@ -27,10 +28,6 @@ REGISTRY = {
     "blended-sdxl": "instsynth.generators.diffusion:BlendedSDXL",
     "gligen": "instsynth.generators.diffusion:GLIGEN",
 }
-
-
-class GeneratorError(ValueError):
-    """A generator cannot be built (unknown name, bad parameter, missing weights)."""
 
 
 def generator_class(name: str):

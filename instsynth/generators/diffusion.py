@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, fields
 import cv2
 import numpy as np
 
-from instsynth.generators import GeneratorError
+from instsynth.generators import AUTO_BATCH_OFF_GPU, GeneratorError
 from instsynth.plan.prompts import prompt_object
 
 DTYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
@@ -321,8 +321,6 @@ class DiffusionGenerator:
         """``batch_size: auto``: time nothing, measure memory.  On CUDA, one-step calls at batch 1 and 2
         give the peak memory per image (activations, VAE decode); the batch is what fits 85% of the
         memory free now (23 GB of 141 at batch 4 measured on an H200: far more fits).  Off-GPU: 4."""
-        from instsynth.generators import AUTO_BATCH_OFF_GPU
-
         limit = min(cap, self.max_batch or cap)
         if not self.device.startswith("cuda"):
             return min(AUTO_BATCH_OFF_GPU, limit)

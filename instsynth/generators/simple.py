@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from instsynth.io import storage
+
 
 class Identity:
     """Returns the crop unchanged: exercises every stage and the commit path without a model."""
@@ -126,8 +128,6 @@ class Simulate:
         time.sleep(self.cost_s * len(batch))
         if self.trace:
             os.makedirs(self.trace, exist_ok=True)
-            from instsynth.io import storage
-
             storage.append_text(os.path.join(self.trace, f"{os.getpid()}.txt"),
                                 f"{os.getpid()} {t0:.4f} {time.time():.4f} {len(batch)}\n")
         return [{"image": item["crop"].copy(), "stats": {}} for item in batch]

@@ -12,6 +12,7 @@ from instsynth.datasets import LabelSpace
 from instsynth.io import storage
 from instsynth.output.ledger import Ledger
 from instsynth.output.schema import ARROW_TO_HF, ROW_FORMAT, hf_features, markdown_table
+from instsynth.output.sources import output_dataset
 
 
 def code_version() -> str:
@@ -99,7 +100,6 @@ def write_card(out: str, cfg: Config, summary: dict, ledger=None, generator: str
     damaged = set(summary.get("damaged_units", []))
     good = [u for u in sorted(ledger.markers) if u not in damaged]
     tot = ledger.totals(good)
-    from instsynth.output.sources import output_dataset
 
     with_rows = [ledger.markers[u] for u in good if ledger.markers[u]["rows"]]
     fmt = ROW_FORMAT if not with_rows or with_rows[0].get("v", 1) >= 3 else 1

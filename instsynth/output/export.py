@@ -21,9 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from instsynth.config import load_config
 from instsynth.datasets import DataError
 from instsynth.datasets.cityscapes import instance_ids, polygons_for, write_image
 from instsynth.io import storage
+from instsynth.output.card import render_card
 from instsynth.output.layout import part_path
 from instsynth.output.ledger import Ledger
 from instsynth.output.readers import iter_tables
@@ -125,9 +127,6 @@ def export_parquet(dirs: list[str], out: str, shard_size: int = 500 * 10**6, log
     with the same dataset card, for publishing: a Hub upload of 100k items is then ~100 files, not
     12.5k parts.  Streams unit by unit (memory: one row group plus one part); the card is written last,
     so a crashed export leaves no card and is simply run again.  Only verified units are exported."""
-    from instsynth.config import load_config
-    from instsynth.output.card import render_card
-
     if storage.exists(storage.join(out, "README.md")) or storage.list_names(storage.join(out, "data")):
         raise storage.StorageError(f"{out}: already holds an export; choose an empty --out")
     ledgers = []

@@ -8,7 +8,7 @@ S3: ``If-None-Match: *``), so two runs racing for it cannot both win.
 A lease whose owner is provably gone is taken over without asking: same host and the pid is not
 running (a ``kill -9``-ed driver), or no heartbeat for ``ttl`` seconds (a lost cluster head).
 ``--force-unlock`` removes any lease, for when the owner is gone but that cannot be seen from here.
-Work-id claims (``shards.claim``) are the second, independent line: even writers that bypass the
+Work-id claims (``commits.claim``) are the second, independent line: even writers that bypass the
 lease cannot commit one work item twice.
 """
 

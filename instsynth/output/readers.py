@@ -11,7 +11,10 @@ import pyarrow as pa
 from instsynth.io import storage
 from instsynth.output.layout import FAILURE_SCHEMA, failures_path
 from instsynth.output.ledger import committed_parts, committed_units
-from instsynth.output.schema import read_columns  # noqa: E402 - the row lives in schema.py
+from instsynth.output.schema import (
+    normalize,
+    read_columns,  # noqa: E402 - the row lives in schema.py
+)
 
 
 def iter_tables(out: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
@@ -33,8 +36,6 @@ def read_part(path: str, columns: list[str] | None = None) -> pa.Table:
 
 def iter_rows(out: str, columns: list[str] | None = None) -> Iterator[dict]:
     """Committed rows as dicts in today's format (older rows normalized)."""
-    from instsynth.output.schema import normalize
-
     for t in iter_tables(out, columns):
         for r in t.to_pylist():
             yield normalize(r)

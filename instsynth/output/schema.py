@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from instsynth.datasets import Labels, LabelSpace, cityscapes_space, decode_index, encode_index
+from instsynth.datasets.cityscapes import regions_from_ids
 from instsynth.io import storage
 
 #: Row format of the current writer; 1 = the Cityscapes-only rows (``instance_ids``, ``city``).
@@ -118,7 +119,6 @@ def labels_of(row: dict) -> Labels:
     if "labels" in row:
         index = decode_index(row["labels"], row.get("work_id", "") + ":labels")
         return Labels(index, list(row["regions"]))
-    from instsynth.datasets.cityscapes import regions_from_ids
 
     return regions_from_ids(decode_index(row["instance_ids"], row.get("work_id", "") + ":instance_ids"))
 

@@ -20,6 +20,7 @@ from instsynth.datasets import (
     open_dataset,
 )
 from instsynth.io import storage
+from instsynth.plan.planner import plan_dataset, plan_label_space, read_plan_schema
 
 DATASET_FILE = "dataset.json"
 
@@ -41,9 +42,7 @@ def output_dataset(out: str) -> tuple[DatasetSpec | None, LabelSpace]:
             raise DataError(f"{path}: not a readable dataset record") from None
     plan = storage.join(out, "plan.parquet")
     if storage.exists(plan):
-        from instsynth.plan.planner import plan_dataset, plan_label_space, read_plan
-
-        table, _ = read_plan(plan)
+        table = read_plan_schema(plan)  # the footer's metadata is all it needs
         return plan_dataset(table), plan_label_space(table)
     return None, cityscapes_space()
 

@@ -9,10 +9,14 @@ import io
 
 import pyarrow.parquet as pq
 
+from instsynth.datasets import DataError, decode_image
 from instsynth.io import storage
 from instsynth.output.layout import failures_path, part_path
 from instsynth.output.ledger import Ledger
-from instsynth.output.schema import read_columns  # noqa: E402 - the row lives in schema.py
+from instsynth.output.schema import (
+    labels_of,
+    read_columns,  # noqa: E402 - the row lives in schema.py
+)
 
 
 def _check_bytes(path: str, data: bytes | None, entry: dict | None, rows: int) -> str | None:
@@ -33,9 +37,6 @@ def _check_bytes(path: str, data: bytes | None, entry: dict | None, rows: int) -
 
 def _bad_pngs(data: bytes) -> list[str]:
     """Rows of a part whose PNGs do not decode or disagree with the row's size."""
-    from instsynth.datasets import DataError, decode_image
-    from instsynth.output.schema import labels_of
-
     bad = []
     f = pq.ParquetFile(io.BytesIO(data))
     t = f.read(columns=read_columns(f.schema_arrow, ["work_id", "image", "labels", "regions", "width", "height"]))

@@ -24,11 +24,13 @@ from instsynth.datasets import (
     ImageRef,
     Labels,
     LabelSpace,
+    cityscapes_space,
     move,
     open_dataset,
     resolve,
 )
 from instsynth.datasets.cityscapes import IMAGE_WITHOUT_MAP, MAP_WITHOUT_IMAGE
+from instsynth.datasets.coco import write_label_file
 from instsynth.io import storage
 from instsynth.plan.prompts import make_prompt
 from instsynth.plan.rng import item_rng
@@ -185,8 +187,6 @@ def labels_path(plan_path: str) -> str:
 
 def write_plan(plan_path: str, table: pa.Table, failures: pa.Table, label_rows: list | None = None) -> None:
     """The plan, its failures and (``label_rows``) its label file; the plan last (it names the others)."""
-    from instsynth.datasets.coco import write_label_file
-
     storage.write_parquet(failures, failures_path(plan_path))
     if label_rows:
         write_label_file(labels_path(plan_path), label_rows, plan_label_space(table))
@@ -195,8 +195,6 @@ def write_plan(plan_path: str, table: pa.Table, failures: pa.Table, label_rows: 
 
 def _upgrade(table: pa.Table) -> pa.Table:
     """A plan written before the dataset seam, in today's columns (read only; the file is never rewritten)."""
-    from instsynth.datasets import cityscapes_space
-
     meta = table.schema.metadata
     names = [LEGACY_COLUMNS.get(n, n) for n in table.column_names]
     table = table.rename_columns(names)
@@ -247,8 +245,6 @@ def plan_dataset(plan: pa.Table | pa.Schema, data_root: str | None = None,
 
 
 def plan_label_space(plan: pa.Table | pa.Schema) -> LabelSpace:
-    from instsynth.datasets import cityscapes_space
-
     meta = _meta(plan)
     return LabelSpace.from_json(meta[LABELS_KEY]) if LABELS_KEY in meta else cityscapes_space()
 

@@ -9,10 +9,12 @@ generator focuses on exactly one object.  Instances are regions of a dataset's i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from instsynth.datasets import Labels
+if TYPE_CHECKING:  # the selector works on any dataset's Labels; it needs no dataset code to run
+    from instsynth.datasets.base import Labels
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1/y1 exclusive)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from instsynth.quality.metrics import ClipScorer
+
 
 def build_scorer(q):
     """A ClipScorer when ``quality.clip_model`` names one, else None (the other numbers need no model)."""
     if q is None or not q.per_sample or not q.clip_model:
         return None
-    from instsynth.quality.metrics import ClipScorer
 
     return ClipScorer(q.clip_model)

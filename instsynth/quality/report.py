@@ -22,7 +22,8 @@ from instsynth.io import storage
 from instsynth.output.readers import iter_tables
 from instsynth.output.sources import source_dataset
 from instsynth.plan.select import crop as crop_box
-from instsynth.quality.metrics import PSNR_CAP, SSIM_MAX_SIDE, SetMetrics, psnr, ssim_map
+from instsynth.quality.metrics import PSNR_CAP, SSIM_MAX_SIDE, ClipScorer, SetMetrics, psnr, ssim_map
+from instsynth.views.figures import figure_png
 
 PER_SAMPLE = ["psnr_in", "psnr_out", "ssim_in", "ssim_out", "changed_inside", "inside_share", "clip"]
 
@@ -60,8 +61,6 @@ def quality_report(dirs: list[str], cfg: QualityConfig, data_root: str | None = 
                               "(pt_inception-2015-12-05-6726825d.pth) and the torch-fidelity package")
     scorer = None
     if cfg.clip_model:
-        from instsynth.quality.metrics import ClipScorer
-
         scorer = ClipScorer(cfg.clip_model)
     else:
         missing["CLIPScore"] = "quality.clip_model: a CLIP model dir or hub id (e.g. openai/clip-vit-large-patch14)"
@@ -159,7 +158,6 @@ def quality_chart(table: dict) -> bytes | None:
     ax.set_ylim(0, 1.12)
     ax.set_title("generation quality (means over samples)")
     ax.legend(fontsize=8)
-    from instsynth.views.figures import figure_png
 
     return figure_png(fig)
 

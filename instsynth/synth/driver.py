@@ -15,12 +15,16 @@ import time
 from instsynth.config import Config, to_yaml
 from instsynth.datasets import DataError, DatasetSpec, open_dataset
 from instsynth.errors import SynthError  # noqa: F401 - raised here, importable from here
+from instsynth.generators import GeneratorError, check_generator, generator_class
+from instsynth.generators.diffusion import is_local_path
 from instsynth.io import storage
+from instsynth.output.card import write_card
 from instsynth.output.layout import plan_path
 from instsynth.output.ledger import Ledger, committed_work_ids
 from instsynth.output.session import WriterSession, check_config, path_inside
 from instsynth.output.sources import write_dataset_info
 from instsynth.plan.planner import (
+    FAILURE_SCHEMA,
     dataset_spec,
     failures_path,
     labels_path,
@@ -32,7 +36,8 @@ from instsynth.plan.planner import (
     resolve_classes,
     write_plan,
 )
-from instsynth.synth.stages import PendingUnits
+from instsynth.synth.executors import run_units
+from instsynth.synth.stages import PendingUnits, Unit, generate, prepare, setup_generator
 
 __all__ = ["SynthError", "run_synth", "summarize", "path_inside", "check_config", "input_dataset"]
 
@@ -59,8 +64,6 @@ def input_dataset(source: str, cfg: Config) -> DatasetSpec:
 def preflight(source: str, out: str, cfg: Config, overwrite: bool) -> DatasetSpec:
     """Every check that needs no write, before anything is written; returns the input dataset.  Also
     resolves ``plan.classes`` from the label space (so the stored config names the classes)."""
-    from instsynth.generators import check_generator
-
     check_generator(cfg.generator)  # bad parameters, a missing model path: the parameter object, no model
     spec = input_dataset(source, cfg)
     for tree in (spec.source, spec.image_root):
@@ -116,8 +119,6 @@ def prepare_out(source: str, out: str, cfg: Config, overwrite: bool, log=print):
 
 
 def _empty_failures():
-    from instsynth.plan.planner import FAILURE_SCHEMA
-
     return FAILURE_SCHEMA.empty_table()
 
 
@@ -139,9 +140,6 @@ def run_synth(source: str, out: str, cfg: Config, overwrite: bool = False, dry_r
 
 
 def _run_held(source, out, cfg, overwrite, repair, session: WriterSession, log) -> dict:
-    from instsynth.output.card import write_card
-    from instsynth.synth.executors import run_units
-
     requeued = session.requeue_damaged(full=repair) if session.ledger.markers else set()
     table, spec, plan_summary = prepare_out(source, out, cfg, overwrite, log)
     if overwrite:
@@ -216,8 +214,6 @@ def format_run_summary(s: dict) -> str:
 def measure_cost(rows: list[dict], spec: DatasetSpec, cfg: Config, n: int = 3) -> float:
     """Seconds per work item of the configured generator, timed here on up to ``n`` plan items
     (after one warm-up item), through the real prepare and generate stages."""
-    from instsynth.synth.stages import Unit, generate, prepare, setup_generator
-
     gen, batch_size, scorer = setup_generator(cfg.generator, cfg.quality)
     unit = prepare(Unit("dry-run", rows[: n + 1]), spec, cfg.compose)
     if len(unit.items) < 2:
@@ -248,9 +244,6 @@ def dry_run_report(source: str, out: str, cfg: Config, log=print) -> dict:
     todo = max(rows - done, 0)
     cost, basis = cfg.generator.cost_s_per_item, "the configured generator.cost_s_per_item"
     if cost is None:
-        from instsynth.generators import GeneratorError, generator_class
-        from instsynth.generators.diffusion import is_local_path
-
         cls = generator_class(cfg.generator.name)
         model = cfg.generator.params.get("model") or getattr(cls, "default_model", "")
         try:

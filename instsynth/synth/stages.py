@@ -21,11 +21,14 @@ import numpy as np
 
 from instsynth.config import ComposeConfig, parse_size
 from instsynth.datasets import DataError, DatasetSpec, ImageRef, Labels, compact, encode_png, open_dataset
+from instsynth.generators import build_generator, resolve_batch_size
 from instsynth.io import storage
 from instsynth.output.layout import unit_name
 from instsynth.output.schema import make_row
 from instsynth.plan.rng import item_rng, item_seed
 from instsynth.plan.select import bbox_of, prepare_instance
+from instsynth.quality.filter import build_scorer
+from instsynth.quality.metrics import per_sample, region_image
 from instsynth.synth.compose import cut_window, focused_window, paste, resize_window
 
 
@@ -48,9 +51,6 @@ class Unit:
 def setup_generator(gen_cfg, quality_cfg):
     """(generator, batch size, CLIP scorer or None): what every place that runs Phase 2 builds once
     (the local loop, each Ray generator actor, the dry run's timing)."""
-    from instsynth.generators import build_generator, resolve_batch_size
-    from instsynth.quality.filter import build_scorer
-
     gen = build_generator(gen_cfg)
     return gen, resolve_batch_size(gen, gen_cfg.batch_size), build_scorer(quality_cfg)
 
@@ -192,8 +192,6 @@ def filter_reason(stats: dict, q) -> str | None:
 
 
 def _score(it: dict, img: np.ndarray, res: dict, q, scorer) -> dict:
-    from instsynth.quality.metrics import per_sample, region_image
-
     stats = dict(res.get("stats", {}))
     if q is None or not q.per_sample:
         return stats

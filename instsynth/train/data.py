@@ -33,13 +33,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from instsynth.config import ConfigError, TrainConfig, parse_size
-from instsynth.datasets import LabelSpace, cityscapes_space, decode_image, decode_index
+from instsynth.config import ConfigError, TrainConfig, grad_accum, parse_size
+from instsynth.datasets import DataError, LabelSpace, cityscapes_space, decode_image, decode_index
 from instsynth.datasets.cityscapes import regions_from_ids
 from instsynth.io import storage
 from instsynth.output.layout import part_path
 from instsynth.output.ledger import committed_units
 from instsynth.output.readers import iter_tables
+from instsynth.output.sources import label_space
 
 _MEMO_LOCK = threading.Lock()
 
@@ -125,9 +126,6 @@ def build_catalog(dirs: list[str], ratio: float | None = None, seed: int = 0) ->
     """Every committed row's address from the dirs' commit markers (work ids, and where each row's PNGs
     lie in its part); parts whose markers predate that are read once, ``work_id`` column only."""
     import pyarrow.parquet as pq
-
-    from instsynth.datasets import DataError
-    from instsynth.output.sources import label_space
 
     if not dirs:
         raise ConfigError("train.dirs: give at least one output dir (e.g. the originals)")
@@ -298,8 +296,6 @@ class SampleLoader:
 
     def __init__(self, catalog: Catalog, cfg: TrainConfig, start_step: int, end_step: int, rank: int = 0,
                  world: int = 1, threads: int = 2, ahead: int = 8):
-        from instsynth.config import grad_accum
-
         self.wb, accum = grad_accum(cfg)
         self.catalog, self.threads, self.ahead = catalog, max(1, threads), max(1, ahead)
         self.n = max(0, end_step - start_step) * accum

@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-from instsynth.datasets import DataError
+from instsynth.datasets import DataError, open_dataset, resolve
 from instsynth.datasets.cityscapes import (
     INSTANCE_IDS_SUFFIX,
     THING_CLASSES,
@@ -27,7 +27,8 @@ from instsynth.datasets.cityscapes import (
     read_image,
 )
 from instsynth.io import storage
-from instsynth.train.cs_eval import evaluate_cityscapes, evaluate_coco
+from instsynth.train.cs_eval import LABEL_IDS, evaluate_cityscapes, evaluate_coco, quiet
+from instsynth.train.models import build_model
 
 
 def predict_image(model, image: np.ndarray, score_threshold: float = 0.0, short_edge: int | None = None) -> list[dict]:
@@ -157,9 +158,6 @@ def evaluate_coco_json(model, source: str, image_root: str | None, max_images: i
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from instsynth.datasets import open_dataset, resolve
-    from instsynth.train.cs_eval import quiet
-
     ds = open_dataset(resolve(source, "coco", image_root))
     refs = list(ds.discover("val"))[: max_images or None]
     if not refs:
@@ -205,8 +203,6 @@ def evaluate_coco_json(model, source: str, image_root: str | None, max_images: i
 def class_agnostic(gt_maps: list[np.ndarray], preds: list[list[dict]]):
     """Every evaluated instance and prediction as one class (car), for class-agnostic COCO AP: can
     the model find and outline instances, whatever it calls them."""
-    from instsynth.train.cs_eval import LABEL_IDS
-
     car = LABEL_IDS["car"]
     evaluated = set(LABEL_IDS.values())
     maps = []
@@ -268,8 +264,6 @@ def load_checkpoint(path: str):
     import io
 
     import torch
-
-    from instsynth.train.models import build_model
 
     spec = json.loads(storage.read_bytes(storage.join(path, "model.json")))
     model = build_model(spec["name"], **spec["kwargs"])

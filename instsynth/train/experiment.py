@@ -13,7 +13,11 @@ import os
 
 from instsynth.config import Config, ConfigError, to_dict
 from instsynth.io import storage
+from instsynth.train.data import build_catalog
 from instsynth.train.evaluate import evaluate_checkpoint, format_table, scores
+from instsynth.train.launch import check_inputs, resolve_paths
+from instsynth.train.stats import mean_std, paired_interval
+from instsynth.train.trainer import checkpoint_uri, run_training
 
 
 def run_name(cfg: Config, arm: str, catalog, k: int = 0) -> str:
@@ -40,8 +44,6 @@ def run_name(cfg: Config, arm: str, catalog, k: int = 0) -> str:
 def final_checkpoint(result, iterations: int) -> str:
     """The run's last checkpoint, which must be at ``iterations``: the paired comparison scores it,
     never ``best/`` (chosen on the same val split the report scores: a selection bias)."""
-    from instsynth.train.trainer import checkpoint_uri
-
     path = checkpoint_uri(result.checkpoint)
     step = json.loads(storage.read_bytes(storage.join(path, "model.json")))["step"] if path else None
     if step != iterations:
@@ -53,11 +55,6 @@ def run_experiment(cfg: Config, log=print) -> dict:
     """Both arms for each of ``experiment.seeds`` seeds (run k: ``train.seed + k``), resumable run by run;
     the final checkpoints are scored; the report gives per-arm mean +- std over seeds and the paired
     difference with its 95% interval."""
-    from instsynth.train.data import build_catalog
-    from instsynth.train.launch import check_inputs, resolve_paths
-    from instsynth.train.stats import mean_std, paired_interval
-    from instsynth.train.trainer import run_training
-
     cfg = resolve_paths(cfg)
     e, t = cfg.experiment, cfg.train
     if not e.originals:

@@ -11,6 +11,8 @@ import copy
 import os
 
 from instsynth.config import Config, ConfigError
+from instsynth.datasets import DataError, resolve
+from instsynth.datasets.cityscapes import check_split
 from instsynth.io import storage
 from instsynth.train.models import check_params, family
 
@@ -35,9 +37,6 @@ def resolve_paths(cfg: Config) -> Config:
 
 def check_eval_root(root: str, split: str, key: str = "train.eval_root", image_root: str | None = None) -> None:
     """A Cityscapes root with the split's images, or a COCO JSON whose images can be found (one line)."""
-    from instsynth.datasets import DataError, resolve
-    from instsynth.datasets.cityscapes import check_split
-
     try:
         if str(root).lower().endswith(".json"):
             resolve(root, "coco", image_root)
@@ -60,16 +59,14 @@ def check_inputs(cfg: Config, dirs: list[str]) -> None:
         raise ConfigError(f"train.model.backbone_weights: {w}: no such file")
     fam = family(t.model.name)
     if w and fam.backbone_weights:  # every key and shape, before any worker starts
-        from instsynth.train.models.backbones import WeightsError, check_weights
+        from instsynth.train.models.backbones import WeightsError, check_weights  # deferred: torch (~2 s)
 
         try:
             check_weights(w, t.model.params.get("backbone", fam.backbone[0] if t.model.tiny else fam.backbone[1]))
         except WeightsError as e:
             raise ConfigError(str(e)) from None
     check_pretrained(t.model.pretrained)
-    from instsynth.train.trainer import model_kwargs
-
-    check_params(t.model.name, **model_kwargs(t.model))
+    check_params(t.model.name, **family(t.model.name).kwargs(t.model))
 
 
 def check_pretrained(model: str | None) -> None:

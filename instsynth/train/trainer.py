@@ -20,16 +20,16 @@ import os
 import shutil
 import tempfile
 
-from instsynth.config import Config, ConfigError, ModelConfig, TrainConfig, grad_accum, to_dict
+from instsynth.config import Config, ConfigError, TrainConfig, grad_accum, load_config, to_dict
 from instsynth.io import storage
-
-
-def model_kwargs(m: ModelConfig, classes: list[str] | None = None) -> dict:
-    """The model's keyword arguments (recorded in model.json); ``classes``: the data's label space's
-    evaluated classes, which size the class head."""
-    from instsynth.train.models import family
-
-    return family(m.name).kwargs(m, classes)
+from instsynth.ray_runtime import init_ray
+from instsynth.train import ingest as ray_ingest
+from instsynth.train.data import SampleLoader, build_catalog
+from instsynth.train.evaluate import evaluate_model
+from instsynth.train.ingest import worker_batches
+from instsynth.train.launch import check_gpus, check_inputs, resolve_paths
+from instsynth.train.models import build_model, family
+from instsynth.train.recipe import amp_dtype, make_optimizer, recipe, set_lr
 
 
 def train_step(model, optimizer, micro_batches, grad_clip: float = 0.0, amp=None) -> dict[str, float]:
@@ -131,8 +131,6 @@ class Board:
 
 def bn_mode(cfg: TrainConfig, world: int) -> str:
     """``frozen`` with backbone weights (detectron2's FrozenBN), ``sync`` across GPU workers, else ``batch``."""
-    from instsynth.train.models import family
-
     if family(cfg.model.name).backbone_weights and cfg.model.backbone_weights:
         return "frozen"
     return "sync" if cfg.sync_bn and cfg.use_gpu and world > 1 else "batch"
@@ -158,16 +156,10 @@ def train_loop_per_worker(config: dict) -> None:
     from ray.train import Checkpoint
     from ray.train.torch import get_device, prepare_model
 
-    from instsynth.config import load_config
-    from instsynth.train.data import SampleLoader
-    from instsynth.train.evaluate import evaluate_model
-    from instsynth.train.models import build_model
-    from instsynth.train.recipe import amp_dtype, make_optimizer, recipe, set_lr
-
     cfg = load_config(values={"train": config["train"]}).train
     run_dir, catalog = config["run_dir"], config["catalog"]
     quiet_reports(cfg.verbose)
-    from instsynth.train.failures import quiet_input_errors
+    from instsynth.train.failures import quiet_input_errors  # deferred: imports Ray Train (~4 s)
 
     quiet_input_errors()
     ctx = train.get_context()
@@ -175,7 +167,7 @@ def train_loop_per_worker(config: dict) -> None:
     device = get_device()
     torch.manual_seed(cfg.seed)
     bn = bn_mode(cfg, world)
-    spec = {"name": cfg.model.name, "kwargs": model_kwargs(cfg.model, catalog.classes)}
+    spec = {"name": cfg.model.name, "kwargs": family(cfg.model.name).kwargs(cfg.model, catalog.classes)}
     model = build_model(spec["name"], **spec["kwargs"])
     if bn == "sync":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -210,8 +202,6 @@ def train_loop_per_worker(config: dict) -> None:
     _, accum = grad_accum(cfg)
     last_ap = {"AP": -1.0, "AP50": -1.0}
     if cfg.ingest == "ray_data":
-        from instsynth.train.ingest import worker_batches
-
         loader = worker_batches(catalog, cfg, step, rank, ahead=2 * accum + 2)
     else:
         loader = iter(SampleLoader(catalog, cfg, step, cfg.iterations, rank, world,
@@ -264,9 +254,7 @@ def make_trainer(cfg: Config, catalog=None, launch: str | None = None):
     from it), so the committed parts are listed once."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
-    from instsynth.train.data import build_catalog
-    from instsynth.train.failures import Trainer
-    from instsynth.train.launch import resolve_paths
+    from instsynth.train.failures import Trainer  # deferred: imports Ray Train (~4 s)
 
     cfg = resolve_paths(cfg)
     t = cfg.train
@@ -277,8 +265,6 @@ def make_trainer(cfg: Config, catalog=None, launch: str | None = None):
         resources["GPU"] = 1
     ingest = {}
     if t.ingest == "ray_data":
-        from instsynth.train import ingest as ray_ingest
-
         ingest = {"datasets": ray_ingest.datasets(catalog, t, run_dir), "dataset_config": ray_ingest.data_config()}
     return Trainer(
         train_loop_per_worker,
@@ -300,9 +286,6 @@ def make_trainer(cfg: Config, catalog=None, launch: str | None = None):
 
 def run_training(cfg: Config, log=print, catalog=None):
     """Check, then fit (or resume) the run; returns the Ray Train Result."""
-    from instsynth.ray_runtime import init_ray
-    from instsynth.train.launch import check_gpus, check_inputs, resolve_paths
-
     cfg = resolve_paths(cfg)
     check_inputs(cfg, cfg.train.dirs)
     started = init_ray(cfg.run.address, cfg.run.log_level)
@@ -312,7 +295,7 @@ def run_training(cfg: Config, log=print, catalog=None):
 
         from ray.train import TrainingFailedError
 
-        from instsynth.train.failures import input_error
+        from instsynth.train.failures import input_error  # deferred: imports Ray Train (~4 s)
 
         launch = uuid.uuid4().hex[:12]
         try:

@@ -38,7 +38,10 @@ from instsynth.output.ledger import Ledger
 from instsynth.output.readers import read_failures, read_part
 from instsynth.output.schema import instance_mask, labels_of, visible
 from instsynth.output.sources import label_space, source_dataset
+from instsynth.plan.planner import read_plan
+from instsynth.quality.metrics import SSIM_MAX_SIDE, psnr, ssim_map
 from instsynth.quality.report import quality_chart
+from instsynth.views.figures import figure_png
 from instsynth.views.stats import add_failure_stats, add_row_stats, new_class_stats, stats_chart
 from instsynth.views.status import check_output_dir, queues_chart
 
@@ -93,8 +96,6 @@ class _Source:
 
 def _unit_entries(out: str, key: str, d: str, unit: str, source: _Source, space) -> dict:
     """Thumbnails (written) and numbers of one unit's rows: {"samples": [...], "rows": [per-row stats]}."""
-    from instsynth.quality.metrics import SSIM_MAX_SIDE, psnr, ssim_map
-
     samples, rows = [], []
     t = read_part(part_path(d, unit), COLUMNS)
     for r in t.to_pylist():
@@ -145,8 +146,6 @@ class _Quality:
 
 def _failures(d: str, ds: Dataset | None) -> list[dict]:
     """Failures of ``d`` (plan time and run time) with the source file each concerns."""
-    from instsynth.plan.planner import read_plan
-
     out = []
     plan_fail = storage.join(d, "plan.failures.parquet")
     if storage.exists(plan_fail):
@@ -220,7 +219,6 @@ def runs_chart(runs_by_dir: dict[str, list[dict]]) -> bytes | None:
     ax.set_ylabel("units committed per minute")
     ax.set_title("throughput over time")
     ax.legend(fontsize=7)
-    from instsynth.views.figures import figure_png
 
     return figure_png(fig)
 

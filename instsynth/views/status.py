@@ -10,6 +10,7 @@ from instsynth.io import storage
 from instsynth.output.layout import plan_path
 from instsynth.output.ledger import Ledger, covered_ids
 from instsynth.output.verify import verify_full
+from instsynth.plan.planner import read_plan
 from instsynth.views.figures import figure_png
 
 
@@ -30,8 +31,6 @@ def status(out: str, verify: bool = False) -> dict:
     """Committed vs planned items; shards that do not match their markers (sizes, from one LIST per
     folder; ``verify``: every file read once - SHA-256, Parquet footer, row count and every PNG of
     every shard decoded from the same bytes, units in parallel).  Every bad shard is listed."""
-    from instsynth.plan.planner import read_plan
-
     check_output_dir(out)
     planned_ids = None
     if storage.exists(plan_path(out)):

@@ -40,7 +40,7 @@ V1 = pa.schema([("work_id", pa.string()), ("image_id", pa.string()), ("split", p
 
 def test_readme_schema_table_is_the_code():
     readme = open(os.path.join(ROOT, "README.md")).read()
-    assert markdown_table() in readme, "README's row schema table differs from instsynth/schema.py (regenerate it)"
+    assert markdown_table() in readme, "README's row schema table differs from instsynth/output/schema.py (regenerate it)"
     assert ROW_SCHEMA.names == [n for n, _, _ in FIELDS]
 
 

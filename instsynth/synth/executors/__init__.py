@@ -9,13 +9,12 @@ reading anything back.
 
 from __future__ import annotations
 
+from instsynth.synth.executors.local import run_local
+from instsynth.synth.executors.ray import run_ray
+
 
 def run_units(units, root: str, out: str, cfg, log, writer: str | None, on_commit) -> dict:
     """Run ``units`` with the configured executor; returns the executor's record (hosts, nodes)."""
     if cfg.run.executor == "local":
-        from instsynth.synth.executors.local import run_local
-
         return run_local(units, root, out, cfg, log, writer, on_commit)
-    from instsynth.synth.executors.ray import run_ray
-
     return run_ray(units, root, out, cfg, log, writer, on_commit)

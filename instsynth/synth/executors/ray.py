@@ -28,7 +28,11 @@ import time
 import numpy as np
 
 from instsynth.config import ComposeConfig, Config, GeneratorConfig
+from instsynth.generators import GeneratorError
+from instsynth.output.commits import commit_unit
 from instsynth.ray_runtime import init_ray
+from instsynth.synth.executors.progress import Progress
+from instsynth.synth.stages import PendingUnits, Unit, compose, generate, prepare, setup_generator
 
 
 def _where(stage: str, unit, started: float) -> None:
@@ -70,8 +74,6 @@ def feed_unit(row: dict) -> dict:
 
 
 def prepare_unit(row: dict, root: str, compose_cfg: ComposeConfig) -> dict:
-    from instsynth.synth.stages import Unit, prepare
-
     fit_threads()
     t0 = time.perf_counter()
     unit = pickle.loads(row["payload"]) if "payload" in row else Unit(row["unit"], list(row["rows"]))
@@ -86,8 +88,6 @@ class GeneratorActor:
     def __init__(self, gen_cfg: GeneratorConfig, quality_cfg=None):
         import threading
 
-        from instsynth.synth.stages import setup_generator
-
         fit_threads()
         self.lock = threading.Lock()  # one batch on the model at a time; host work of another unit overlaps
         self.cfg = gen_cfg
@@ -95,8 +95,6 @@ class GeneratorActor:
         self.gen, self.batch_size, self.scorer = setup_generator(gen_cfg, quality_cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from instsynth.synth.stages import generate
-
         payloads = []
         for p in batch["payload"]:
             t0 = time.perf_counter()
@@ -107,9 +105,6 @@ class GeneratorActor:
 
 
 def _compose_commit(row: dict, out: str, compose_cfg: ComposeConfig, writer: str | None = None) -> dict:
-    from instsynth.output.commits import commit_unit
-    from instsynth.synth.stages import compose
-
     fit_threads()
     t0 = time.perf_counter()
     unit = compose(pickle.loads(row["payload"]), compose_cfg)
@@ -133,8 +128,6 @@ def input_dataset(units, parallelism: int = 8):
     ``parallelism`` blocks while there are units enough), or a list of (name, rows) as one pickled
     unit per block (small jobs, tests)."""
     import ray.data
-
-    from instsynth.synth.stages import PendingUnits, Unit
 
     if isinstance(units, PendingUnits):
         per = max(1, min(UNITS_PER_BLOCK, -(-len(units) // parallelism)))
@@ -174,8 +167,6 @@ def _iter_rows(ds):
     """Iterate the dataset; an actor that failed to build its generator becomes one GeneratorError line."""
     import re
 
-    from instsynth.generators import GeneratorError
-
     try:
         yield from ds.iter_rows()
     except Exception as e:  # noqa: BLE001 - Ray wraps the actor's exception in its own types
@@ -202,7 +193,7 @@ def configure_context(cfg: Config) -> None:
     # reservation enforces it when on; otherwise our policy does, holding prepare back (flow.py)
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
         object_store_memory=cfg.run.inflight_mb * 2**20)
-    from instsynth.synth.executors.flow import configure_flow, remove_flow
+    from instsynth.synth.executors.flow import configure_flow, remove_flow  # deferred: Ray Data internals
 
     if cfg.run.op_reservation:
         remove_flow(ctx)
@@ -213,8 +204,6 @@ def configure_context(cfg: Config) -> None:
 def run_ray(units, root, out, cfg: Config, log=print, writer: str | None = None, on_commit=None) -> dict:
     """Run ``units`` on Ray Data; commits happen in the workers, the driver sees only their markers.
     Nothing to run: no Ray is started at all."""
-    from instsynth.synth.executors.progress import Progress
-
     if not units:
         return {"executor": "ray", "address": cfg.run.address or "local", "hosts": {}, "nodes": {}}
     import ray

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from instsynth.config import ConfigError
+
 
 def check_kwargs(builder, kw: dict) -> None:
     """Every keyword is one ``builder`` takes (one line naming ``train.model.params.<key>`` and the valid
     ones): a typo in a config must not reach the worker as a TypeError traceback."""
     import dataclasses
     import inspect
-
-    from instsynth.config import ConfigError
 
     params = dict(inspect.signature(builder).parameters)
     if hasattr(builder, "config_keys"):  # a Hugging Face model: its config's keys pass through **overrides
@@ -73,8 +73,6 @@ FAMILIES = {
 
 def family(name: str) -> Family:
     if name not in FAMILIES:
-        from instsynth.config import ConfigError
-
         raise ConfigError(f"train.model.name: unknown model {name!r}; known: {', '.join(FAMILIES)}")
     return FAMILIES[name]
 

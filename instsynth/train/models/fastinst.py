@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from instsynth.train.models import backbones
+
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
 
@@ -88,7 +90,6 @@ class Backbone(nn.Module):
 
     def __init__(self, name: str, weights: str | None, frozen_bn: bool):
         super().__init__()
-        from instsynth.train.models import backbones
 
         net, self.stem, (self.res3, self.res4, self.res5), self.channels = backbones.build(name)
         if weights:

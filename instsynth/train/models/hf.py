@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from instsynth.datasets.cityscapes import THING_CLASSES
+from instsynth.generators.tiny import write_tokenizer
+from instsynth.train.models import backbones
 from instsynth.train.models.fastinst import MEAN, STD
 
 
@@ -34,7 +36,6 @@ class TorchvisionBackbone(nn.Module):
 
     def __init__(self, name: str, weights: str | None = None, frozen_bn: bool | None = None):
         super().__init__()
-        from instsynth.train.models import backbones
 
         net, stem, stages, channels = backbones.build(name)
         if weights:
@@ -178,7 +179,6 @@ class OneFormer(HFSegmenter):
                 ignore_mismatched_sizes=True, is_training=True)
             self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
             return model
-        from instsynth.generators.tiny import write_tokenizer
 
         with tempfile.TemporaryDirectory() as tmp:
             vocab = write_tokenizer(tmp)

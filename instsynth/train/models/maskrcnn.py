@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from instsynth.datasets.cityscapes import THING_CLASSES
+from instsynth.train.models import backbones
 
 
 class _Body(nn.Module):
@@ -57,8 +58,6 @@ class MaskRCNN(nn.Module):
         from torchvision.models.detection import MaskRCNN as TVMaskRCNN
         from torchvision.models.detection.anchor_utils import AnchorGenerator
         from torchvision.ops import MultiScaleRoIAlign
-
-        from instsynth.train.models import backbones
 
         if tiny and backbone == "resnet50":
             backbone = "resnet18"
