@@ -129,6 +129,7 @@ def tiny(args) -> dict:
     t0 = time.time()
     result = run_training(cfg, log=print)
     train_s = time.time() - t0
+    ray.shutdown()  # scoring needs no Ray (and Ray's placement-group cleaner would log every few s meanwhile)
     ckpts = sorted((c for c, _ in result.best_checkpoints), key=lambda c: c.path)
     curve = []
     for c in ckpts:
@@ -161,7 +162,6 @@ def tiny(args) -> dict:
     with open(os.path.join(out, f"{stem}.json"), "w") as f:
         json.dump(report, f, indent=1)
     plot(report, os.path.join(out, f"{stem}.png"))
-    ray.shutdown()
     last = curve[-1]
     print(f"\n{report['machine']}: {args.iterations} iterations in {train_s:.0f} s "
           f"({report['s_per_iter']:.2f} s/iter, incl. start-up); total {report['total_seconds']:.0f} s")
