@@ -114,9 +114,11 @@ def ray_local(session_s3):
     reach the session's S3 server."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR",
-                 _temp_dir=os.path.join(_TMP, "ray"), runtime_env={"env_vars": session_s3.env})
+    from instsynth.ray_runtime import QUIET_HOOK
+
+    if not ray.is_initialized():  # the worker hook of the Ray `instsynth` itself starts (init_ray)
+        ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", _temp_dir=os.path.join(_TMP, "ray"),
+                 runtime_env={"env_vars": session_s3.env, "worker_process_setup_hook": QUIET_HOOK})
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
