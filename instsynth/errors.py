@@ -31,3 +31,14 @@ class GeneratorError(ValueError):
 
 class SynthError(RuntimeError):
     """A synthesis run refused before it writes anything (e.g. its output inside its input)."""
+
+
+def why(e: BaseException) -> str:
+    """The reason an OS or library error gives, in a few words (the part after the path in a one-line error)."""
+    if isinstance(e, FileNotFoundError):
+        return "no such file"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return str(e).splitlines()[0] if str(e) else e.__class__.__name__

@@ -46,7 +46,7 @@ from instsynth.datasets.base import (
     region,
 )
 from instsynth.io import storage
-from instsynth.io.storage import SparseFile
+from instsynth.io.parquet import SparseFile, parquet_footer, read_parquet_columns
 from instsynth.plan.select import Instance, bbox_of
 
 REQUIRED = ("images", "annotations", "categories")
@@ -354,7 +354,7 @@ class CocoLabelFile(CocoDataset):
         import pyarrow.parquet as pq
 
         self.spec = spec
-        self._footer = storage.parquet_footer(spec.labels)
+        self._footer = parquet_footer(spec.labels)
         meta = pq.ParquetFile(io_sparse(self._footer, spec.labels)).schema_arrow.metadata or {}
         self.label_space = LabelSpace.from_json(meta[LABELS_KEY])
         self._groups: dict[int, list] = {}
@@ -364,7 +364,7 @@ class CocoLabelFile(CocoDataset):
         if g not in self._groups:
             if len(self._groups) >= 4:
                 self._groups.pop(next(iter(self._groups)))
-            t = storage.read_parquet_columns(self.spec.labels, ["labels"], [g], footer=self._footer)
+            t = read_parquet_columns(self.spec.labels, ["labels"], [g], footer=self._footer)
             self._groups[g] = t.column("labels").to_pylist()
         return msgspec.json.decode(self._groups[g][k % LABEL_GROUP])
 

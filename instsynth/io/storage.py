@@ -11,71 +11,21 @@ unit of output is committed by writing its data first and a marker second.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import posixpath
 import shutil
-import threading
 import uuid
 from collections.abc import Iterator
 
-import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from instsynth.errors import StorageError  # noqa: F401 - raised here, importable from here
+from instsynth.errors import StorageError, why  # noqa: F401 - StorageError: raised here, importable from here
+from instsynth.io import s3
+from instsynth.io.s3 import PARALLEL
 
 
 def is_uri(path: str) -> bool:
     return "://" in str(path)
-
-
-# One client per process and endpoint: a filesystem or boto3 client made per call pays a new
-# connection (TLS on real S3) per request; cached ones reuse their pool.  Keyed by pid too, so a
-# forked child never shares its parent's sockets.
-_CACHE: dict[tuple, object] = {}
-_CACHE_LOCK = threading.Lock()
-#: requests in flight for the parallel helpers (``read_many``): object stores answer in ~20 ms each,
-#: so serial fetches of 10k markers would take minutes.
-PARALLEL = 32
-
-
-def _endpoint() -> str | None:
-    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or None
-
-
-def _cached(key: tuple, make):
-    key = (os.getpid(), *key)
-    with _CACHE_LOCK:
-        obj = _CACHE.get(key)
-        if obj is None:
-            obj = _CACHE[key] = make()
-        return obj
-
-
-def s3_client():
-    """The process's boto3 S3 client for the current endpoint (thread-safe; one connection pool)."""
-    import boto3
-    from botocore.config import Config as BotoConfig
-
-    endpoint = _endpoint()
-    region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-    creds = os.environ.get("AWS_ACCESS_KEY_ID", "")
-
-    def make():
-        return boto3.session.Session().client(
-            "s3", endpoint_url=endpoint, region_name=region,
-            config=BotoConfig(max_pool_connections=2 * PARALLEL, retries={"max_attempts": 5, "mode": "standard"}))
-    return _cached(("boto3", endpoint, region, creds), make)
-
-
-def _s3_split(path: str) -> tuple[str, str]:
-    bucket, _, key = str(path)[len("s3://"):].partition("/")
-    return bucket, key
-
-
-def _is_s3(path: str) -> bool:
-    return str(path).startswith("s3://")
 
 
 def _resolve(path: str) -> tuple[pafs.FileSystem, str]:
@@ -86,10 +36,10 @@ def _resolve(path: str) -> tuple[pafs.FileSystem, str]:
     if path.startswith("file://"):
         return pafs.LocalFileSystem(), path[len("file://"):]
     scheme, rest = path.split("://", 1)
-    key = ("pyarrow", scheme, _endpoint() if scheme == "s3" else None, rest.split("/", 1)[0],
+    key = ("pyarrow", scheme, s3.endpoint() if scheme == "s3" else None, rest.split("/", 1)[0],
            os.environ.get("AWS_ACCESS_KEY_ID", ""))
     try:
-        fs = _cached(key, lambda: _with_endpoint(pafs.FileSystem.from_uri(path)[0], path))
+        fs = s3.cached(key, lambda: _with_endpoint(pafs.FileSystem.from_uri(path)[0], path))
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError with long texts
         raise StorageError(f"{path}: cannot open filesystem ({str(e).splitlines()[0]})") from None
     return fs, rest.rstrip("/")
@@ -97,7 +47,7 @@ def _resolve(path: str) -> tuple[pafs.FileSystem, str]:
 
 def _with_endpoint(fs: pafs.FileSystem, path: str) -> pafs.FileSystem:
     """Honour ``AWS_ENDPOINT_URL`` for S3-compatible servers (MinIO, moto, Ceph, R2)."""
-    endpoint = _endpoint()
+    endpoint = s3.endpoint()
     if path.startswith("s3://") and endpoint:
         scheme = "https" if endpoint.startswith("https") else "http"
         host = endpoint.split("://", 1)[-1]
@@ -105,15 +55,6 @@ def _with_endpoint(fs: pafs.FileSystem, path: str) -> pafs.FileSystem:
                                  region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
                                  allow_bucket_creation=True)
     return fs
-
-
-def _s3_code(e: BaseException) -> str:
-    resp = getattr(e, "response", None) or {}
-    return str(resp.get("Error", {}).get("Code", "")) or str(resp.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-
-
-def _s3_missing(e: BaseException) -> bool:
-    return _s3_code(e) in ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
 
 
 def join(base: str, *parts: str) -> str:
@@ -131,44 +72,25 @@ def relpath(path: str, root: str) -> str:
     return os.path.relpath(path, root)
 
 
-def _why(e: BaseException) -> str:
-    if isinstance(e, FileNotFoundError):
-        return "no such file"
-    if isinstance(e, IsADirectoryError):
-        return "is a directory"
-    if isinstance(e, PermissionError):
-        return "permission denied"
-    return str(e).splitlines()[0] if str(e) else e.__class__.__name__
-
-
-def _s3_get(path: str, **kw) -> dict:
-    """One GET; a missing key or any other error becomes a StorageError naming ``path``."""
-    try:
-        return s3_client().get_object(**kw)
-    except Exception as e:
-        why = "no such file" if _s3_missing(e) else _s3_code(e) or _why(e)
-        raise StorageError(f"{path}: cannot read ({why})") from None
-
-
 def read_bytes(path: str) -> bytes:
     """The whole file; on S3 one GET (no HEAD, no ranged reads)."""
-    if _is_s3(path):
-        bucket, key = _s3_split(path)
-        return _s3_get(path, Bucket=bucket, Key=key)["Body"].read()
+    if s3.is_s3(path):
+        bucket, key = s3.split(path)
+        return s3.get(path, Bucket=bucket, Key=key)["Body"].read()
     fs, p = _resolve(path)
     try:
         with fs.open_input_stream(p) as f:
             return f.read()
     except Exception as e:
-        raise StorageError(f"{path}: cannot read ({_why(e)})") from None
+        raise StorageError(f"{path}: cannot read ({why(e)})") from None
 
 
 def read_range(path: str, start: int, length: int) -> bytes:
     """``length`` bytes from ``start`` (a negative ``start``: the last ``-start`` bytes); one ranged GET."""
-    if _is_s3(path):
-        bucket, key = _s3_split(path)
+    if s3.is_s3(path):
+        bucket, key = s3.split(path)
         rng = f"bytes=-{-start}" if start < 0 else f"bytes={start}-{start + length - 1}"
-        return _s3_get(path, Bucket=bucket, Key=key, Range=rng)["Body"].read()
+        return s3.get(path, Bucket=bucket, Key=key, Range=rng)["Body"].read()
     fs, p = _resolve(path)
     try:
         with fs.open_input_file(p) as f:
@@ -176,14 +98,14 @@ def read_range(path: str, start: int, length: int) -> bytes:
                 start = max(0, f.size() + start)
             return f.read_at(length, start)
     except Exception as e:
-        raise StorageError(f"{path}: cannot read ({_why(e)})") from None
+        raise StorageError(f"{path}: cannot read ({why(e)})") from None
 
 
 def read_tail(path: str, n: int) -> tuple[bytes, int]:
     """(the last ``n`` bytes - the whole file if it is smaller -, the file's size): one request."""
-    if _is_s3(path):
-        bucket, key = _s3_split(path)
-        r = _s3_get(path, Bucket=bucket, Key=key, Range=f"bytes=-{n}")
+    if s3.is_s3(path):
+        bucket, key = s3.split(path)
+        r = s3.get(path, Bucket=bucket, Key=key, Range=f"bytes=-{n}")
         data = r["Body"].read()
         total = r.get("ContentRange", "").rpartition("/")[2]
         return data, int(total) if total.isdigit() else len(data)
@@ -193,93 +115,7 @@ def read_tail(path: str, n: int) -> tuple[bytes, int]:
             total = f.size()
             return f.read_at(min(n, total), max(0, total - n)), total
     except Exception as e:
-        raise StorageError(f"{path}: cannot read ({_why(e)})") from None
-
-
-class SparseFile(io.RawIOBase):
-    """A read-only file of ``size`` bytes of which only some ranges were fetched: what pyarrow reads
-    a Parquet footer and a few column chunks from, so a projected read costs those bytes only."""
-
-    def __init__(self, size: int, pieces: list[tuple[int, bytes]], name: str = ""):
-        self.size_, self.pieces, self.name_, self.pos = size, sorted(pieces), name, 0
-
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def seek(self, offset, whence=0):
-        self.pos = offset if whence == 0 else (self.pos + offset if whence == 1 else self.size_ + offset)
-        return self.pos
-
-    def tell(self):
-        return self.pos
-
-    def readinto(self, b):
-        n = min(len(b), self.size_ - self.pos)
-        for start, data in self.pieces:
-            if start <= self.pos and self.pos + n <= start + len(data):
-                b[:n] = data[self.pos - start:self.pos - start + n]
-                self.pos += n
-                return n
-        raise OSError(f"{self.name_}: bytes {self.pos}-{self.pos + n} were not fetched")
-
-
-#: bytes fetched with the footer of a Parquet file (most footers fit; a larger one costs one more GET)
-TAIL_BYTES = 64 * 1024
-#: two column chunks closer than this are fetched in one ranged GET
-MERGE_GAP = 64 * 1024
-
-
-def parquet_ranges(meta, columns: list[str] | None, row_groups: list[int] | None = None) -> list[tuple[int, int]]:
-    """Byte ranges [start, end) of the column chunks of ``columns`` in ``row_groups``, merged."""
-    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
-    want = [i for i, n in enumerate(names) if columns is None or n in columns]
-    spans = []
-    for g in (range(meta.num_row_groups) if row_groups is None else row_groups):
-        rg = meta.row_group(g)
-        for i in want:
-            c = rg.column(i)
-            start = c.dictionary_page_offset if c.has_dictionary_page and c.dictionary_page_offset else c.data_page_offset
-            spans.append((start, start + c.total_compressed_size))
-    merged: list[list[int]] = []
-    for s, e in sorted(spans):
-        if merged and s - merged[-1][1] <= MERGE_GAP:
-            merged[-1][1] = max(merged[-1][1], e)
-        else:
-            merged.append([s, e])
-    return [(s, e) for s, e in merged]
-
-
-def parquet_footer(path: str) -> tuple[object, int, list[tuple[int, bytes]]]:
-    """(pyarrow FileMetaData, file size, fetched pieces) from one GET (two for a large footer)."""
-    tail, total = read_tail(path, TAIL_BYTES)
-    pieces = [(total - len(tail), tail)]
-    flen = int.from_bytes(tail[-8:-4], "little") if len(tail) >= 8 else 0
-    if len(tail) < total and flen + 8 > len(tail):
-        pieces.append((total - flen - 8, read_range(path, total - flen - 8, flen + 8)))
-    try:
-        meta = pq.ParquetFile(SparseFile(total, pieces, str(path))).metadata
-    except Exception as e:
-        raise StorageError(f"{path}: not a readable Parquet file ({_why(e)})") from None
-    return meta, total, pieces
-
-
-def read_parquet_columns(path: str, columns: list[str], row_groups: list[int] | None = None,
-                         footer=None) -> pa.Table:
-    """``columns`` (of ``row_groups``) of a Parquet file, fetching the footer and those column chunks
-    only: one GET for the tail (the whole of a small file) plus one per merged range, no HEAD."""
-    meta, total, pieces = footer or parquet_footer(path)
-    if pieces[0][0] > 0:
-        for s, e in parquet_ranges(meta, columns, row_groups):
-            if not any(ps <= s and e <= ps + len(d) for ps, d in pieces):
-                pieces = pieces + [(s, read_range(path, s, e - s))]
-    try:
-        pf = pq.ParquetFile(SparseFile(total, pieces, str(path)), metadata=meta)
-        return pf.read_row_groups(row_groups, columns=columns) if row_groups is not None else pf.read(columns=columns)
-    except Exception as e:
-        raise StorageError(f"{path}: not a readable Parquet file ({_why(e)})") from None
+        raise StorageError(f"{path}: cannot read ({why(e)})") from None
 
 
 def read_many(paths: list[str], workers: int = PARALLEL) -> list[bytes | None]:
@@ -302,12 +138,12 @@ def read_many(paths: list[str], workers: int = PARALLEL) -> list[bytes | None]:
 
 def write_bytes(path: str, data: bytes) -> None:
     """Write a whole file atomically (readers see the old file, nothing, or the new file); on S3 one PUT."""
-    if _is_s3(path):
-        bucket, key = _s3_split(path)
+    if s3.is_s3(path):
+        bucket, key = s3.split(path)
         try:
-            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+            s3.client().put_object(Bucket=bucket, Key=key, Body=data)
         except Exception as e:
-            raise StorageError(f"{path}: cannot write ({_s3_code(e) or _why(e)})") from None
+            raise StorageError(f"{path}: cannot write ({s3.error_code(e) or why(e)})") from None
         return
     fs, p = _resolve(path)
     parent = posixpath.dirname(p) if is_uri(path) else os.path.dirname(p)
@@ -322,7 +158,7 @@ def write_bytes(path: str, data: bytes) -> None:
             with fs.open_output_stream(p) as f:
                 f.write(data)
     except Exception as e:
-        raise StorageError(f"{path}: cannot write ({_why(e)})") from None
+        raise StorageError(f"{path}: cannot write ({why(e)})") from None
 
 
 @contextlib.contextmanager
@@ -352,8 +188,8 @@ def create_exclusive(path: str, data: bytes) -> bool:
     file is written under a temporary name and hard-linked into place (``link`` fails if the name
     exists, and a reader never sees a partial file).  S3: a PUT with ``If-None-Match: *`` (the server
     answers 412 when the key exists).  GCS: refused - pyarrow's client has no precondition."""
-    if _is_s3(path):
-        return _s3_create_exclusive(str(path), data)
+    if s3.is_s3(path):
+        return s3.create_exclusive(str(path), data)
     fs, p = _resolve(path)
     if isinstance(fs, pafs.LocalFileSystem):
         os.makedirs(os.path.dirname(p), exist_ok=True)
@@ -366,7 +202,7 @@ def create_exclusive(path: str, data: bytes) -> bool:
         except FileExistsError:
             return False
         except OSError as e:
-            raise StorageError(f"{path}: cannot create ({_why(e)})") from None
+            raise StorageError(f"{path}: cannot create ({why(e)})") from None
         finally:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
@@ -374,52 +210,23 @@ def create_exclusive(path: str, data: bytes) -> bool:
                        "(local paths and s3:// only); write the output locally or to s3:// and copy it")
 
 
-def _s3_create_exclusive(path: str, data: bytes) -> bool:
-    bucket, key = _s3_split(path)
-    try:
-        s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-        return True
-    except Exception as e:
-        code = _s3_code(e)
-        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-            return False
-        raise StorageError(f"{path}: cannot create ({code or e})") from None
-
-
-def _s3_list(path: str, delimiter: bool) -> Iterator[tuple[str, int | None]]:
-    """(key relative to ``path``, size; None for a common prefix) under ``path``, one LIST per 1,000."""
-    bucket, key = _s3_split(path)
-    prefix = key.rstrip("/") + "/" if key.strip("/") else ""
-    kw = {"Bucket": bucket, "Prefix": prefix, **({"Delimiter": "/"} if delimiter else {})}
-    try:
-        for page in s3_client().get_paginator("list_objects_v2").paginate(**kw):
-            for c in page.get("CommonPrefixes", []):
-                yield c["Prefix"][len(prefix):].rstrip("/"), None
-            for o in page.get("Contents", []):
-                yield o["Key"][len(prefix):], o["Size"]
-    except Exception as e:
-        if _s3_code(e) == "NoSuchBucket":
-            raise StorageError(f"{path}: cannot list (no such bucket)") from None
-        raise StorageError(f"{path}: cannot list ({_s3_code(e) or _why(e)})") from None
-
-
 def size(path: str) -> int | None:
     """Bytes in ``path``; None when it does not exist."""
-    if _is_s3(path):
-        bucket, key = _s3_split(path)
+    if s3.is_s3(path):
+        bucket, key = s3.split(path)
         try:
-            return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+            return int(s3.client().head_object(Bucket=bucket, Key=key)["ContentLength"])
         except Exception as e:
-            if _s3_missing(e):
+            if s3.is_missing(e):
                 return None
-            raise StorageError(f"{path}: cannot stat ({_s3_code(e) or _why(e)})") from None
+            raise StorageError(f"{path}: cannot stat ({s3.error_code(e) or why(e)})") from None
     fs, p = _resolve(path)
     info = fs.get_file_info(p)
     return info.size if info.type == pafs.FileType.File else None
 
 
 def exists(path: str) -> bool:
-    if _is_s3(path):
+    if s3.is_s3(path):
         return size(path) is not None or is_dir(path)
     fs, p = _resolve(path)
     return fs.get_file_info(p).type != pafs.FileType.NotFound
@@ -427,21 +234,21 @@ def exists(path: str) -> bool:
 
 def is_dir(path: str) -> bool:
     """A directory (local), or a prefix with at least one object under it (object stores)."""
-    if _is_s3(path):
-        bucket, key = _s3_split(path)
+    if s3.is_s3(path):
+        bucket, key = s3.split(path)
         prefix = key.rstrip("/") + "/" if key.strip("/") else ""
         try:
-            return s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0) > 0
+            return s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0) > 0
         except Exception as e:
-            if _s3_code(e) == "NoSuchBucket":
+            if s3.error_code(e) == "NoSuchBucket":
                 return False
-            raise StorageError(f"{path}: cannot list ({_s3_code(e) or _why(e)})") from None
+            raise StorageError(f"{path}: cannot list ({s3.error_code(e) or why(e)})") from None
     fs, p = _resolve(path)
     return fs.get_file_info(p).type == pafs.FileType.Directory
 
 
 def makedirs(path: str) -> None:
-    if _is_s3(path):
+    if s3.is_s3(path):
         return  # prefixes need no folder objects
     fs, p = _resolve(path)
     fs.create_dir(p, recursive=True)
@@ -450,8 +257,8 @@ def makedirs(path: str) -> None:
 def list_sizes(path: str) -> dict[str, int | None]:
     """{name: bytes} of what lies directly under ``path`` (None for a sub-directory); {} when it does
     not exist.  On S3 one LIST per 1,000 names - the cheap way to check many files' sizes."""
-    if _is_s3(path):
-        return dict(sorted(_s3_list(path, delimiter=True)))
+    if s3.is_s3(path):
+        return dict(sorted(s3.list_keys(path, delimiter=True)))
     fs, p = _resolve(path)
     if isinstance(fs, pafs.LocalFileSystem):
         try:
@@ -460,11 +267,11 @@ def list_sizes(path: str) -> dict[str, int | None]:
         except FileNotFoundError:
             return {}
         except OSError as e:
-            raise StorageError(f"{path}: cannot list ({_why(e)})") from None
+            raise StorageError(f"{path}: cannot list ({why(e)})") from None
     try:
         infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
     except Exception as e:
-        raise StorageError(f"{path}: cannot list ({_why(e)})") from None
+        raise StorageError(f"{path}: cannot list ({why(e)})") from None
     return dict(sorted((posixpath.basename(i.path), i.size if i.type == pafs.FileType.File else None)
                        for i in infos))
 
@@ -477,8 +284,8 @@ def list_names(path: str) -> list[str]:
 def walk(path: str, suffix: str = "") -> Iterator[str]:
     """All files below ``path`` ending in ``suffix``, as paths/URIs in the same form as ``path``, sorted."""
     base = str(path).rstrip("/")
-    if _is_s3(path):
-        rels = sorted(k for k, n in _s3_list(path, delimiter=False) if n is not None and k.endswith(suffix))
+    if s3.is_s3(path):
+        rels = sorted(k for k, n in s3.list_keys(path, delimiter=False) if n is not None and k.endswith(suffix))
         for rel in rels:
             yield f"{base}/{rel}"
         return
@@ -486,7 +293,7 @@ def walk(path: str, suffix: str = "") -> Iterator[str]:
     try:
         infos = fs.get_file_info(pafs.FileSelector(p, recursive=True, allow_not_found=True))
     except Exception as e:
-        raise StorageError(f"{path}: cannot list ({_why(e)})") from None
+        raise StorageError(f"{path}: cannot list ({why(e)})") from None
     root = p.rstrip("/")
     rels = sorted(i.path[len(root) + 1:] for i in infos
                   if i.type == pafs.FileType.File and i.path.endswith(suffix))
@@ -497,13 +304,13 @@ def walk(path: str, suffix: str = "") -> Iterator[str]:
 def remove(path: str) -> None:
     """Delete a file if it exists (local: a directory too).  On S3 one DELETE: no HEAD first and no
     folder object re-created behind it.  Directories on object stores: ``remove_tree``."""
-    if _is_s3(path):
-        bucket, key = _s3_split(path)
+    if s3.is_s3(path):
+        bucket, key = s3.split(path)
         try:
-            s3_client().delete_object(Bucket=bucket, Key=key)
+            s3.client().delete_object(Bucket=bucket, Key=key)
         except Exception as e:
-            if not _s3_missing(e):
-                raise StorageError(f"{path}: cannot remove ({_s3_code(e) or _why(e)})") from None
+            if not s3.is_missing(e):
+                raise StorageError(f"{path}: cannot remove ({s3.error_code(e) or why(e)})") from None
         return
     fs, p = _resolve(path)
     info = fs.get_file_info(p)
@@ -515,53 +322,33 @@ def remove(path: str) -> None:
 
 def remove_many(paths: list[str]) -> None:
     """Delete many files; on S3 one request per 1,000 keys of a bucket."""
-    s3 = [p for p in paths if _is_s3(p)]
+    on_s3 = [p for p in paths if s3.is_s3(p)]
     for p in paths:
-        if not _is_s3(p):
+        if not s3.is_s3(p):
             remove(p)
     by_bucket: dict[str, list[str]] = {}
-    for p in s3:
-        b, k = _s3_split(p)
+    for p in on_s3:
+        b, k = s3.split(p)
         by_bucket.setdefault(b, []).append(k)
     for bucket, keys in by_bucket.items():
         for i in range(0, len(keys), 1000):
             try:
-                s3_client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
+                s3.client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
                                                                    "Quiet": True})
             except Exception as e:
-                raise StorageError(f"s3://{bucket}/{keys[i]}: cannot remove ({_s3_code(e) or _why(e)})") from None
+                raise StorageError(f"s3://{bucket}/{keys[i]}: cannot remove ({s3.error_code(e) or why(e)})") from None
 
 
 def remove_tree(path: str) -> None:
     """Delete a file or everything under a directory / prefix."""
-    if _is_s3(path):
-        remove_many([str(path)] + [join(path, k) for k, n in _s3_list(path, delimiter=False) if n is not None])
+    if s3.is_s3(path):
+        remove_many([str(path)] + [join(path, k) for k, n in s3.list_keys(path, delimiter=False) if n is not None])
         return
     fs, p = _resolve(path)
     if isinstance(fs, pafs.LocalFileSystem) and os.path.isdir(p):
         shutil.rmtree(p)
     else:
         remove(path)
-
-
-def write_parquet(table: pa.Table, path: str) -> None:
-    """Serialise in memory, then one atomic write (so a reader never sees half a file)."""
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    write_bytes(path, buf.getvalue())
-
-
-def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
-    """A whole small Parquet file in one read; with ``columns``, only those column chunks are fetched
-    (footer + ranged reads), for large files of which a few columns are needed."""
-    if columns is not None:
-        return read_parquet_columns(path, columns)
-    try:
-        return pq.read_table(io.BytesIO(read_bytes(path)))
-    except StorageError:
-        raise
-    except Exception as e:
-        raise StorageError(f"{path}: not a readable Parquet file ({_why(e)})") from None
 
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:

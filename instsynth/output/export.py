@@ -25,6 +25,7 @@ from instsynth.config import load_config
 from instsynth.datasets import DataError
 from instsynth.datasets.cityscapes import instance_ids, polygons_for, write_image
 from instsynth.io import storage
+from instsynth.io.parquet import read_parquet
 from instsynth.output.card import render_card
 from instsynth.output.layout import part_path
 from instsynth.output.ledger import Ledger
@@ -171,7 +172,7 @@ def export_parquet(dirs: list[str], out: str, shard_size: int = 500 * 10**6, log
                 m = ledger.markers[u]
                 if not m["rows"]:
                     continue
-                t = storage.read_parquet(part_path(ledger.out, u))
+                t = read_parquet(part_path(ledger.out, u))
                 t = t.cast(ROW_SCHEMA) if "labels" in t.column_names else \
                     pa.Table.from_pylist([normalize(r) for r in t.to_pylist()], schema=ROW_SCHEMA)
                 buf.append(t)

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from instsynth.io import storage
+from instsynth.io.parquet import read_parquet
 from instsynth.output.layout import (
     LEDGER,
     LEDGER_MAX_FILES,
@@ -229,9 +230,9 @@ class Ledger:
         if "stats" in m:
             return m["stats"]
         if unit not in self._stats:
-            rows = storage.read_parquet(part_path(self.out, unit), columns=[
+            rows = read_parquet(part_path(self.out, unit), columns=[
                 "class_name", "generator", "model_id", "model_revision"]).to_pylist() if m["rows"] else []
-            fails = storage.read_parquet(failures_path(self.out, unit), columns=[
+            fails = read_parquet(failures_path(self.out, unit), columns=[
                 "image_id", "stage"]).to_pylist() if m["failures"] else []
             self._stats[unit] = unit_stats(rows, fails)
         return self._stats[unit]

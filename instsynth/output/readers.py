@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
-from instsynth.io import storage
+from instsynth.io.parquet import parquet_footer, read_parquet, read_parquet_columns
 from instsynth.output.layout import FAILURE_SCHEMA, failures_path
 from instsynth.output.ledger import committed_parts, committed_units
 from instsynth.output.schema import (
@@ -28,9 +28,9 @@ def iter_tables(out: str, columns: list[str] | None = None) -> Iterator[pa.Table
 def read_part(path: str, columns: list[str] | None = None) -> pa.Table:
     """One part file, ``columns`` in today's names (see ``iter_tables``)."""
     if columns is None:
-        return storage.read_parquet(path)
-    footer = storage.parquet_footer(path)  # one read: the schema and, for a small part, all of it
-    return storage.read_parquet_columns(path, read_columns(footer[0].schema.to_arrow_schema(), columns),
+        return read_parquet(path)
+    footer = parquet_footer(path)  # one read: the schema and, for a small part, all of it
+    return read_parquet_columns(path, read_columns(footer[0].schema.to_arrow_schema(), columns),
                                         footer=footer)
 
 
@@ -42,6 +42,6 @@ def iter_rows(out: str, columns: list[str] | None = None) -> Iterator[dict]:
 
 
 def read_failures(out: str) -> pa.Table:
-    tables = [storage.read_parquet(failures_path(out, u))
+    tables = [read_parquet(failures_path(out, u))
               for u, m in sorted(committed_units(out).items()) if m["failures"]]
     return pa.concat_tables(tables) if tables else FAILURE_SCHEMA.empty_table()

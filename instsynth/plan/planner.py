@@ -31,7 +31,7 @@ from instsynth.datasets import (
 )
 from instsynth.datasets.cityscapes import IMAGE_WITHOUT_MAP, MAP_WITHOUT_IMAGE
 from instsynth.datasets.coco import write_label_file
-from instsynth.io import storage
+from instsynth.io.parquet import parquet_footer, read_parquet, write_parquet
 from instsynth.plan.prompts import make_prompt
 from instsynth.plan.rng import item_rng
 from instsynth.plan.select import select_instances, square_box
@@ -187,10 +187,10 @@ def labels_path(plan_path: str) -> str:
 
 def write_plan(plan_path: str, table: pa.Table, failures: pa.Table, label_rows: list | None = None) -> None:
     """The plan, its failures and (``label_rows``) its label file; the plan last (it names the others)."""
-    storage.write_parquet(failures, failures_path(plan_path))
+    write_parquet(failures, failures_path(plan_path))
     if label_rows:
         write_label_file(labels_path(plan_path), label_rows, plan_label_space(table))
-    storage.write_parquet(table, plan_path)
+    write_parquet(table, plan_path)
 
 
 def _upgrade(table: pa.Table) -> pa.Table:
@@ -208,7 +208,7 @@ def _upgrade(table: pa.Table) -> pa.Table:
 
 def read_plan(plan_path: str) -> tuple[pa.Table, str | None]:
     """(plan table, source recorded in its metadata: a Cityscapes root or a COCO JSON)."""
-    table = storage.read_parquet(plan_path)
+    table = read_parquet(plan_path)
     have = {LEGACY_COLUMNS.get(n, n) for n in table.schema.names} | {"class_id"}
     missing = [n for n in PLAN_SCHEMA.names if n not in have]
     if missing:
@@ -223,7 +223,7 @@ def read_plan(plan_path: str) -> tuple[pa.Table, str | None]:
 def read_plan_schema(plan_path: str) -> pa.Schema:
     """A plan file's schema and metadata (its dataset, label space, summary) from its footer alone: what
     the checks before a run need, without reading the plan's rows."""
-    return storage.parquet_footer(plan_path)[0].schema.to_arrow_schema()
+    return parquet_footer(plan_path)[0].schema.to_arrow_schema()
 
 
 def _meta(plan: pa.Table | pa.Schema) -> dict:

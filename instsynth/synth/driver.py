@@ -18,6 +18,7 @@ from instsynth.errors import SynthError  # noqa: F401 - raised here, importable 
 from instsynth.generators import GeneratorError, check_generator, generator_class
 from instsynth.generators.diffusion import is_local_path
 from instsynth.io import storage
+from instsynth.io.parquet import read_parquet
 from instsynth.output.card import write_card
 from instsynth.output.layout import plan_path
 from instsynth.output.ledger import Ledger, committed_work_ids
@@ -94,7 +95,7 @@ def prepare_out(source: str, out: str, cfg: Config, overwrite: bool, log=print):
             if storage.exists(labels_path(source)):
                 storage.write_bytes(labels_path(plan_file), storage.read_bytes(labels_path(source)))
             write_plan(plan_file, table,
-                       storage.read_parquet(fails) if storage.exists(fails) else _empty_failures())
+                       read_parquet(fails) if storage.exists(fails) else _empty_failures())
     elif storage.exists(plan_file):
         table, _ = read_plan(plan_file)
     else:
@@ -165,7 +166,7 @@ def _run_held(source, out, cfg, overwrite, repair, session: WriterSession, log) 
 
 def _plan_failures(out: str) -> int:
     try:
-        return storage.read_parquet(storage.join(out, "plan.failures.parquet")).num_rows
+        return read_parquet(storage.join(out, "plan.failures.parquet")).num_rows
     except storage.StorageError:
         return 0
 

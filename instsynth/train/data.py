@@ -37,6 +37,7 @@ from instsynth.config import ConfigError, TrainConfig, grad_accum, parse_size
 from instsynth.datasets import DataError, LabelSpace, cityscapes_space, decode_image, decode_index
 from instsynth.datasets.cityscapes import regions_from_ids
 from instsynth.io import storage
+from instsynth.io.parquet import read_parquet
 from instsynth.output.layout import part_path
 from instsynth.output.ledger import committed_units
 from instsynth.output.readers import iter_tables
@@ -169,7 +170,7 @@ def read_rows(addrs: list[tuple]) -> list[dict]:
         else:
             whole.setdefault(part, []).append(k)
     for part, ks in whole.items():
-        t = storage.read_parquet(part)
+        t = read_parquet(part)
         legacy = "labels" not in t.column_names
         for k in ks:
             i = addrs[k][1]

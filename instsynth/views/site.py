@@ -33,6 +33,7 @@ import numpy as np
 
 from instsynth.datasets import DataError, Dataset, decode_image
 from instsynth.io import storage
+from instsynth.io.parquet import read_parquet
 from instsynth.output.layout import LEDGER, part_path, plan_path
 from instsynth.output.ledger import Ledger
 from instsynth.output.readers import read_failures, read_part
@@ -149,7 +150,7 @@ def _failures(d: str, ds: Dataset | None) -> list[dict]:
     out = []
     plan_fail = storage.join(d, "plan.failures.parquet")
     if storage.exists(plan_fail):
-        for f in storage.read_parquet(plan_fail).to_pylist():
+        for f in read_parquet(plan_fail).to_pylist():
             out.append({"stage": "plan", "id": f.get("image_id", ""), "reason": f.get("reason", ""),
                         "file": f.get("file") or ""})
     fails = read_failures(d).to_pylist()

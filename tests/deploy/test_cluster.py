@@ -19,6 +19,7 @@ import pytest
 
 from instsynth.config import load_config
 from instsynth.io import storage
+from instsynth.io.parquet import read_parquet
 from instsynth.output.layout import plan_path
 from instsynth.output.ledger import committed_units
 from instsynth.output.readers import iter_tables
@@ -156,7 +157,7 @@ def test_two_node_cluster_job_submit(cluster, sample_root, tmp_path):
         "--set", "generator.num_cpus=0.25", "--set", "run.num_cpus=0.5"])
     assert job.returncode == 0 and "succeeded" in (job.stdout + job.stderr).lower(), (job.stdout + job.stderr)[-3000:]
     rows = _rows(out)
-    plan = storage.read_parquet(plan_path(out))
+    plan = read_parquet(plan_path(out))
     assert rows.num_rows == plan.num_rows > 0
     (run,) = [json.loads(storage.read_bytes(storage.join(out, "_runs", n))) for n in
               storage.list_names(storage.join(out, "_runs"))]

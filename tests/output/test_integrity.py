@@ -20,6 +20,7 @@ from instsynth.datasets.cityscapes import discover, gt_paths
 from instsynth.errors import SynthError
 from instsynth.generators import GeneratorError
 from instsynth.io import storage
+from instsynth.io.parquet import read_parquet
 from instsynth.output import lease
 from instsynth.output.commits import claim, commit_unit
 from instsynth.output.layout import CLAIMS, marker_path, part_path, plan_path
@@ -255,7 +256,7 @@ def test_eight_bit_map_and_orphans_are_recorded(sample_root, tmp_path):
     os.remove(storage.join(root, no_image.image))
     out = str(tmp_path / "out")
     run_synth(root, out, _cfg(), **QUIET)
-    fails = {f["image_id"]: f for f in storage.read_parquet(storage.join(out, "plan.failures.parquet")).to_pylist()}
+    fails = {f["image_id"]: f for f in read_parquet(storage.join(out, "plan.failures.parquet")).to_pylist()}
     assert set(fails) == {eight.image_id, no_map.image_id, no_image.image_id}
     assert "8-bit" in fails[eight.image_id]["reason"] and eight.labels in fails[eight.image_id]["reason"]
     assert "without its gtFine instance map" in fails[no_map.image_id]["reason"]

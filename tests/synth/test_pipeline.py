@@ -21,6 +21,7 @@ from instsynth.config import ConfigError, load_config
 from instsynth.datasets import DatasetSpec, decode_image, decode_index
 from instsynth.datasets.cityscapes import discover
 from instsynth.io import storage
+from instsynth.io.parquet import read_parquet
 from instsynth.output.layout import plan_path
 from instsynth.output.ledger import committed_parts, committed_units
 from instsynth.output.readers import iter_tables, read_failures
@@ -199,7 +200,7 @@ def test_bad_input_is_recorded_not_fatal(ray_local, sample_root, tmp_path):
     root, bad_map, trunc, mismatch = _damaged_root(sample_root, tmp_path)
     out = str(tmp_path / "out")
     s = run_synth(root, out, _cfg(), log=lambda *a: None)
-    plan_fail = storage.read_parquet(storage.join(out, "plan.failures.parquet")).to_pylist()
+    plan_fail = read_parquet(storage.join(out, "plan.failures.parquet")).to_pylist()
     assert [f["image_id"] for f in plan_fail] == [bad_map.image_id]
     fails = {f["image_id"]: f for f in read_failures(out).to_pylist()}
     assert set(fails) == {trunc.image_id, mismatch.image_id}
