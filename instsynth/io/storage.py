@@ -136,6 +136,19 @@ def read_many(paths: list[str], workers: int = PARALLEL) -> list[bytes | None]:
         return list(pool.map(one, paths))
 
 
+@contextlib.contextmanager
+def _local_temp(p: str):
+    """A temporary name beside local path ``p`` (its folder made), removed on the way out whatever happens:
+    every local write goes through one (then ``replace`` or ``link``), so a reader never sees half a file."""
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Write a whole file atomically (readers see the old file, nothing, or the new file); on S3 one PUT."""
     if s3.is_s3(path):
@@ -146,14 +159,12 @@ def write_bytes(path: str, data: bytes) -> None:
             raise StorageError(f"{path}: cannot write ({s3.error_code(e) or why(e)})") from None
         return
     fs, p = _resolve(path)
-    parent = posixpath.dirname(p) if is_uri(path) else os.path.dirname(p)
     try:
         if isinstance(fs, pafs.LocalFileSystem):
-            os.makedirs(parent, exist_ok=True)
-            tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, p)
+            with _local_temp(p) as tmp:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, p)
         else:
             with fs.open_output_stream(p) as f:
                 f.write(data)
@@ -167,15 +178,10 @@ def open_output(path: str):
     temp file + rename; object stores: a multipart upload, completed on close)."""
     fs, p = _resolve(path)
     if isinstance(fs, pafs.LocalFileSystem):
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-        tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
+        with _local_temp(p) as tmp:
             with open(tmp, "wb") as f:
                 yield f
             os.replace(tmp, p)
-        finally:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
         return
     with fs.open_output_stream(p) as f:
         yield f
@@ -192,20 +198,16 @@ def create_exclusive(path: str, data: bytes) -> bool:
         return s3.create_exclusive(str(path), data)
     fs, p = _resolve(path)
     if isinstance(fs, pafs.LocalFileSystem):
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-        tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.link(tmp, p)
+            with _local_temp(p) as tmp:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.link(tmp, p)
             return True
         except FileExistsError:
             return False
         except OSError as e:
             raise StorageError(f"{path}: cannot create ({why(e)})") from None
-        finally:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
     raise StorageError(f"{path}: atomic create-if-absent is not supported on this filesystem "
                        "(local paths and s3:// only); write the output locally or to s3:// and copy it")
 

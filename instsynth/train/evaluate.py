@@ -31,6 +31,18 @@ from instsynth.train.cs_eval import LABEL_IDS, evaluate_cityscapes, evaluate_coc
 from instsynth.train.models import build_model
 
 
+def at_test_scale(image: np.ndarray, short_edge: int | None) -> np.ndarray:
+    """``image`` rescaled so its short side is ``short_edge`` (unchanged when None or already so)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if not short_edge or short_edge == min(h, w):
+        return image
+    s = short_edge / min(h, w)
+    return cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))),
+                      interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+
+
 def predict_image(model, image: np.ndarray, score_threshold: float = 0.0, short_edge: int | None = None) -> list[dict]:
     """Predictions for one image; with ``short_edge`` the model sees the image rescaled so its short
     side has that length (the test scale), and masks come back at the native size for scoring."""
@@ -38,11 +50,7 @@ def predict_image(model, image: np.ndarray, score_threshold: float = 0.0, short_
     import torch
 
     h, w = image.shape[:2]
-    x = image
-    if short_edge and short_edge != min(h, w):
-        s = short_edge / min(h, w)
-        x = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))),
-                       interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    x = at_test_scale(image, short_edge)
     t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]
     dev = next(model.parameters()).device
     out = model(t.to(dev))[0]
@@ -80,11 +88,7 @@ def predict_windows(model, image: np.ndarray, window: tuple[int, int], short_edg
     import cv2
 
     h, w = image.shape[:2]
-    x = image
-    if short_edge and short_edge != min(h, w):
-        s = short_edge / min(h, w)
-        x = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))),
-                       interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    x = at_test_scale(image, short_edge)
     preds = []
     for y0, x0, y1, x1 in window_boxes(x.shape[0], x.shape[1], window[1], window[0]):
         for p in predict_image(model, x[y0:y1, x0:x1]):

@@ -95,3 +95,38 @@ def test_maskrcnn_reference_trains_and_predicts():
     out = m(_images(1))
     assert out[0]["masks"].dtype == torch.bool and out[0]["masks"].shape[1:] == (128, 256)
     assert len(out[0]["labels"]) == len(out[0]["scores"])
+
+
+def test_mask2former_on_the_bundled_mobilenet():
+    """The reference arm of bench_train: transformers' Mask2Former on the package's ImageNet MobileNetV2 - the
+    backbone holds the bundled weights, BatchNorm is frozen, the CNN is the trainer's backbone LR group, it
+    trains and predicts at the input size; a transformers config key passes, a typo fails in one line."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from instsynth.config import ConfigError, load_config
+    from instsynth.train.models import check_params
+    from instsynth.train.models.hf import TorchvisionBackbone
+    from instsynth.train.recipe import param_groups
+
+    torch.manual_seed(0)
+    m = build_model("mask2former", tiny=True, backbone="mobilenet_v2", backbone_weights="bundled", num_queries=8)
+    enc = m.model.model.pixel_level_module.encoder
+    assert isinstance(enc, TorchvisionBackbone) and enc.channels == [24, 32, 96, 1280]
+    ref, _, _, _ = backbones.build("mobilenet_v2")
+    backbones.load_weights(ref, "bundled", "mobilenet_v2")
+    assert torch.equal(enc.backbone[0][0][0].weight, ref[0][0].weight)  # the first conv: ImageNet's
+    assert any(isinstance(x, FrozenBatchNorm2d) for x in enc.modules())
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in enc.modules())
+    groups = {g["name"]: g for g in param_groups(m, load_config(None).train)}
+    conv = enc.backbone[0][0][0].weight
+    assert any(p is conv for p in groups["backbone"]["params"])
+    assert not any(p is conv for g in groups.values() if not g["name"].startswith("backbone") for p in g["params"])
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+    losses = train_step(m, opt, [(_images(2), _targets(2))])
+    assert torch.isfinite(torch.tensor(losses["loss"]))
+    m.eval()
+    out = m(_images(1))
+    assert out[0]["masks"].shape[1:] == (128, 256) and len(out[0]["labels"]) == len(out[0]["scores"])
+    check_params("mask2former", backbone="mobilenet_v2", decoder_layers=4)  # a transformers config key
+    with pytest.raises(ConfigError, match="train.model.params.decoder_layerz: not a parameter"):
+        check_params("mask2former", decoder_layerz=4)

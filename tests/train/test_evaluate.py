@@ -77,3 +77,38 @@ def test_overfit_two_images_reaches_ap50(small_root, tmp_path):
     assert main(["evaluate", "--checkpoint", ck, "--data-root", small_root, "--max-images", "2"]) == 0
     res = json.load(open(os.path.join(ck, "eval_val.json")))
     assert res["cityscapes"]["AP50"] >= 0.5 and set(res["cityscapes"]["per_class"]) == set(THING_IDS.values())
+
+
+def test_windows_tile_the_frame_and_predictions_are_pasted_back():
+    """Issue 30's train/test extent check: predictions made on crop-sized windows land where the window was
+    in the frame, and an image keeps at most WINDOW_KEEP of them (the whole image's budget)."""
+    from instsynth.train.evaluate import WINDOW_KEEP, predict_windows, window_boxes
+
+    assert window_boxes(384, 768, 192, 384) == [(0, 0, 192, 384), (0, 384, 192, 768), (192, 0, 384, 384),
+                                                 (192, 384, 384, 768)]
+    rows = window_boxes(400, 768, 192, 384)  # not a multiple: the last row sits on the bottom edge
+    assert sorted({b[0] for b in rows}) == [0, 104, 208] and max(b[2] for b in rows) == 400
+    assert window_boxes(100, 200, 192, 384) == [(0, 0, 100, 200)]  # a frame smaller than a window
+
+    class Corner(torch.nn.Module):
+        """Predicts one 8x8 instance in the top-left corner of whatever it sees, scored by its mean colour."""
+        def __init__(self, n=1):
+            super().__init__()
+            self.n, self.p = n, torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            m = torch.zeros(self.n, *x.shape[-2:], dtype=torch.bool)
+            m[:, :8, :8] = True
+            s = 0.1 + x.float().mean() / 255  # predict_image keeps scores above 0
+            return [{"masks": m, "labels": torch.zeros(self.n, dtype=torch.long), "scores": s + torch.arange(self.n)}]
+
+    img = np.zeros((384, 768, 3), np.uint8)
+    img[192:, 384:] = 200  # the bottom-right window is the brightest
+    preds = predict_windows(Corner(), img, (384, 192))
+    assert len(preds) == 4
+    assert preds[0]["mask"][192:200, 384:392].all() and preds[0]["mask"].sum() == 64  # highest score first
+    corners = sorted(tuple(np.argwhere(p["mask"])[0]) for p in preds)
+    assert corners == [(0, 0), (0, 384), (192, 0), (192, 384)]
+    half = predict_windows(Corner(), img, (384, 192), short_edge=192)  # at half scale: masks back at full size
+    assert all(p["mask"].shape == (384, 768) and p["mask"].sum() == 256 for p in half)
+    assert len(predict_windows(Corner(60), img, (384, 192))) == WINDOW_KEEP  # 240 predicted, 100 kept
