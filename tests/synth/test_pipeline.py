@@ -216,6 +216,12 @@ def test_bad_input_is_recorded_not_fatal(ray_local, sample_root, tmp_path):
     assert code == 1
 
 
+def _processes_under(rt: str) -> list[int]:
+    """Pids of the processes whose command line names ``rt`` (a run's own Ray temp dir)."""
+    out = subprocess.run(["pgrep", "-f", rt], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split() if int(p) != os.getpid()]
+
+
 def test_kill_and_resume_is_exactly_once(sample_root, tmp_path):
     """SIGKILL the driver mid-job; the re-run completes the rest; rows equal an uninterrupted run.  The job is
     slowed by the ``simulate`` generator (0.1 s an item), so the kill lands while units are still to come."""
@@ -244,6 +250,14 @@ def test_kill_and_resume_is_exactly_once(sample_root, tmp_path):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    # the killed run's Ray processes may still be ending (and a worker finishing its commit): the count
+    # the re-run must report is what is committed once none of them is left
+    deadline = time.time() + 30
+    while time.time() < deadline and _processes_under(rt):
+        time.sleep(0.2)
+    for pid in _processes_under(rt):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     total = read_plan(plan_path(out))[0].num_rows
     committed_at_kill = len(committed_units(out))
     assert 1 <= committed_at_kill < total
