@@ -1,0 +1,1 @@
+"""An output dir: its row schema, layout, commits, ledger, verification, readers, lease, card and exports."""

@@ -25,7 +25,7 @@ from instsynth.output.layout import (
     part_path,
 )
 from instsynth.output.ledger import Ledger, unit_stats
-from instsynth.output.schema import RAW_COLUMNS, ROW_SCHEMA  # noqa: E402 - the row lives in schema.py
+from instsynth.output.schema import RAW_COLUMNS, ROW_SCHEMA
 
 
 def claim(out: str, work_id: str, writer: str, unit: str) -> bool:

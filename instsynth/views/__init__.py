@@ -1,0 +1,1 @@
+"""What people look at: status, stats, preview grids and the static report site."""
