@@ -4,6 +4,7 @@
     python scripts/bench_train.py --arms fastinst:imagenet,maskrcnn:imagenet,fastinst:scratch,maskrcnn:scratch \\
         --iterations 1000 --every 500 --out DIR               # the four curves of FastInst vs the reference
     python scripts/bench_train.py --plot DIR/curve-*.json --out DIR   # one figure from arms run separately
+    python scripts/bench_train.py --arms fastinst:imagenet --revert all --recipe ours ...  # the ablation's old model
     python scripts/bench_train.py --scale full [--iters 30]      # on a GPU machine
 
 ``--scale tiny`` (learnability, CPU): the unmodified ``write_sample(images=80, size=1024x512, seed=0)``;
@@ -70,6 +71,17 @@ def mask2former_arm(width: str) -> str:
             f"encoder_layers: 3, decoder_layers: 4, num_queries: 100, train_num_points: 12544}}")
 
 
+def reverts(spec: str | None) -> list[str]:
+    """``--revert``: FastInst's fixed deviations to restore (``all`` = the old model), checked by name."""
+    from instsynth.train.models.fastinst import REVERTS
+
+    names = list(REVERTS) if spec == "all" else [n for n in (spec or "").split(",") if n]
+    bad = [n for n in names if n not in REVERTS]
+    if bad:
+        raise SystemExit(f"--revert: unknown {bad[0]!r}; valid: all, {', '.join(REVERTS)}")
+    return names
+
+
 def heldout_root(out: str, seed: int) -> str:
     """80 held-out images from another sample seed, all in ``val`` (``--heldout-seed``): scenes the training
     sample never drew, twice as many as its own 20 val images."""
@@ -102,6 +114,8 @@ def tiny(args) -> dict:
         # queries start inside their object here, 65% with 100 (the stride-16 grid allows 67%;
         # scripts/diag_fastinst.py); AP50 at 1,000 iterations was about the same either way
         q = f", num_queries: {args.queries}, test_topk: {args.queries}" if model == "fastinst" else ""
+        if model == "fastinst" and args.revert:  # the ablation: named pre-issue-30 deviations restored
+            q += f", revert: [{', '.join(reverts(args.revert))}]"
         if model == "fastinst" and args.width == "published":  # FastInst's own widths (FastInstConfig defaults):
             arm = [f"train.model.name={model}", "train.model.tiny=false"]  # hidden 256, 8 heads, FFN 1024, 3 layers
         if model == "mask2former":
@@ -154,6 +168,7 @@ def tiny(args) -> dict:
               + (f"; on windows pasted back: train {point['train']['windows']['AP50'] or 0:.3f}, val "
                  f"{point['val']['windows']['AP50'] or 0:.3f}" if args.check_windows else ""), flush=True)
     report = {"machine": machine(), "arm": args.arm or "fastinst:scratch", "config": sets, "train_seconds": train_s,
+              "name": args.name, "revert": reverts(args.revert), "recipe": args.recipe,
               "heldout": (f"write_sample(images=80, size=1024x512, seed={args.heldout_seed}), all 80"
                           if args.heldout_seed is not None else "the training sample's val split (20 images)"),
               "s_per_iter": train_s / args.iterations, "total_seconds": time.time() - t0, "curve": curve}
@@ -215,7 +230,11 @@ def plot_arms(reports: list[dict], path: str) -> None:
             style = {"fastinst": "-", "mask2former": ":"}.get(r["arm"].split(":")[0], "--")
             marker = "o" if r["arm"].endswith("imagenet") else "x"
             vals = [p[split]["AP50"] or 0 for p in r["curve"]]
-            ax.plot(steps, vals, marker + style, label=f"{r['arm']} seed {r.get('seed', 0)} ({r['s_per_iter']:.2f} s/it)")
+            tag = f" revert {'+'.join(r['revert'])}" if r.get("revert") else ""
+            run = r.get("name", "").split("-" + r["arm"].replace(":", "-"))[0]  # --name, less the arm and seed
+            who = f"{run}: " if run and run != "learnability" else ""  # e.g. a protocol run (fi-lr5e-4)
+            ax.plot(steps, vals, marker + style,
+                    label=f"{who}{r['arm']}{tag} seed {r.get('seed', 0)} ({r['s_per_iter']:.2f} s/it)")
             for x, y in zip(steps, vals):
                 ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_title(f"AP50, {title}")
@@ -363,8 +382,11 @@ def main() -> None:
     ap.add_argument("--eval-images", type=int, help="score at most this many images per split (smoke runs)")
     ap.add_argument("--check-windows", action="store_true", help="also score every checkpoint on crop-sized "
                     "windows pasted back into the frame (train/test extent check)")
+    ap.add_argument("--revert", help="--arms, FastInst only (the ablation): restore these fixed deviations from "
+                    "the authors' code, comma-separated (proposal, location, points, ppm, guided; all = the old model)")
     ap.add_argument("--plot", nargs="+", help="redraw the arms figure (--out/curves.png) from curve-*.json files")
     args = ap.parse_args()
+    reverts(args.revert)  # a bad name is refused before anything is written
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if args.plot:
@@ -385,7 +407,8 @@ def main() -> None:
                                 "--iterations", str(args.iterations),
                                 "--every", str(args.every), "--batch", str(args.batch), "--lr", str(args.lr),
                                 "--warmup", str(args.warmup), "--queries", str(args.queries), "--width", args.width,
-                                "--recipe", args.recipe] + sum((["--set", x] for x in args.set), []))
+                                "--recipe", args.recipe, *(["--revert", args.revert] if args.revert else [])]
+                               + sum((["--set", x] for x in args.set), []))
             if r.returncode:
                 raise SystemExit(f"arm {arm} failed ({r.returncode})")
             stem = f"curve-{arm.replace(':', '-')}" + (f"-seed{seed}" if seed else "")

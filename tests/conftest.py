@@ -47,12 +47,19 @@ def _home_snapshot() -> set[str]:
 _HOME_BEFORE = _home_snapshot()
 
 
+def _ours(pid: str) -> bool:
+    """A process started by this test session: it carries the session's TMPDIR (every Ray process and
+    subprocess inherits it), so parallel sessions (``pytest -n``) never count each other's Ray."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"TMPDIR={_TMP}".encode() in f.read().split(b"\0")
+    except OSError:  # gone, or not ours to read
+        return False
+
+
 def _ray_processes() -> list[str]:
     r = subprocess.run(["pgrep", "-af", "raylet|gcs_server|ray::"], capture_output=True, text=True)
-    return [ln for ln in r.stdout.splitlines() if "pgrep" not in ln]
-
-
-_RAY_BEFORE = set(_ray_processes())
+    return [ln for ln in r.stdout.splitlines() if "pgrep" not in ln and _ours(ln.split()[0])]
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -67,7 +74,7 @@ def pytest_sessionfinish(session, exitstatus):
     import time
 
     for _ in range(30):
-        left = [p for p in _ray_processes() if p not in _RAY_BEFORE]
+        left = _ray_processes()
         if not left:
             break
         time.sleep(0.5)

@@ -28,3 +28,12 @@ def test_bench_generate_full_flops_on_meta():
 def test_bench_cpu_stages_smoke():
     out = _run("scripts/bench_cpu_stages.py", "--images", "3", "--size", "512x256", "--repeat", "1")
     assert "ratio total/baseline" in out
+
+
+def test_bench_train_ablation_refuses_an_unknown_revert_in_one_line(tmp_path):
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, "scripts/bench_train.py", "--arms", "fastinst:imagenet", "--revert",
+                        "ppm,ppx", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and r.stderr.strip() == "--revert: unknown 'ppx'; valid: all, proposal, location, " \
+        "points, ppm, guided"
+    assert not out.exists()

@@ -211,3 +211,43 @@ def test_frozen_bn_with_backbone_weights(tmp_path):
     after = m.backbone.state_dict()
     assert before and all(torch.equal(v, after[k]) for k, v in before.items())
     assert any(isinstance(x, torch.nn.BatchNorm2d) for x in _model().backbone.modules())  # trains without weights
+
+
+def test_revert_restores_each_old_deviation_for_the_ablation():
+    """``revert`` (ablation only) brings back exactly the named pre-issue-30 behaviour: nearest proposal
+    cells and location cost (a 2x2 GT at (1, 1) has no cell), 1,024 points, the old PPM-FPN, the guided
+    pass on each layer's input; an unknown name fails in one line naming the key and the valid ones."""
+    import pytest
+
+    from instsynth.errors import ConfigError
+
+    m = torch.zeros(1, 64, 64, dtype=torch.bool)
+    m[0, 1:3, 1:3] = True
+    tgt = [{"masks": m, "labels": torch.tensor([0])}]
+    logits = torch.zeros(1, 9, 4, 4)
+    logits[0, 0, 1, 1] = 5.0  # class 0 most likely at cell 5
+    assert _model().match_pixels(logits, tgt)[0][0].tolist() == [0]  # the authors' rule: the GT's cell 0
+    old = _model(revert=["proposal"])
+    assert old.match_pixels(logits, tgt)[0][0].tolist() == [5]  # nearest: no cell holds the GT
+    idx = torch.arange(16).repeat(2)[:20]
+    near = torch.zeros(1, 64, 64, dtype=torch.bool)
+    near[0, :4, 18:24] = True  # covers cell 1's location (x = 1/3 of the width) but not pixel (0, 16)
+    assert _model().location_cost(idx, near, (4, 4))[1, 0] == 0
+    assert _model(revert=["location"]).location_cost(idx, near, (4, 4))[1, 0] > 0
+    assert _model(revert=("points",)).cfg.num_points == fi.OLD_NUM_POINTS and _model().cfg.num_points == 12544
+    assert isinstance(_model(revert=["ppm"]).pixel_decoder, fi.OldPPMFPN)
+    assert isinstance(_model().pixel_decoder, fi.PPMFPN)
+    for revert, inputs_of_layer1 in (((), "output of layer 0"), (("guided",), "input of layer 0")):
+        model = _model(dec_layers=2, revert=revert)
+        model.train()
+        seen = []
+        for layer in model.layers:
+            orig = layer.forward
+            layer.forward = lambda pix, *a, orig=orig, seen=seen: seen.append(pix) or orig(pix, *a)
+        model(_images(), _targets())
+        # calls: the normal pass (inputs p0, p1), then the guided pass (two layers)
+        first_guided = seen[2]
+        want = seen[1] if inputs_of_layer1 == "output of layer 0" else seen[0]
+        assert torch.equal(first_guided, want), revert
+    with pytest.raises(ConfigError, match=r"train.model.params.revert: unknown 'ppx'; valid: proposal"):
+        FastInstConfig(revert=["ppx"])

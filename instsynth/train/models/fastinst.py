@@ -44,10 +44,19 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from instsynth.errors import ConfigError
 from instsynth.train.models import backbones
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+
+
+#: The deviations from the authors' code (junjiehe96/FastInst at 4996a61) that issue 30 closed, by the name
+#: ``FastInstConfig.revert`` takes to restore each for the ablation (``scripts/bench_train.py --revert``):
+#: proposal targets by nearest downsampling, the location cost on the nearest grid, 1,024 mask points,
+#: the old PPM-FPN (GroupNorm on pooled bins, ReLU laterals, nearest top-down), the guided pass on the inputs
+REVERTS = ("proposal", "location", "points", "ppm", "guided")
+OLD_NUM_POINTS = 1024
 
 
 @dataclass
@@ -73,6 +82,17 @@ class FastInstConfig:
     importance_sample_ratio: float = 0.75
     gt_mask_guided: bool = True
     test_topk: int = 100
+    #: ablation only (issue 30): restore the named deviations from the authors' code that were fixed
+    #: (``REVERTS``), so each fix can be measured alone against the old model; empty in every config
+    revert: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        self.revert = tuple(self.revert or ())
+        bad = sorted(set(self.revert) - set(REVERTS))
+        if bad:
+            raise ConfigError(f"train.model.params.revert: unknown {bad[0]!r}; valid: {', '.join(REVERTS)}")
+        if "points" in self.revert:
+            self.num_points = OLD_NUM_POINTS
 
     @classmethod
     def tiny(cls, **kw) -> FastInstConfig:
@@ -142,6 +162,28 @@ class PPMFPN(nn.Module):
         e5 = self.out5(self.ppm(l5))
         e4 = self.out4(l4 + F.interpolate(e5, size=l4.shape[-2:], mode="bilinear", align_corners=False))
         e3 = self.out3(l3 + F.interpolate(e4, size=l3.shape[-2:], mode="bilinear", align_corners=False))
+        return e3, e4, e5
+
+
+class OldPPMFPN(nn.Module):
+    """The PPM-FPN before issue 30, for the ablation only (``revert: [ppm]``): ReLU laterals, GroupNorm +
+    ReLU on each 1x1 pooled bin (its output is only +-1 on a 1x1 map), a 3x3 fuse, nearest top-down."""
+
+    def __init__(self, channels, dim, bins=(1, 2, 3, 6)):
+        super().__init__()
+        self.lat = nn.ModuleList(_conv(c, dim, 1) for c in channels)
+        self.bins = bins
+        self.ppm = nn.ModuleList(_conv(dim, dim // 4, 1) for _ in bins)
+        self.ppm_fuse = _conv(dim + len(bins) * (dim // 4), dim, 3)
+        self.out4, self.out3 = _conv(dim, dim), _conv(dim, dim)
+
+    def forward(self, c3, c4, c5):
+        l3, l4, l5 = (lat(c) for lat, c in zip(self.lat, (c3, c4, c5)))
+        pooled = [F.interpolate(m(F.adaptive_avg_pool2d(l5, b)), size=l5.shape[-2:], mode="bilinear",
+                                align_corners=False) for b, m in zip(self.bins, self.ppm)]
+        e5 = self.ppm_fuse(torch.cat([l5, *pooled], 1))
+        e4 = self.out4(l4 + F.interpolate(e5, size=l4.shape[-2:], mode="nearest"))
+        e3 = self.out3(l3 + F.interpolate(e4, size=l3.shape[-2:], mode="nearest"))
         return e3, e4, e5
 
 
@@ -236,7 +278,7 @@ class FastInst(nn.Module):
         d = cfg.hidden_dim
         frozen = bool(cfg.backbone_weights) if cfg.frozen_bn is None else cfg.frozen_bn
         self.backbone = Backbone(cfg.backbone, cfg.backbone_weights, frozen)
-        self.pixel_decoder = PPMFPN(self.backbone.channels, d)
+        self.pixel_decoder = (OldPPMFPN if "ppm" in cfg.revert else PPMFPN)(self.backbone.channels, d)
         self.aux_head = nn.Sequential(nn.Conv2d(d, d, 3, padding=1), nn.ReLU(inplace=True),
                                       nn.Conv2d(d, cfg.num_classes + 1, 1))
         side = int(round(math.sqrt(cfg.num_queries)))
@@ -302,6 +344,7 @@ class FastInst(nn.Module):
         pix = e3.flatten(2).transpose(1, 2)
         pix_pos = self.positions(size)
         q, q_pos, idx, aux_logits = self.initial_queries(e4)
+        first = (pix, q)  # the first layer's input
         preds = [self.predict(0, q, pix, size)]
         outputs = []
         for i, layer in enumerate(self.layers):
@@ -315,6 +358,8 @@ class FastInst(nn.Module):
             # (official ``fastinst_decoder.py``: ``forward_one_layer(query_feature_memory[i + 1], ...)``)
             last_match = self.match([preds[-1]], targets, idx, e4.shape[-2:])[0]
             gam = self.gt_attn_mask(last_match, targets, size, pix.shape[1], pix.device)
+            if "guided" in self.cfg.revert:  # ablation: the old guided pass, layer i on its own input
+                outputs = [first] + outputs[:-1]
             for i, layer in enumerate(self.layers):
                 gpix, gq = layer(outputs[i][0], pix_pos, outputs[i][1], q_pos, gam)
                 guided.append(self.predict(i + 1, gq, gpix, size))
@@ -348,7 +393,10 @@ class FastInst(nn.Module):
         """Penalty (Q, T) where a query's location is outside the GT mask: the full-resolution mask sampled
         bilinearly at the query's E4 cell coordinate ``(linspace(0, 1, w)[x], linspace(0, 1, h)[y])``
         (official ``compute_coordinates`` + ``point_sample``, inside = sample > 0)."""
-        inside = query_inside(masks, idx, e4_size)  # (Q, T)
+        if "location" in self.cfg.revert:  # ablation: the old cost, the query's cell on the nearest grid
+            inside = _nearest_cells(masks, e4_size).flatten(1)[:, idx].T
+        else:
+            inside = query_inside(masks, idx, e4_size)  # (Q, T)
         return (~inside).float() * self.cfg.location_penalty
 
     @torch.no_grad()
@@ -361,7 +409,8 @@ class FastInst(nn.Module):
             if len(t["labels"]) == 0:
                 costs.append(None)
                 continue
-            inside = proposal_cells(t["masks"], (h4, w4)).flatten(1).T  # (HW, T)
+            cells = _nearest_cells if "proposal" in self.cfg.revert else proposal_cells  # the former: ablation
+            inside = cells(t["masks"], (h4, w4)).flatten(1).T  # (HW, T)
             costs.append(-prob[b][:, t["labels"]] + (~inside).float() * self.cfg.location_penalty)
         return _assign(costs, len(targets))[0]
 
@@ -452,6 +501,11 @@ def proposal_cells(masks: torch.Tensor, grid) -> torch.Tensor:
     if masks.shape[0] == 0:
         return torch.zeros(0, *grid, dtype=torch.bool, device=masks.device)
     return F.adaptive_avg_pool2d(masks[None].float(), tuple(grid))[0] > 0
+
+
+def _nearest_cells(masks: torch.Tensor, grid) -> torch.Tensor:
+    """The rule before issue 30 (ablation only): masks nearest-downsampled to the grid, (N, h, w) bool."""
+    return F.interpolate(masks[:, None].float(), size=tuple(grid), mode="nearest")[:, 0] > 0.5
 
 
 def query_locations(idx: torch.Tensor, grid) -> torch.Tensor:

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Issue 30's fair learning-speed protocol, one resumable command (about 20 runs: ~1 h each on a 2-core CPU,
+# minutes on a GPU). Every run is a separate, fully annealed schedule at FastInst's published width on
+# ImageNet MobileNetV2, scored on 80 held-out images of sample seed 1:
+#   bash scripts/train_protocol.sh OUTDIR [RUN...]     (default: every run, in this order)
+# A run whose OUTDIR/<run>/result.json exists is skipped, so re-running resumes; OUTDIR/curves.png is redrawn
+# from every finished run at the end. CHOSEN_LR (default 1e-4): the FastInst LR the sweep chose, for the
+# 2-seed and 2,000-iteration runs. Runs:
+#   m2f-1000            the reference: transformers' Mask2Former, its published recipe
+#   fi-lr1e-4 fi-lr2e-4 fi-lr5e-4   the LR sweep: FastInst on its authors' recipe (no clip, step schedule)
+#   fi-ours             FastInst on our old recipe (LR 5e-4, backbone x1, clip 0.01, 100-it warmup, poly)
+#   old                 the old model: every fixed deviation restored (revert all), our old recipe
+#   fix-proposal fix-location fix-points fix-ppm fix-guided fix-recipe   the old model with one fix alone
+#   seed1-fi seed1-m2f  the second seed at 1,000 iterations (chosen FastInst recipe, the reference)
+#   fi-2000 m2f-2000 seed1-fi-2000 seed1-m2f-2000   2,000 iterations, 2 seeds
+set -uo pipefail
+out=${1:?usage: train_protocol.sh OUTDIR [RUN...]}; shift
+here=$(cd "$(dirname "$0")/.." && pwd)
+py=${PYTHON:-python3}
+lr=${CHOSEN_LR:-1e-4}
+all=(m2f-1000 fi-lr1e-4 fi-lr5e-4 fi-lr2e-4 fi-ours old fix-proposal fix-location fix-points fix-ppm fix-guided
+     fix-recipe seed1-fi seed1-m2f fi-2000 m2f-2000 seed1-fi-2000 seed1-m2f-2000)
+runs=("$@"); [ ${#runs[@]} -eq 0 ] && runs=("${all[@]}")
+for run in "${runs[@]}"; do  # refuse an unknown run before anything starts
+  [[ " ${all[*]} " == *" $run "* ]] || { echo "unknown run '$run'; valid: ${all[*]}" >&2; exit 2; }
+done
+but() {  # the revert list with one fix left out
+  local keep=$1 r=() n; for n in proposal location points ppm guided; do [ "$n" != "$keep" ] && r+=("$n"); done
+  (IFS=,; echo "${r[*]}")
+}
+for run in "${runs[@]}"; do
+  a=(--arms fastinst:imagenet --recipe official --iterations 1000 --seeds 0)
+  case $run in
+    m2f-1000) a=(--arms mask2former:imagenet --recipe official --iterations 1000 --seeds 0) ;;
+    fi-lr*) a+=(--set "train.lr=${run#fi-lr}") ;;
+    fi-ours) a=(--arms fastinst:imagenet --recipe ours --iterations 1000 --seeds 0) ;;
+    old) a=(--arms fastinst:imagenet --recipe ours --iterations 1000 --seeds 0 --revert all) ;;
+    fix-recipe) a+=(--revert all) ;;
+    fix-*) a=(--arms fastinst:imagenet --recipe ours --iterations 1000 --seeds 0 --revert "$(but "${run#fix-}")") ;;
+    seed1-fi) a=(--arms fastinst:imagenet --recipe official --iterations 1000 --seeds 1 --set "train.lr=$lr") ;;
+    seed1-m2f) a=(--arms mask2former:imagenet --recipe official --iterations 1000 --seeds 1) ;;
+    fi-2000) a=(--arms fastinst:imagenet --recipe official --iterations 2000 --seeds 0 --set "train.lr=$lr") ;;
+    m2f-2000) a=(--arms mask2former:imagenet --recipe official --iterations 2000 --seeds 0) ;;
+    seed1-fi-2000) a=(--arms fastinst:imagenet --recipe official --iterations 2000 --seeds 1 --set "train.lr=$lr") ;;
+    seed1-m2f-2000) a=(--arms mask2former:imagenet --recipe official --iterations 2000 --seeds 1) ;;
+  esac
+  [ -f "$out/$run/result.json" ] && { echo "== $run: done, skipped"; continue; }
+  n=$(printf '%s\n' "${a[@]}" | grep -A1 -- --iterations | tail -1)
+  echo "== $run $(date +%T): ${a[*]}"
+  "$py" "$here/scripts/bench_train.py" "${a[@]}" --width published --heldout-seed 1 --every "$n" \
+    --name "$run" --out "$out/$run" --json "$out/$run/result.json" > "$out/$run.log" 2>&1 \
+    || { echo "   FAILED (see $out/$run.log)"; continue; }
+  grep "mean held-out AP50" "$out/$run.log"
+done
+curves=("$out"/*/curve-*.json)
+[ -e "${curves[0]}" ] && "$py" "$here/scripts/bench_train.py" --plot "${curves[@]}" --out "$out" | tail -1
