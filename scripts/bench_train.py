@@ -185,13 +185,36 @@ def tiny(args) -> dict:
     return report
 
 
+def run_label(r: dict) -> str:
+    """A run's short name (``--name`` less the arm and seed: ``fi-lr5e-4``) and its arm."""
+    run = r.get("name", "").split("-" + r["arm"].replace(":", "-"))[0]
+    return f"{run}: {r['arm']}" if run and run != "learnability" else r["arm"]
+
+
+def setting(r: dict) -> tuple:
+    """What a run trained, less its seed and where it wrote: runs of one setting differ only by seed."""
+    skip = ("train.seed=", "train.name=", "train.storage_path=", "train.dirs=")
+    return (r["arm"], *sorted(c for c in r.get("config", []) if not c.startswith(skip)))
+
+
 def mean_heldout(reports: list[dict]) -> dict:
-    """{arm: {step: mean held-out AP50 over its seeds}} (the fair protocol's figure)."""
+    """{setting: {step: mean held-out AP50 over its seeds, "seeds": n}} (the fair protocol's figure); a
+    setting is labelled by its seed-0 run."""
     acc: dict = {}
-    for r in reports:
+    for r in sorted(reports, key=lambda r: r.get("seed", 0)):
+        entry = acc.setdefault(setting(r), {"label": run_label(r), "seeds": 0, "steps": {}})
+        entry["seeds"] += 1
         for p in r["curve"]:
-            acc.setdefault(r["arm"], {}).setdefault(p["step"], []).append(p["val"]["AP50"] or 0.0)
-    return {a: {k: sum(v) / len(v) for k, v in sorted(s.items())} for a, s in acc.items()}
+            entry["steps"].setdefault(p["step"], []).append(p["val"]["AP50"] or 0.0)
+    return {e["label"]: {**{k: sum(v) / len(v) for k, v in sorted(e["steps"].items())}, "seeds": e["seeds"]}
+            for e in acc.values()}
+
+
+def print_means(means: dict) -> None:
+    for label, by_step in means.items():
+        n = by_step["seeds"]
+        print(f"{label}: mean held-out AP50 over {n} seed{'s' if n > 1 else ''}: "
+              + ", ".join(f"{v:.3f} at {k}" for k, v in by_step.items() if k != "seeds"))
 
 
 def plot(report: dict, path: str) -> None:
@@ -231,10 +254,8 @@ def plot_arms(reports: list[dict], path: str) -> None:
             marker = "o" if r["arm"].endswith("imagenet") else "x"
             vals = [p[split]["AP50"] or 0 for p in r["curve"]]
             tag = f" revert {'+'.join(r['revert'])}" if r.get("revert") else ""
-            run = r.get("name", "").split("-" + r["arm"].replace(":", "-"))[0]  # --name, less the arm and seed
-            who = f"{run}: " if run and run != "learnability" else ""  # e.g. a protocol run (fi-lr5e-4)
             ax.plot(steps, vals, marker + style,
-                    label=f"{who}{r['arm']}{tag} seed {r.get('seed', 0)} ({r['s_per_iter']:.2f} s/it)")
+                    label=f"{run_label(r)}{tag} seed {r.get('seed', 0)} ({r['s_per_iter']:.2f} s/it)")
             for x, y in zip(steps, vals):
                 ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_title(f"AP50, {title}")
@@ -393,7 +414,8 @@ def main() -> None:
         reports = [json.load(open(f)) for f in args.plot]
         os.makedirs(args.out, exist_ok=True)
         plot_arms(reports, os.path.join(args.out, "curves.png"))
-        res = {"arms": reports}
+        res = {"arms": reports, "mean_heldout_AP50": mean_heldout(reports)}
+        print_means(res["mean_heldout_AP50"])
         print(f"wrote {os.path.join(args.out, 'curves.png')}")
     elif args.arms:
         reports = []
@@ -415,9 +437,7 @@ def main() -> None:
             reports.append({**json.load(open(os.path.join(args.out, f"{stem}.json"))), "seed": seed})
         plot_arms(reports, os.path.join(args.out, "curves.png"))
         res = {"arms": reports, "mean_heldout_AP50": mean_heldout(reports)}
-        for arm, by_step in res["mean_heldout_AP50"].items():
-            print(f"{arm}: mean held-out AP50 over seeds {args.seeds}: "
-                  + ", ".join(f"{v:.3f} at {k}" for k, v in by_step.items()))
+        print_means(res["mean_heldout_AP50"])
         print(f"wrote {os.path.join(args.out, 'curves.png')}")
     else:
         res = tiny(args) if args.scale == "tiny" else full(args)

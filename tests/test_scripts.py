@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -37,3 +39,22 @@ def test_bench_train_ablation_refuses_an_unknown_revert_in_one_line(tmp_path):
     assert r.returncode != 0 and r.stderr.strip() == "--revert: unknown 'ppx'; valid: all, proposal, location, " \
         "points, ppm, guided"
     assert not out.exists()
+
+
+def test_bench_train_means_group_runs_by_setting_not_by_arm():
+    """The protocol's mean held-out AP50: runs differing only by seed (and where they wrote) are one setting,
+    averaged; another LR is another setting of the same arm."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train", os.path.join(ROOT, "scripts", "bench_train.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def report(name, seed, lr, ap50):
+        return {"arm": "fastinst:imagenet", "name": f"{name}-fastinst-imagenet-seed{seed}", "seed": seed,
+                "config": [f"train.seed={seed}", f"train.name={name}-x", f"train.lr={lr}", "train.iterations=1000"],
+                "curve": [{"step": 1000, "val": {"AP50": ap50}}]}
+    means = bench.mean_heldout([report("fi-lr5e-4", 0, 5e-4, 0.2), report("fi-lr5e-4", 1, 5e-4, 0.1),
+                                report("fi-lr2e-4", 0, 2e-4, 0.3)])
+    assert means == {"fi-lr5e-4: fastinst:imagenet": {1000: pytest.approx(0.15), "seeds": 2},
+                     "fi-lr2e-4: fastinst:imagenet": {1000: 0.3, "seeds": 1}}
