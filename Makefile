@@ -8,9 +8,6 @@ else
 TORCH := torch==2.14.1 torchvision==0.29.1
 endif
 DEMO_OUT ?= demo-out
-# two pytest workers (pytest-xdist), each with its own Ray: most of a test's time is Ray and process
-# start-up waiting, not compute, so two overlap well even on two cores (`make test TEST_WORKERS=0`: serial)
-TEST_WORKERS ?= 2
 
 .PHONY: setup demo test lint bench clean
 
@@ -32,7 +29,7 @@ demo: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash scripts/demo.sh $(DEMO_OUT)
 
 test: setup
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -49,7 +49,8 @@ _HOME_BEFORE = _home_snapshot()
 
 def _ours(pid: str) -> bool:
     """A process started by this test session: it carries the session's TMPDIR (every Ray process and
-    subprocess inherits it), so parallel sessions (``pytest -n``) never count each other's Ray."""
+    subprocess inherits it), so the Ray of another session or of a job running beside the tests on this
+    machine is never counted as left behind (nor hidden by having been there first)."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
             return f"TMPDIR={_TMP}".encode() in f.read().split(b"\0")
