@@ -126,7 +126,8 @@ def tiny(args) -> dict:
             arm += ["train.model.backbone_weights=bundled"]
     sets = [f"train.dirs=[{orig}]", f"train.storage_path={out}/runs", f"train.name={args.name}",
             *arm, f"train.iterations={args.iterations}",
-            f"train.checkpoint_every={args.every}", "train.keep_checkpoints=100", "train.num_workers=1",
+            f"train.checkpoint_every={args.checkpoint_every or args.every}", "train.keep_checkpoints=100",
+            "train.num_workers=1",
             f"train.cpus_per_worker={os.cpu_count() or 2}", f"train.batch_size={args.batch}", f"train.lr={args.lr}",
             "train.backbone_lr_mult=1.0", f"train.warmup_iters={args.warmup}", "train.crop=384x192",
             "train.short_edge=[288, 480]", "train.eval_short_edge=384", "train.eval_every=1000000",
@@ -141,13 +142,18 @@ def tiny(args) -> dict:
 
     DataContext.get_current().enable_progress_bars = False
     t0 = time.time()
+    starts = os.path.join(out, "runs", args.name, "starts.jsonl")
+    before = len(_lines(starts))
     result = run_training(cfg, log=print)
     train_s = time.time() - t0
     ray.shutdown()  # scoring needs no Ray (and Ray's placement-group cleaner would log every few s meanwhile)
+    resumed_from = launch_start(starts, before)
     ckpts = sorted((c for c, _ in result.best_checkpoints), key=lambda c: c.path)
     curve = []
     for c in ckpts:
         step = json.load(open(os.path.join(c.path, "model.json")))["step"]
+        if not scored(step, args.every, args.iterations):
+            continue
         point = {"step": step}
         for split, data in (("train", root), ("val", heldout)):
             r = evaluate_checkpoint(c.path, data, split, max_images=args.eval_images)
@@ -171,7 +177,8 @@ def tiny(args) -> dict:
               "name": args.name, "revert": reverts(args.revert), "recipe": args.recipe,
               "heldout": (f"write_sample(images=80, size=1024x512, seed={args.heldout_seed}), all 80"
                           if args.heldout_seed is not None else "the training sample's val split (20 images)"),
-              "s_per_iter": train_s / args.iterations, "total_seconds": time.time() - t0, "curve": curve}
+              "resumed_from": resumed_from, "s_per_iter": train_s / max(args.iterations - resumed_from, 1),
+              "total_seconds": time.time() - t0, "curve": curve}
     stem = f"curve-{args.arm.replace(':', '-')}" if args.arm else "curve"
     stem += f"-seed{args.seed}" if args.seed else ""
     with open(os.path.join(out, f"{stem}.json"), "w") as f:
@@ -183,6 +190,22 @@ def tiny(args) -> dict:
     print(f"final: train-split AP50 {last['train']['AP50'] or 0:.3f} (target >= 0.5), "
           f"held-out AP50 {last['val']['AP50'] or 0:.3f} (target >= 0.25)")
     return report
+
+
+def _lines(path: str) -> list[str]:
+    return open(path).read().splitlines() if os.path.exists(path) else []
+
+
+def launch_start(starts: str, before: int) -> int:
+    """The step this launch began at: the first line it appended to the run's ``starts.jsonl`` (a run killed
+    midway, e.g. by a session's end, resumes from its last ``--checkpoint-every`` save; time only this part)."""
+    new = _lines(starts)[before:]
+    return int(json.loads(new[0])["start_step"]) if new else 0
+
+
+def scored(step: int, every: int, iterations: int) -> bool:
+    """A checkpoint is a curve point at every ``--every`` and at the end; the others are saves to resume from."""
+    return step % every == 0 or step == iterations
 
 
 def run_label(r: dict) -> str:
@@ -379,7 +402,9 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "instsynth-bench-train"))
     ap.add_argument("--name", default="learnability")
     ap.add_argument("--iterations", type=int, default=1500)
-    ap.add_argument("--every", type=int, default=500)
+    ap.add_argument("--every", type=int, default=500, help="score a checkpoint every this many iterations")
+    ap.add_argument("--checkpoint-every", type=int, help="save one this often (default --every): a run killed "
+                    "midway resumes from its last save when run again; only --every's are scored")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--warmup", type=int, default=100)
@@ -427,7 +452,9 @@ def main() -> None:
                                 *(["--eval-images", str(args.eval_images)] if args.eval_images else []),
                                 "--name", f"{args.name}-{arm.replace(':', '-')}-seed{seed}",
                                 "--iterations", str(args.iterations),
-                                "--every", str(args.every), "--batch", str(args.batch), "--lr", str(args.lr),
+                                "--every", str(args.every),
+                                *(["--checkpoint-every", str(args.checkpoint_every)] if args.checkpoint_every else []),
+                                "--batch", str(args.batch), "--lr", str(args.lr),
                                 "--warmup", str(args.warmup), "--queries", str(args.queries), "--width", args.width,
                                 "--recipe", args.recipe, *(["--revert", args.revert] if args.revert else [])]
                                + sum((["--set", x] for x in args.set), []))

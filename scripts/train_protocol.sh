@@ -3,7 +3,8 @@
 # minutes on a GPU). Every run is a separate, fully annealed schedule at FastInst's published width on
 # ImageNet MobileNetV2, scored on 80 held-out images of sample seed 1:
 #   bash scripts/train_protocol.sh OUTDIR [RUN...]     (default: every run, in this order)
-# A run whose OUTDIR/<run>/result.json exists is skipped, so re-running resumes; OUTDIR/curves.png is redrawn
+# A run whose OUTDIR/<run>/result.json exists is skipped and one killed midway resumes from its last save
+# (every 250 iterations), so re-running resumes; OUTDIR/curves.png is redrawn
 # from every finished run at the end. CHOSEN_LR (default 1e-4): the FastInst LR the sweep chose, for the
 # 2-seed and 2,000-iteration runs. Runs:
 #   m2f-1000            the reference: transformers' Mask2Former, its published recipe
@@ -47,7 +48,7 @@ for run in "${runs[@]}"; do
   [ -f "$out/$run/result.json" ] && { echo "== $run: done, skipped"; continue; }
   n=$(printf '%s\n' "${a[@]}" | grep -A1 -- --iterations | tail -1)
   echo "== $run $(date +%T): ${a[*]}"
-  "$py" "$here/scripts/bench_train.py" "${a[@]}" --width published --heldout-seed 1 --every "$n" \
+  "$py" "$here/scripts/bench_train.py" "${a[@]}" --width published --heldout-seed 1 --every "$n" --checkpoint-every 250 \
     --name "$run" --out "$out/$run" --json "$out/$run/result.json" > "$out/$run.log" 2>&1 \
     || { echo "   FAILED (see $out/$run.log)"; continue; }
   grep "mean held-out AP50" "$out/$run.log"
