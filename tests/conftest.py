@@ -145,6 +145,16 @@ def s3_session(session_s3, monkeypatch):
 REPO_ROOT = ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout (tests in any folder)
 
 
+def load_script(name: str):
+    """A module of ``scripts/`` (not a package) imported by path, for testing a benchmark's pieces."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

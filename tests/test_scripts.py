@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from tests.conftest import load_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -41,19 +43,10 @@ def test_bench_train_ablation_refuses_an_unknown_revert_in_one_line(tmp_path):
     assert not out.exists()
 
 
-def _bench_train():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_train", os.path.join(ROOT, "scripts", "bench_train.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_bench_train_means_group_runs_by_setting_not_by_arm():
     """The protocol's mean held-out AP50: runs differing only by seed (and where they wrote) are one setting,
     averaged; another LR is another setting of the same arm."""
-    bench = _bench_train()
+    bench = load_script("bench_train")
 
     def report(name, seed, lr, ap50):
         return {"arm": "fastinst:imagenet", "name": f"{name}-fastinst-imagenet-seed{seed}", "seed": seed,
@@ -68,7 +61,7 @@ def test_bench_train_means_group_runs_by_setting_not_by_arm():
 def test_bench_train_resumed_run_scores_only_curve_points_and_times_its_own_part(tmp_path):
     """A protocol run killed midway resumes from its last --checkpoint-every save: only the --every checkpoints
     (and the last) are curve points, and its speed counts only the iterations this launch trained."""
-    bench = _bench_train()
+    bench = load_script("bench_train")
     assert [s for s in range(250, 2001, 250) if bench.scored(s, 1000, 2000)] == [1000, 2000]
     assert bench.scored(1800, 1000, 1800)  # the end is always a point
     starts = tmp_path / "starts.jsonl"

@@ -15,7 +15,7 @@ from instsynth.io import storage
 from instsynth.output.readers import iter_rows
 from instsynth.synth.driver import run_synth
 from instsynth.synth.stages import Unit, generate
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, load_script
 
 ROOT = REPO_ROOT
 TINY = {"sdxl-inpaint": "tiny-sdxl-inpaint", "blended-sdxl": "tiny-sdxl-base", "gligen": "tiny-gligen"}
@@ -233,11 +233,7 @@ def test_regional_compile_keeps_the_output(tiny_models, tmp_path):
 def test_full_size_benchmark_pipelines_build_under_a_non_cpu_device():
     """The GPU benchmark builds under ``torch.device("cuda")``; ``meta`` exercises the same code here,
     so schedulers (host-side tables) cannot land on the device again."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_generate", os.path.join(ROOT, "scripts", "bench_generate.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_generate")
     for kind in ("sdxl-inpaint", "gligen"):
         pipe = bench.build_full(kind, torch.float32, "meta")
         assert next(pipe.unet.parameters()).device.type == "meta"
