@@ -4,7 +4,8 @@ Why: ``evaluateImgLists`` is *the* Cityscapes instance AP, but cityscapesscripts
 2.x (``np.in1d`` is gone; its JSON writer chokes on ``np.int64``), caches ground truth in a JSON next
 to its own source file, and writes ``matches.json`` into the working directory.  We run it with a
 NumPy shim, a numpy-aware JSON writer, every file in a temporary directory, and the working
-directory restored afterwards - without touching the library or global NumPy.
+directory restored afterwards - without touching the library or global NumPy.  Both scorers are fed
+one image at a time and keep predictions as RLEs, so evaluating a split holds no full-size masks.
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ import types
 
 import numpy as np
 
-from instsynth.datasets import encode_png
 from instsynth.datasets.cityscapes import THING_CLASSES, THING_IDS, instance_number
-
-#: Cityscapes label ids of the eight evaluated thing classes, in THING_CLASSES order
 from instsynth.io import storage
 
+#: Cityscapes label ids of the eight evaluated thing classes, in THING_CLASSES order
 LABEL_IDS = {name: cid for cid, name in THING_IDS.items()}
 _LOCK = threading.Lock()
 
@@ -95,47 +94,113 @@ def class_name(label) -> str:
     return THING_IDS[label] if label > 20 else THING_CLASSES[label]
 
 
-def write_predictions(pred_dir: str, stem: str, preds: list[dict]) -> str:
-    """Write one image's predictions in the official format: ``<stem>.txt`` listing mask PNGs."""
-    lines = []
-    for k, p in enumerate(preds):
-        name = f"{stem}_{k:04d}.png"
-        storage.write_bytes(os.path.join(pred_dir, name), encode_png(np.asarray(p["mask"], bool).astype(np.uint8) * 255))
-        lines.append(f"{name} {LABEL_IDS[class_name(p['label'])]} {float(p['score']):.6f}")
-    txt = os.path.join(pred_dir, f"{stem}.txt")
-    storage.write_bytes(txt, ("\n".join(lines) + ("\n" if lines else "")).encode())
-    return txt
+def encode_mask(mask: np.ndarray) -> dict:
+    """A predicted mask as a COCO RLE (``counts`` as bytes): what evaluation keeps per prediction, so its
+    memory grows with the masks' outlines, not their pixels (a full-resolution Cityscapes frame with 100
+    predictions is 200 MB as boolean arrays and well under 1 MB as RLEs)."""
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.encode(np.asfortranarray(np.asarray(mask, np.uint8)))
 
 
-def evaluate_cityscapes(gt_files: list[str], predictions: list[list[dict]], verbose: bool = False) -> dict:
-    """Official Cityscapes instance AP / AP50 (overall and per class) for predictions on ``gt_files``.
+def decode_mask(rle: dict) -> np.ndarray:
+    from pycocotools import mask as mask_utils
 
-    ``predictions[i]`` lists dicts ``{"mask": HxW bool, "label": class name or index or label id,
-    "score": float}`` for the image whose instanceIds PNG is ``gt_files[i]``.
-    """
-    from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as ev
+    return mask_utils.decode(rle)
 
-    with _LOCK, tempfile.TemporaryDirectory(prefix="cs-eval-") as tmp:
-        pred_dir = os.path.join(tmp, "pred")
-        os.makedirs(pred_dir)
-        pred_files = [write_predictions(pred_dir, f"img{i:06d}", p) for i, p in enumerate(predictions)]
-        gt_files = [os.path.abspath(g) for g in gt_files]  # before changing into the temporary directory
+
+def compact(preds: list[dict]) -> list[dict]:
+    """One image's predictions (``{"mask": HxW bool, "label": class name/index/label id, "score"}``) as
+    ``{"rle", "class", "score"}``: the form every scorer below takes."""
+    return [{"rle": encode_mask(p["mask"]), "class": class_name(p["label"]), "score": float(p["score"])}
+            for p in preds]
+
+
+class _MaskImages(types.ModuleType):
+    """PIL's ``Image`` for the official evaluator with the predicted masks served from memory: it opens a
+    prediction "file" by name and reads it back at once (``Image.open(f).convert("L")`` then ``np.array``),
+    so handing it the decoded mask skips a PNG encode and decode per prediction (~60 ms each at 2048x1024)
+    and gives the same pixels.  Any other path (the ground truth) opens as a file."""
+
+    def __init__(self, masks: dict[str, dict]):
+        from PIL import Image
+
+        super().__init__("pil_image_shim")
+        self._pil, self._masks = Image, masks
+
+    def open(self, path, *a, **k):
+        rle = self._masks.get(os.path.abspath(str(path)))
+        return _Mask(decode_mask(rle)) if rle is not None else self._pil.open(path, *a, **k)
+
+    def __getattr__(self, name):
+        return getattr(self._pil, name)
+
+
+class _Mask:
+    def __init__(self, arr: np.ndarray):
+        self._arr = arr
+
+    def convert(self, mode):
+        return self
+
+    def __array__(self, dtype=None, copy=None):
+        return self._arr if dtype is None else self._arr.astype(dtype)
+
+
+class CityscapesScorer:
+    """Official Cityscapes instance AP / AP50 (overall and per class), fed one image at a time.
+
+    ``add(gt_file, preds)`` takes the local instanceIds PNG of an image and its ``compact`` predictions; the
+    evaluator gets its prediction lists as the official ``<stem>.txt`` files (``<mask> <labelID> <score>``
+    lines) in a temporary directory, and the masks they name from memory (``_MaskImages``).  Use as a
+    context manager (the directory goes at exit); ``score()`` runs ``evaluateImgLists``."""
+
+    def __init__(self, verbose: bool = False):
+        self.verbose = verbose
+        self._tmp = tempfile.TemporaryDirectory(prefix="cs-eval-")
+        self._pred_dir = os.path.join(self._tmp.name, "pred")
+        os.makedirs(self._pred_dir)
+        self._gt, self._txt, self._masks = [], [], {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._tmp.cleanup()
+
+    def add(self, gt_file: str, preds: list[dict]) -> None:
+        stem = f"img{len(self._txt):06d}"
+        lines = []
+        for k, p in enumerate(preds):
+            name = f"{stem}_{k:04d}.png"
+            self._masks[os.path.join(self._pred_dir, name)] = p["rle"]
+            lines.append(f"{name} {LABEL_IDS[p['class']]} {p['score']:.6f}")
+        txt = os.path.join(self._pred_dir, f"{stem}.txt")
+        storage.write_bytes(txt, ("\n".join(lines) + ("\n" if lines else "")).encode())
+        self._txt.append(txt)
+        self._gt.append(os.path.abspath(gt_file))  # before the evaluator changes into the temporary directory
+
+    def score(self) -> dict:
+        from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as ev
+
+        tmp = self._tmp.name
         args = types.SimpleNamespace(**vars(ev.args))
         args.gtInstancesFile = os.path.join(tmp, "gtInstances.json")
         args.exportFile = os.path.join(tmp, "result.json")
-        args.predictionPath = os.path.abspath(pred_dir)
+        args.predictionPath = os.path.abspath(self._pred_dir)
         args.quiet = True
         args.JSONOutput = False
-        saved = (ev.np, ev.writeDict2JSON)
-        ev.np, ev.writeDict2JSON = _NumpyShim(), _write_json
-        try:
-            with _in_dir(tmp), quiet(verbose, ev):
-                res = ev.evaluateImgLists(pred_files, gt_files, args)
-        finally:
-            ev.np, ev.writeDict2JSON = saved
-    avg = res["averages"]
-    per = {c: {"ap": _nan0(v["ap"]), "ap50": _nan0(v["ap50%"])} for c, v in avg["classes"].items()}
-    return {"AP": _nan0(avg["allAp"]), "AP50": _nan0(avg["allAp50%"]), "per_class": per}
+        with _LOCK:  # the shims are module globals of the evaluator
+            saved = (ev.np, ev.writeDict2JSON, ev.Image)
+            ev.np, ev.writeDict2JSON, ev.Image = _NumpyShim(), _write_json, _MaskImages(self._masks)
+            try:
+                with _in_dir(tmp), quiet(self.verbose, ev):
+                    res = ev.evaluateImgLists(self._txt, self._gt, args)
+            finally:
+                ev.np, ev.writeDict2JSON, ev.Image = saved
+        avg = res["averages"]
+        per = {c: {"ap": _nan0(v["ap"]), "ap50": _nan0(v["ap50%"])} for c, v in avg["classes"].items()}
+        return {"AP": _nan0(avg["allAp"]), "AP50": _nan0(avg["allAp50%"]), "per_class": per}
 
 
 def _nan0(v) -> float | None:
@@ -143,45 +208,62 @@ def _nan0(v) -> float | None:
     return None if np.isnan(v) else v
 
 
-def evaluate_coco(gt_maps: list[np.ndarray], predictions: list[list[dict]], verbose: bool = False) -> dict:
-    """COCO-style segm AP / AP50 with pycocotools, as a second opinion (group regions are crowd)."""
-    import pycocotools.coco
-    import pycocotools.cocoeval
-    from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+class CocoScorer:
+    """COCO-style segm AP / AP50 by pycocotools over Cityscapes label maps, as a second opinion, fed one
+    image at a time (ground truth and detections kept as RLEs; group regions are crowd).
 
-    cats = [{"id": i + 1, "name": c} for i, c in enumerate(THING_CLASSES)]
-    cat_of_label = {LABEL_IDS[c]: i + 1 for i, c in enumerate(THING_CLASSES)}
-    images, anns, dets = [], [], []
-    for i, (ids, preds) in enumerate(zip(gt_maps, predictions)):
+    ``agnostic``: every evaluated instance and prediction counts as one class, and an image's group regions
+    as one crowd region - can the model find and outline instances, whatever it calls them."""
+
+    def __init__(self, agnostic: bool = False):
+        self.agnostic = agnostic
+        self._images, self._anns, self._dets = [], [], []
+
+    def add(self, ids: np.ndarray, preds: list[dict]) -> None:
+        from pycocotools import mask as mask_utils
+
+        i = len(self._images) + 1
         h, w = ids.shape
-        images.append({"id": i + 1, "width": w, "height": h})
+        self._images.append({"id": i, "width": w, "height": h})
+        regions, crowd = [], np.zeros(ids.shape, bool)
         for v in np.unique(ids).tolist():
             lab, is_instance = instance_number(v)
-            if lab not in cat_of_label:
+            if lab not in _CAT_OF_LABEL:
                 continue
-            rle = mask_utils.encode(np.asfortranarray((ids == v).astype(np.uint8)))
-            area = float(mask_utils.area(rle))
-            rle["counts"] = rle["counts"].decode()
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat_of_label[lab],
-                         "segmentation": rle, "area": area, "bbox": list(mask_utils.toBbox(rle)),
-                         "iscrowd": int(not is_instance)})
+            if self.agnostic and not is_instance:
+                crowd |= ids == v
+                continue
+            regions.append((1 if self.agnostic else _CAT_OF_LABEL[lab], ids == v, not is_instance))
+        if crowd.any():
+            regions.append((1, crowd, True))
+        for cat, m, is_crowd in regions:
+            rle = encode_mask(m)
+            self._anns.append({"id": len(self._anns) + 1, "image_id": i, "category_id": cat, "segmentation": rle,
+                               "area": float(mask_utils.area(rle)), "bbox": list(mask_utils.toBbox(rle)),
+                               "iscrowd": int(is_crowd)})
         for p in preds:
-            name = class_name(p["label"])
-            rle = mask_utils.encode(np.asfortranarray(np.asarray(p["mask"], np.uint8)))
-            rle["counts"] = rle["counts"].decode()
-            dets.append({"image_id": i + 1, "category_id": THING_CLASSES.index(name) + 1, "segmentation": rle,
-                         "score": float(p["score"])})
-    gt = COCO()
-    gt.dataset = {"images": images, "annotations": anns, "categories": cats}
-    with quiet(verbose, pycocotools.coco, pycocotools.cocoeval):
-        gt.createIndex()
-        if not dets:
-            return {"AP": 0.0, "AP50": 0.0}
-        dt = gt.loadRes(dets)
-        e = COCOeval(gt, dt, "segm")
-        e.evaluate()
-        e.accumulate()
-        e.summarize()
-    return {"AP": float(max(e.stats[0], 0.0)), "AP50": float(max(e.stats[1], 0.0))}
+            cat = 1 if self.agnostic else THING_CLASSES.index(p["class"]) + 1
+            self._dets.append({"image_id": i, "category_id": cat, "segmentation": p["rle"], "score": p["score"]})
+
+    def score(self, verbose: bool = False) -> dict:
+        import pycocotools.coco
+        import pycocotools.cocoeval
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        cats = [{"id": 1, "name": "car"}] if self.agnostic else \
+            [{"id": i + 1, "name": c} for i, c in enumerate(THING_CLASSES)]
+        gt = COCO()
+        gt.dataset = {"images": self._images, "annotations": self._anns, "categories": cats}
+        with quiet(verbose, pycocotools.coco, pycocotools.cocoeval):
+            gt.createIndex()
+            if not self._dets:
+                return {"AP": 0.0, "AP50": 0.0}
+            e = COCOeval(gt, gt.loadRes(self._dets), "segm")
+            e.evaluate()
+            e.accumulate()
+            e.summarize()
+        return {"AP": float(max(e.stats[0], 0.0)), "AP50": float(max(e.stats[1], 0.0))}
+
+
+_CAT_OF_LABEL = {LABEL_IDS[c]: i + 1 for i, c in enumerate(THING_CLASSES)}

@@ -21,13 +21,11 @@ from instsynth.datasets.cityscapes import (
     INSTANCE_IDS_SUFFIX,
     THING_CLASSES,
     discover,
-    instance_number,
-    instance_value,
     read_ids,
     read_image,
 )
 from instsynth.io import storage
-from instsynth.train.cs_eval import LABEL_IDS, evaluate_cityscapes, evaluate_coco, quiet
+from instsynth.train.cs_eval import CityscapesScorer, CocoScorer, compact, quiet
 from instsynth.train.models import build_model
 
 
@@ -128,9 +126,9 @@ def evaluate_model(model, data_root: str, split: str = "val", max_images: int | 
         raise DataError(f"{data_root}: no images in split {split!r}")
     if model is not None:
         model.eval()
-    gt_files, gt_maps, preds = [], [], []
-    with tempfile.TemporaryDirectory(prefix="instsynth-gt-") as tmp:
-        for k, rec in enumerate(recs):
+    coco, agnostic = CocoScorer(), CocoScorer(agnostic=True)
+    with tempfile.TemporaryDirectory(prefix="instsynth-gt-") as tmp, CityscapesScorer(verbose) as cs:
+        for k, rec in enumerate(recs):  # one image at a time: what is kept of it is RLEs
             img = read_image(storage.join(data_root, rec.image))
             ids = read_ids(storage.join(data_root, rec.labels))
             path = storage.join(data_root, rec.labels)
@@ -138,12 +136,12 @@ def evaluate_model(model, data_root: str, split: str = "val", max_images: int | 
                 local = os.path.join(tmp, f"{k:06d}{INSTANCE_IDS_SUFFIX}")
                 storage.write_bytes(local, storage.read_bytes(path))
                 path = local
-            gt_files.append(path)
-            gt_maps.append(ids)
-            preds.append(predictor(img, ids) if predictor else predict_image(model, img, short_edge=short_edge))
-        cs = evaluate_cityscapes(gt_files, preds, verbose)
-    coco = evaluate_coco(gt_maps, preds, verbose)
-    agnostic = evaluate_coco(*class_agnostic(gt_maps, preds), verbose)
+            preds = compact(predictor(img, ids) if predictor else predict_image(model, img, short_edge=short_edge))
+            cs.add(path, preds)
+            coco.add(ids, preds)
+            agnostic.add(ids, preds)
+        cs = cs.score()
+    coco, agnostic = coco.score(verbose), agnostic.score(verbose)
     scale = f"short edge {short_edge} px" if short_edge else "native resolution"
     if windows:
         scale += f", {windows[0]}x{windows[1]} windows pasted back"
@@ -202,28 +200,6 @@ def evaluate_coco_json(model, source: str, image_root: str | None, max_images: i
             ap["AP"], ap["AP50"] = float(max(e.stats[0], 0.0)), float(max(e.stats[1], 0.0))
     return {"images": len(refs), "test_scale": scale, "coco": ap, "dataset": source,
             "scores": {"metric": "coco", **ap}}
-
-
-def class_agnostic(gt_maps: list[np.ndarray], preds: list[list[dict]]):
-    """Every evaluated instance and prediction as one class (car), for class-agnostic COCO AP: can
-    the model find and outline instances, whatever it calls them."""
-    car = LABEL_IDS["car"]
-    evaluated = set(LABEL_IDS.values())
-    maps = []
-    for ids in gt_maps:
-        out = np.zeros(ids.shape, np.int32)
-        k = 0
-        for v in np.unique(ids).tolist():
-            lab, is_instance = instance_number(v)
-            if lab not in evaluated:
-                continue
-            if not is_instance:
-                out[ids == v] = car  # group region: crowd
-            else:
-                k += 1
-                out[ids == v] = instance_value(car, k)
-        maps.append(out)
-    return maps, [[{**p, "label": "car"} for p in ps] for ps in preds]
 
 
 def scores(result: dict) -> dict:

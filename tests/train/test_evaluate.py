@@ -112,3 +112,24 @@ def test_windows_tile_the_frame_and_predictions_are_pasted_back():
     half = predict_windows(Corner(), img, (384, 192), short_edge=192)  # at half scale: masks back at full size
     assert all(p["mask"].shape == (384, 768) and p["mask"].sum() == 256 for p in half)
     assert len(predict_windows(Corner(60), img, (384, 192))) == WINDOW_KEEP  # 240 predicted, 100 kept
+
+
+def test_masks_served_from_memory_score_as_the_official_png_files(small_root, monkeypatch):
+    """The scorer hands the official evaluator its predicted masks from memory (RLEs); scoring the same
+    predictions written as PNG files and read back by the evaluator (the official route) gives the same
+    numbers, class-wise too."""
+    from instsynth.train import cs_eval, evaluate
+    from tests.conftest import load_script
+
+    def pred(img, ids):
+        boxes = []
+        for k in range(12):
+            m = np.zeros(ids.shape, bool)
+            m[5 * k:5 * k + 40, 9 * k:9 * k + 60] = True
+            boxes.append({"mask": m, "label": k % 8, "score": 0.05 * k})
+        return oracle(img, ids, corrupt=True) + boxes
+    memory = evaluate_model(None, small_root, "val", predictor=pred)
+    monkeypatch.setattr(evaluate, "CityscapesScorer", load_script("bench_eval")._before(cs_eval))
+    files = evaluate_model(None, small_root, "val", predictor=pred)
+    assert 0.0 < memory["cityscapes"]["AP"] < 1.0
+    assert memory["cityscapes"] == files["cityscapes"] and memory["coco"] == files["coco"]
