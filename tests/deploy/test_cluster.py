@@ -19,8 +19,6 @@ import pytest
 
 from instsynth.config import load_config
 from instsynth.io import storage
-from instsynth.io.parquet import read_parquet
-from instsynth.output.layout import plan_path
 from instsynth.output.ledger import committed_units
 from instsynth.output.readers import iter_tables
 from instsynth.synth.driver import run_synth
@@ -47,25 +45,25 @@ def _upload(local_root, uri):
             storage.write_bytes(storage.join(uri, os.path.relpath(path, local_root)), open(path, "rb").read())
 
 
-def test_synth_s3_to_s3_interrupt_resume(cluster, sample_root, tmp_path, monkeypatch):
-    """A synthesis driver on the two-node cluster, S3 in and out, SIGKILLed after two commits; the re-run
-    resumes on S3 and the rows equal an uninterrupted run."""
-    address, _, s3, _, gcs = cluster
+def test_synth_s3_to_s3_killed_then_resumed_by_job_submit(cluster, sample_root, tmp_path, monkeypatch):
+    """A synthesis driver on the two-node cluster, S3 in and out, SIGKILLed after two commits; `ray job
+    submit ray_jobs/synthesize.py` of the same job resumes it on S3: the rows equal an uninterrupted run,
+    and every generator actor of the resumed run ran on the 'GPU' (gpu_slot) node."""
+    address, env, s3, _, gcs = cluster
     for k, v in s3.items():
         monkeypatch.setenv(k, v)
     src, out = "s3://bucket/cityscapes", "s3://bucket/out/simulate"
     _upload(sample_root, src)
     ref = str(tmp_path / "ref")
     # simulate at 0.1 s an item: the kill lands while units are still to come
-    cfg = ["generator.name=simulate", "generator.params={cost_s: 0.1}", "run.progress=false", "run.rows_per_unit=1"]
+    cfg = ["generator.name=simulate", "generator.params={cost_s: 0.1}", "run.progress=false", "run.rows_per_unit=1",
+           "generator.resources={gpu_slot: 1}", "generator.num_cpus=0.25", "run.num_cpus=0.5"]
     run_synth(sample_root, ref, load_config(DEBUG, cfg + ["run.executor=local"]), log=lambda *a: None)
-    env = {**os.environ, **s3, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
+    sets = sum((["--set", c] for c in cfg), [])
+    env_driver = {**env, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "instsynth.cli", "synth", src, "--out", out, "--config", DEBUG,
-           "--set", f"run.address={gcs}"]
-    for c in cfg:
-        cmd += ["--set", c]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
+           "--set", f"run.address={gcs}", *sets]
+    proc = subprocess.Popen(cmd, env=env_driver, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
@@ -77,11 +75,18 @@ def test_synth_s3_to_s3_interrupt_resume(cluster, sample_root, tmp_path, monkeyp
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     total = _rows(ref).num_rows
-    assert 1 <= len(committed_units(out)) < total
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    at_kill = len(committed_units(out))
+    assert 1 <= at_kill < total
+    job = _submit(address, env, ["ray_jobs/synthesize.py", src, "--out", out, "--config", "configs/debug.yaml", *sets])
+    assert job.returncode == 0 and "succeeded" in (job.stdout + job.stderr).lower(), (job.stdout + job.stderr)[-3000:]
     assert _rows(out).equals(_rows(ref))  # resumed on S3: nothing lost, nothing duplicated
     assert storage.list_names(storage.join(out, "_commits")) and storage.exists(storage.join(out, "config.yaml"))
+    runs = [json.loads(storage.read_bytes(storage.join(out, "_runs", n))) for n in
+            storage.list_names(storage.join(out, "_runs"))]
+    (run,) = [r for r in runs if r.get("units")]  # the resumed run's units (the killed driver wrote no record)
+    assert 0 < len(run["units"]) <= total - at_kill and len(run["nodes"]) == 2
+    gpu_nodes = {nid for nid, n in run["nodes"].items() if "gpu_slot" in n["resources"]}
+    assert len(gpu_nodes) == 1 and {u["nodes"]["generate"] for u in run["units"]} == gpu_nodes
 
 
 def _node_ports() -> list[str]:
@@ -145,26 +150,6 @@ def _submit(address, env, args, wait=True):
             return job
         time.sleep(2)
     return job
-
-
-def test_two_node_cluster_job_submit(cluster, sample_root, tmp_path):
-    """`ray job submit` the synthesis job; generator actors must run on the gpu_slot node."""
-    address, env, _, _, _ = cluster
-    out = str(tmp_path / "out")
-    job = _submit(address, env, [
-        "ray_jobs/synthesize.py", sample_root, "--out", out, "--config", "configs/debug.yaml",
-        "--generator", "recolor", "--set", "run.progress=false", "--set", "generator.resources={gpu_slot: 1}",
-        "--set", "generator.num_cpus=0.25", "--set", "run.num_cpus=0.5"])
-    assert job.returncode == 0 and "succeeded" in (job.stdout + job.stderr).lower(), (job.stdout + job.stderr)[-3000:]
-    rows = _rows(out)
-    plan = read_parquet(plan_path(out))
-    assert rows.num_rows == plan.num_rows > 0
-    (run,) = [json.loads(storage.read_bytes(storage.join(out, "_runs", n))) for n in
-              storage.list_names(storage.join(out, "_runs"))]
-    gpu_nodes = {nid for nid, n in run["nodes"].items() if "gpu_slot" in n["resources"]}
-    assert len(gpu_nodes) == 1 and len(run["nodes"]) == 2
-    gen_nodes = {u["nodes"]["generate"] for u in run["units"]}
-    assert gen_nodes == gpu_nodes  # every generator actor ran on the 'GPU' node
 
 
 def _train_workers(tmp):

@@ -54,13 +54,21 @@ def test_shipped_tiny_configs_run_from_another_directory(ray_local, demo_tree, t
     assert (run_dir / "starts.jsonl").exists() and not (tmp_path / "demo-out").exists()
     meta = json.load(open(os.path.join(result.checkpoint.path, "model.json")))
     assert meta["recipe"]["eval_short_edge"] == 192 and meta["recipe"]["batch_size"] == cfg.train.batch_size
-    if name == "fastinst":  # a launch that found the run finished (its start at train.iterations) says so
+    if name == "fastinst":
+        # its 2 workers relaunched with the same name and more iterations continue from the last checkpoint
+        again = run_training(load_config(str(demo_tree / "configs" / "train" / f"{name}.tiny.yaml"),
+                                         [f"train.iterations={cfg.train.iterations + 2}"]), log=lambda *a: None)
+        assert again.error is None and again.metrics["step"] == cfg.train.iterations + 2
+        starts = [json.loads(ln) for ln in open(run_dir / "starts.jsonl")]
+        assert [(s["start_step"], s["resumed"]) for s in starts] == [(0, False), (cfg.train.iterations, True)]
+        assert starts[0]["recipe"]["workers"] == 2 and starts[0]["recipe"]["grad_accum"] == 1
+        assert (run_dir / "tensorboard").is_dir() and meta["data"]["rows_original"] > 0
+        # a launch that found the run finished (its start at train.iterations) says so
         from instsynth.train.trainer import training_summary
 
         storage.append_text(str(run_dir / "starts.jsonl"), json.dumps(
             {"start_step": cfg.train.iterations, "world_size": 2, "resumed": True, "launch": "again"}) + "\n")
-        text = training_summary(load_config(str(demo_tree / "configs" / "train" / f"{name}.tiny.yaml")), result,
-                                "again")
+        text = training_summary(cfg, result, "again")
         assert f"nothing left to train: {cfg.train.name} already reached step {cfg.train.iterations}" in text
 
 
