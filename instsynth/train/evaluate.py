@@ -25,7 +25,7 @@ from instsynth.datasets.cityscapes import (
     read_image,
 )
 from instsynth.io import storage
-from instsynth.train.cs_eval import CityscapesScorer, CocoScorer, compact, quiet
+from instsynth.train.cs_eval import CityscapesScorer, CocoScorer, compact, encode_mask, quiet
 from instsynth.train.models import build_model
 
 
@@ -156,7 +156,6 @@ def evaluate_coco_json(model, source: str, image_root: str | None, max_images: i
     that JSON (its crowd regions ignored, its category ids): the images are read through the dataset seam."""
     import pycocotools.coco
     import pycocotools.cocoeval
-    from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -177,10 +176,8 @@ def evaluate_coco_json(model, source: str, image_root: str | None, max_images: i
         for p in preds:
             if int(p["label"]) not in cat_of:
                 continue
-            rle = mask_utils.encode(np.asfortranarray(np.asarray(p["mask"], np.uint8)))
-            rle["counts"] = rle["counts"].decode()
             dets.append({"image_id": int(ref.image_id), "category_id": cat_of[int(p["label"])],
-                         "segmentation": rle, "score": float(p["score"])})
+                         "segmentation": encode_mask(p["mask"]), "score": float(p["score"])})
     scale = f"short edge {short_edge} px" if short_edge else "native resolution"
     with quiet(verbose, pycocotools.coco, pycocotools.cocoeval):
         gt = COCO(source)
