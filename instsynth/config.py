@@ -172,6 +172,11 @@ class TrainConfig:
     short_edge: list[int] = field(default_factory=lambda: [512, 2048])
     crop: str = "720x360"
     flip: bool = True
+    #: how a training sample is cut: ``crop`` (detectron2's Cityscapes recipe: every sample a ``crop``
+    #: window of the image at a random ``short_edge``) or ``fastinst`` (FastInst's authors' mapper: half
+    #: the samples the whole image at a random ``short_edge``, half a ``crop`` window resized back to one;
+    #: sizes vary, so a micro-batch is padded to its largest sample, rounded up to a multiple of 32)
+    mapper: str = "crop"
     eval_short_edge: int | None = 1024
     batch_size: int = 4
     worker_batch: int | None = None
@@ -469,6 +474,8 @@ def validate(cfg: Config) -> None:
     if len(t.short_edge) != 2 or not 0 < t.short_edge[0] <= t.short_edge[1]:
         raise ConfigError(f"train.short_edge: expected [min, max] with 0 < min <= max, got {t.short_edge}")
     parse_size(t.crop, "train.crop")
+    if t.mapper not in ("crop", "fastinst"):
+        raise ConfigError(f"train.mapper must be 'crop' or 'fastinst', got {t.mapper!r}")
     if t.synthetic_ratio is not None and t.synthetic_ratio < 0:
         raise ConfigError(f"train.synthetic_ratio must be >= 0, got {t.synthetic_ratio}")
     if t.schedule not in ("poly", "step"):

@@ -29,6 +29,8 @@ def test_type_errors_name_the_key():
         load_config(None, ["plan.classes=caravan"])
     with pytest.raises(ConfigError, match="dataset.format must be auto, cityscapes, coco or mapillary, got 'voc'"):
         load_config(None, ["dataset.format=voc"])
+    with pytest.raises(ConfigError, match="train.mapper must be 'crop' or 'fastinst', got 'detectron2'"):
+        load_config(None, ["train.mapper=detectron2"])
 
 
 def test_run_budgets_must_be_positive():

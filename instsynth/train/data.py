@@ -21,7 +21,8 @@ apart, about 100 bytes a row (12k rows of IS-Cityscapes: ~1 MB) - and nothing el
 Augmentation (detectron2's Cityscapes recipe with the paper's crop): shortest-edge resize to a
 random length in ``short_edge``, random crop ``crop`` (padded when smaller), horizontal flip.  Rows
 stay fixed-size (image HxWx3 uint8, label map HxW uint16), so batches are plain tensors and the
-per-instance masks are made in ``collate``.  Classes are the label space's evaluated classes (index i of
+per-instance masks are made in ``collate``.  ``train.mapper: fastinst`` is FastInst's authors' mapper
+instead (``augment``): samples of varying size, a micro-batch padded to its largest.  Classes are the label space's evaluated classes (index i of
 ``Catalog.classes`` is a model's class i); crowd regions are no targets.
 """
 
@@ -200,30 +201,57 @@ def crop_rng(seed: int, epoch: int, work_id: str) -> np.random.Generator:
 
 
 def augment(row: dict, short_edge: tuple[int, int], crop: tuple[int, int], flip: bool,
-            rng: np.random.Generator | None = None) -> dict:
-    """Decode, resize the shortest edge to a random length, random crop (w, h), random flip."""
-    import cv2
+            rng: np.random.Generator | None = None, mapper: str = "crop") -> dict:
+    """Decode, resize the shortest edge to a random length, random crop (w, h), random flip.
 
+    ``mapper="fastinst"`` is FastInst's authors' ``FastInstInstanceDatasetMapper``: a fair coin picks
+    the whole image at a random ``short_edge`` (their training scale) or, as ``crop`` does, a window
+    of the image at a random ``short_edge``, which is then resized to a random ``short_edge`` again
+    (their crop, then the training-scale resize); their crop never pads, so a window is clipped to the
+    image.  The sizes vary; ``load_samples`` pads a micro-batch."""
     rng = rng if rng is not None else np.random.default_rng()
     img = decode_image(row["image"], row["work_id"])
     ids, things = row_map(row)
+    whole = mapper == "fastinst" and rng.random() < 0.5
+    img, ids = rescale(img, ids, int(rng.integers(short_edge[0], short_edge[1] + 1)))
+    if not whole:
+        nh, nw = ids.shape
+        cw, ch = crop
+        y = int(rng.integers(0, max(nh - ch, 0) + 1))
+        x = int(rng.integers(0, max(nw - cw, 0) + 1))
+        pi, pd = img[y:y + ch, x:x + cw], ids[y:y + ch, x:x + cw]
+        if mapper == "fastinst":
+            img, ids = rescale(pi, pd, int(rng.integers(short_edge[0], short_edge[1] + 1)))
+        else:
+            img, ids = np.zeros((ch, cw, 3), np.uint8), np.zeros((ch, cw), np.uint16)
+            img[:pi.shape[0], :pi.shape[1]] = pi
+            ids[:pd.shape[0], :pd.shape[1]] = pd
+    if flip and rng.random() < 0.5:
+        img, ids = img[:, ::-1], ids[:, ::-1]
+    return {"image": np.ascontiguousarray(img), "ids": np.ascontiguousarray(ids), "things": things}
+
+
+def rescale(img: np.ndarray, ids: np.ndarray, short: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image (area or linear) and label map (nearest) resized so the short side is ``short``."""
+    import cv2
+
     h, w = ids.shape
-    target = int(rng.integers(short_edge[0], short_edge[1] + 1))
-    s = target / min(h, w)
+    s = short / min(h, w)
     nh, nw = max(1, round(h * s)), max(1, round(w * s))
     img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    ids = cv2.resize(ids, (nw, nh), interpolation=cv2.INTER_NEAREST)
-    cw, ch = crop
-    out_img = np.zeros((ch, cw, 3), np.uint8)
-    out_ids = np.zeros((ch, cw), np.uint16)
-    y = int(rng.integers(0, max(nh - ch, 0) + 1))
-    x = int(rng.integers(0, max(nw - cw, 0) + 1))
-    pi, pd = img[y:y + ch, x:x + cw], ids[y:y + ch, x:x + cw]
-    out_img[:pi.shape[0], :pi.shape[1]] = pi
-    out_ids[:pd.shape[0], :pd.shape[1]] = pd
-    if flip and rng.random() < 0.5:
-        out_img, out_ids = out_img[:, ::-1].copy(), out_ids[:, ::-1].copy()
-    return {"image": out_img, "ids": out_ids, "things": things}
+    return img, cv2.resize(ids, (nw, nh), interpolation=cv2.INTER_NEAREST)
+
+
+def pad_stack(arrays, divisor: int = 32) -> np.ndarray:
+    """Arrays of varying height and width, zero-padded at the bottom and right to the largest, rounded
+    up to a multiple of ``divisor`` (detectron2's ``ImageList`` for FastInst's size divisibility), stacked."""
+    arrays = list(arrays)
+    h = -(-max(a.shape[0] for a in arrays) // divisor) * divisor
+    w = -(-max(a.shape[1] for a in arrays) // divisor) * divisor
+    out = np.zeros((len(arrays), h, w) + arrays[0].shape[2:], arrays[0].dtype)
+    for k, a in enumerate(arrays):
+        out[k, :a.shape[0], :a.shape[1]] = a
+    return out
 
 
 def targets(index: np.ndarray, things: list, ids_to_class: dict[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -248,6 +276,8 @@ def collate(batch: dict[str, np.ndarray], ids_to_class: dict[int, int] | None = 
     maps; without, Cityscapes instanceIds maps."""
     import torch
 
+    if batch["image"].dtype == object:  # ``fastinst`` samples through Ray Data, which keeps them ragged
+        batch = {**batch, "image": pad_stack(batch["image"]), "ids": pad_stack(batch["ids"])}
     images = torch.from_numpy(np.require(batch["image"], requirements=["C", "W"])).permute(0, 3, 1, 2)
     out = []
     things = batch.get("things")
@@ -269,6 +299,15 @@ def global_samples(local: np.ndarray, start_step: int, batch_size: int, worker_b
     return step * batch_size + (a * world + rank) * worker_batch + j
 
 
+def stream_spec(cfg: TrainConfig, start_step: int, rank: int, world: int) -> dict:
+    """``load_samples``' spec of a worker's stream from ``start_step`` (both ingest paths use it)."""
+    wb, accum = grad_accum(cfg)
+    return {"stream": {"start_step": start_step, "batch_size": cfg.batch_size, "worker_batch": wb,
+                       "accum": accum, "rank": rank, "world": world},
+            "short_edge": tuple(cfg.short_edge), "crop": parse_size(cfg.crop, "train.crop"), "flip": cfg.flip,
+            "mapper": cfg.mapper}
+
+
 def load_samples(batch: dict, catalog: Catalog, spec: dict) -> dict:
     """Ray Data batch of local positions -> augmented rows (reads each part file once per batch)."""
     g = global_samples(np.asarray(batch["id"]), **spec["stream"])
@@ -277,12 +316,14 @@ def load_samples(batch: dict, catalog: Catalog, spec: dict) -> dict:
     addr = [orders[int(e)][int(p)] for e, p in zip(epochs, pos)]
     images, ids, wids, things = [], [], [], []
     for row, a, e in zip(read_rows(addr), addr, epochs):
-        out = augment(row, spec["short_edge"], spec["crop"], spec["flip"], crop_rng(catalog.seed, int(e), a[2]))
+        out = augment(row, spec["short_edge"], spec["crop"], spec["flip"], crop_rng(catalog.seed, int(e), a[2]),
+                      spec["mapper"])
         images.append(out["image"])
         ids.append(out["ids"])
         things.append(out["things"])
         wids.append(a[2])
-    return {"image": np.stack(images), "ids": np.stack(ids), "work_id": np.array(wids, dtype=object),
+    stack = pad_stack if spec["mapper"] == "fastinst" else np.stack
+    return {"image": stack(images), "ids": stack(ids), "work_id": np.array(wids, dtype=object),
             "epoch": epochs.astype(np.int64), "things": things}
 
 
@@ -300,9 +341,7 @@ class SampleLoader:
         self.wb, accum = grad_accum(cfg)
         self.catalog, self.threads, self.ahead = catalog, max(1, threads), max(1, ahead)
         self.n = max(0, end_step - start_step) * accum
-        self.spec = {"stream": {"start_step": start_step, "batch_size": cfg.batch_size, "worker_batch": self.wb,
-                                "accum": accum, "rank": rank, "world": world},
-                     "short_edge": tuple(cfg.short_edge), "crop": parse_size(cfg.crop, "train.crop"), "flip": cfg.flip}
+        self.spec = stream_spec(cfg, start_step, rank, world)
 
     def batch(self, k: int) -> dict:
         """Micro-batch ``k`` of this worker's stream (a pure function of k and the config)."""

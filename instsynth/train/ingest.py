@@ -21,20 +21,12 @@ import logging
 
 import numpy as np
 
-from instsynth.config import TrainConfig, grad_accum, parse_size
-from instsynth.train.data import Catalog, collate, global_samples, load_samples
+from instsynth.config import TrainConfig, grad_accum
+from instsynth.train.data import Catalog, collate, global_samples, load_samples, stream_spec
 
 
 def dataset_name(rank: int) -> str:
     return f"train_rank{rank}"
-
-
-def stream_spec(cfg: TrainConfig, start_step: int, rank: int, world: int) -> dict:
-    """``load_samples``' spec of a worker's stream from ``start_step`` (the same as ``SampleLoader``'s)."""
-    wb, accum = grad_accum(cfg)
-    return {"stream": {"start_step": start_step, "batch_size": cfg.batch_size, "worker_batch": wb,
-                       "accum": accum, "rank": rank, "world": world},
-            "short_edge": tuple(cfg.short_edge), "crop": parse_size(cfg.crop, "train.crop"), "flip": cfg.flip}
 
 
 def encode_samples(batch: dict, catalog: Catalog, spec: dict) -> dict:

@@ -62,7 +62,7 @@ def test_crops_are_a_pure_function_of_seed_epoch_and_work_id(sample_root, tmp_pa
     write_originals(sample_root, orig, load_config(DEBUG), log=lambda *a: None)
     cat = build_catalog([orig], seed=3)
     spec = {"stream": {"start_step": 0, "batch_size": 2, "worker_batch": 2, "accum": 1, "rank": 0, "world": 1},
-            "short_edge": (64, 160), "crop": (128, 64), "flip": True}
+            "short_edge": (64, 160), "crop": (128, 64), "flip": True, "mapper": "crop"}
     ids = {"id": np.arange(2 * len(cat.orig))}  # two epochs
     a, b = load_samples(ids, cat, spec), load_samples(ids, cat, spec)
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["ids"], b["ids"])
@@ -93,6 +93,57 @@ def test_augment_with_the_same_rng_is_identical(sample_root):
     z = augment(row, (64, 256), (128, 64), True, crop_rng(0, 5, "w"))
     assert np.array_equal(x["image"], y["image"]) and np.array_equal(x["ids"], y["ids"])
     assert not np.array_equal(x["image"], z["image"])
+
+
+def test_the_fastinst_mapper_is_its_authors(sample_root, tmp_path):
+    """``train.mapper: fastinst`` (FastInstInstanceDatasetMapper): a fair coin between the whole image at
+    a random training scale and a crop resized back to one; a micro-batch is padded to a multiple of 32
+    and a step of the model trains on it."""
+    import torch
+
+    from instsynth.datasets import decode_image
+    from instsynth.train.data import collate, read_rows, rescale
+    from instsynth.train.models import build_model
+    from instsynth.train.trainer import train_step
+
+    orig = str(tmp_path / "orig")
+    write_originals(sample_root, orig, load_config(DEBUG), log=lambda *a: None)
+    cat = build_catalog([orig], seed=0)
+    row = read_rows([cat.orig[0]])[0]
+    full = decode_image(row["image"], row["work_id"])
+    whole = crops = 0
+    for e in range(40):
+        out = augment(row, (64, 160), (64, 64), True, crop_rng(0, e, "w"), mapper="fastinst")
+        h, w = out["ids"].shape
+        assert 64 <= min(h, w) <= 160 and out["image"].shape == (h, w, 3)
+        if (h, w) == (min(h, w), 2 * min(h, w)):  # the whole (2:1) frame, possibly mirrored
+            ref, _ = rescale(full, np.zeros(full.shape[:2], np.uint16), h)
+            assert np.array_equal(out["image"], ref) or np.array_equal(out["image"], ref[:, ::-1])
+            whole += 1
+        else:  # a square window resized back to the training scale
+            assert h == w
+            crops += 1
+    assert 10 <= whole <= 30 and whole + crops == 40
+    assert not any(augment(row, (64, 160), (64, 64), False, crop_rng(0, e, "w"))["image"].shape != (64, 64, 3)
+                   for e in range(5))  # the default mapper: every sample the crop
+    spec = {"stream": {"start_step": 0, "batch_size": 4, "worker_batch": 4, "accum": 1, "rank": 0, "world": 1},
+            "short_edge": (40, 90), "crop": (64, 64), "flip": True, "mapper": "fastinst"}
+    batch = load_samples({"id": np.arange(4)}, cat, spec)
+    assert batch["image"].shape[1] % 32 == 0 and batch["image"].shape[2] % 32 == 0
+    ragged = {**batch, "image": np.empty(4, object), "ids": np.empty(4, object)}  # as Ray Data may hand it over
+    for k, (rw, addr) in enumerate(zip(read_rows(cat.epoch(0)[:4]), cat.epoch(0))):
+        one = augment(rw, (40, 90), (64, 64), True, crop_rng(0, 0, addr[2]), mapper="fastinst")
+        h, w = one["ids"].shape  # each sample at the top left, zeros around it
+        assert np.array_equal(batch["image"][k, :h, :w], one["image"]) and not batch["image"][k, h:].any()
+        assert not batch["ids"][k, :, w:].any()
+        ragged["image"][k], ragged["ids"][k] = one["image"], one["ids"]
+    images, targets = collate(batch, cat.class_ids)
+    again, t2 = collate(ragged, cat.class_ids)
+    assert torch.equal(images, again) and all(torch.equal(a["masks"], b["masks"]) for a, b in zip(targets, t2))
+    torch.manual_seed(0)
+    model = build_model("fastinst", tiny=True, num_classes=len(cat.classes))
+    losses = train_step(model, torch.optim.AdamW(model.parameters(), 1e-4), [(images, targets)])
+    assert all(np.isfinite(v) for v in losses.values())
 
 
 def test_a_sample_reads_only_its_rows_bytes_and_old_parts_still_train(s3_server, sample_root):
