@@ -35,6 +35,7 @@ def main() -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from instsynth.config import load_config
     from instsynth.datasets.sample import write_sample
+    from instsynth.ray_runtime import QUIET_HOOK
     from instsynth.synth.driver import run_synth
     from instsynth.synth.originals import write_originals
     from instsynth.train.experiment import run_experiment
@@ -58,7 +59,8 @@ def main() -> int:
             "train.eval_short_edge=384"]
     import ray
 
-    ray.init(num_cpus=cpus + 1, include_dashboard=False, logging_level="ERROR")
+    ray.init(num_cpus=cpus + 1, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"worker_process_setup_hook": QUIET_HOOK})  # Ray Train's cleaner: a warning a second
     t0 = time.time()
     report = run_experiment(load_config(None, sets), log=print)
     ray.shutdown()

@@ -96,6 +96,7 @@ def heldout_root(out: str, seed: int) -> str:
 def tiny(args) -> dict:
     from instsynth.config import load_config
     from instsynth.datasets.sample import write_sample
+    from instsynth.ray_runtime import QUIET_HOOK
     from instsynth.synth.originals import write_originals
     from instsynth.train.evaluate import evaluate_checkpoint
     from instsynth.train.trainer import run_training
@@ -137,7 +138,8 @@ def tiny(args) -> dict:
     import ray
 
     # the trainer takes every core; one extra logical CPU lets the Ray Data decode tasks run beside it
-    ray.init(num_cpus=(os.cpu_count() or 2) + 1, include_dashboard=False, logging_level="ERROR")
+    ray.init(num_cpus=(os.cpu_count() or 2) + 1, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"worker_process_setup_hook": QUIET_HOOK})  # Ray Train's cleaner: a warning a second
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
