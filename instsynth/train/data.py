@@ -22,7 +22,7 @@ Augmentation (detectron2's Cityscapes recipe with the paper's crop): shortest-ed
 random length in ``short_edge``, random crop ``crop`` (padded when smaller), horizontal flip.  Rows
 stay fixed-size (image HxWx3 uint8, label map HxW uint16), so batches are plain tensors and the
 per-instance masks are made in ``collate``.  ``train.mapper: fastinst`` is FastInst's authors' mapper
-instead (``augment``): samples of varying size, a micro-batch padded to its largest.  Classes are the label space's evaluated classes (index i of
+instead (``augment``): samples of varying size, a micro-batch padded to its largest with the mean colour.  Classes are the label space's evaluated classes (index i of
 ``Catalog.classes`` is a model's class i); crowd regions are no targets.
 """
 
@@ -242,13 +242,19 @@ def rescale(img: np.ndarray, ids: np.ndarray, short: int) -> tuple[np.ndarray, n
     return img, cv2.resize(ids, (nw, nh), interpolation=cv2.INTER_NEAREST)
 
 
-def pad_stack(arrays, divisor: int = 32) -> np.ndarray:
-    """Arrays of varying height and width, zero-padded at the bottom and right to the largest, rounded
-    up to a multiple of ``divisor`` (detectron2's ``ImageList`` for FastInst's size divisibility), stacked."""
+#: the ImageNet mean colour every model here normalises by: detectron2's ``ImageList`` pads the
+#: *normalised* image with 0, which is this colour before normalisation
+PAD_RGB = (124, 116, 104)
+
+
+def pad_stack(arrays, divisor: int = 32, fill=0) -> np.ndarray:
+    """Arrays of varying height and width, padded with ``fill`` at the bottom and right to the largest,
+    rounded up to a multiple of ``divisor`` (detectron2's ``ImageList``, FastInst's size divisibility), stacked."""
     arrays = list(arrays)
     h = -(-max(a.shape[0] for a in arrays) // divisor) * divisor
     w = -(-max(a.shape[1] for a in arrays) // divisor) * divisor
-    out = np.zeros((len(arrays), h, w) + arrays[0].shape[2:], arrays[0].dtype)
+    out = np.empty((len(arrays), h, w) + arrays[0].shape[2:], arrays[0].dtype)
+    out[...] = fill
     for k, a in enumerate(arrays):
         out[k, :a.shape[0], :a.shape[1]] = a
     return out
@@ -277,7 +283,7 @@ def collate(batch: dict[str, np.ndarray], ids_to_class: dict[int, int] | None = 
     import torch
 
     if batch["image"].dtype == object:  # ``fastinst`` samples through Ray Data, which keeps them ragged
-        batch = {**batch, "image": pad_stack(batch["image"]), "ids": pad_stack(batch["ids"])}
+        batch = {**batch, "image": pad_stack(batch["image"], fill=PAD_RGB), "ids": pad_stack(batch["ids"])}
     images = torch.from_numpy(np.require(batch["image"], requirements=["C", "W"])).permute(0, 3, 1, 2)
     out = []
     things = batch.get("things")
@@ -322,8 +328,9 @@ def load_samples(batch: dict, catalog: Catalog, spec: dict) -> dict:
         ids.append(out["ids"])
         things.append(out["things"])
         wids.append(a[2])
-    stack = pad_stack if spec["mapper"] == "fastinst" else np.stack
-    return {"image": stack(images), "ids": stack(ids), "work_id": np.array(wids, dtype=object),
+    ragged = spec["mapper"] == "fastinst"  # samples of varying size
+    images, ids = (pad_stack(images, fill=PAD_RGB), pad_stack(ids)) if ragged else (np.stack(images), np.stack(ids))
+    return {"image": images, "ids": ids, "work_id": np.array(wids, dtype=object),
             "epoch": epochs.astype(np.int64), "things": things}
 
 

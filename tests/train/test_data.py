@@ -102,7 +102,7 @@ def test_the_fastinst_mapper_is_its_authors(sample_root, tmp_path):
     import torch
 
     from instsynth.datasets import decode_image
-    from instsynth.train.data import collate, read_rows, rescale
+    from instsynth.train.data import PAD_RGB, collate, read_rows, rescale
     from instsynth.train.models import build_model
     from instsynth.train.trainer import train_step
 
@@ -133,9 +133,9 @@ def test_the_fastinst_mapper_is_its_authors(sample_root, tmp_path):
     ragged = {**batch, "image": np.empty(4, object), "ids": np.empty(4, object)}  # as Ray Data may hand it over
     for k, (rw, addr) in enumerate(zip(read_rows(cat.epoch(0)[:4]), cat.epoch(0))):
         one = augment(rw, (40, 90), (64, 64), True, crop_rng(0, 0, addr[2]), mapper="fastinst")
-        h, w = one["ids"].shape  # each sample at the top left, zeros around it
-        assert np.array_equal(batch["image"][k, :h, :w], one["image"]) and not batch["image"][k, h:].any()
-        assert not batch["ids"][k, :, w:].any()
+        h, w = one["ids"].shape  # each sample at the top left; around it the mean colour (0 once normalised)
+        assert np.array_equal(batch["image"][k, :h, :w], one["image"]) and not batch["ids"][k, :, w:].any()
+        assert (batch["image"][k, h:] == PAD_RGB).all() and (batch["image"][k, :, w:] == PAD_RGB).all()
         ragged["image"][k], ragged["ids"][k] = one["image"], one["ids"]
     images, targets = collate(batch, cat.class_ids)
     again, t2 = collate(ragged, cat.class_ids)
