@@ -108,7 +108,7 @@ def test_first_format_outputs_read_everywhere(sample_root, tmp_path, capsys):
     from instsynth.train.data import build_catalog, load_samples
 
     spec = {"stream": {"start_step": 0, "batch_size": 4, "worker_batch": 4, "accum": 1, "rank": 0, "world": 1},
-            "short_edge": (128, 128), "crop": (128, 64), "flip": True}
+            "short_edge": (128, 128), "crop": (128, 64), "flip": True, "mapper": "crop"}
     got = [load_samples({"id": np.arange(4)}, build_catalog([d], seed=1), spec) for d in (old, new)]
     from instsynth.train.data import collate
 
