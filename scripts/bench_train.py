@@ -6,6 +6,7 @@
     python scripts/bench_train.py --plot DIR/curve-*.json --out DIR   # one figure from arms run separately
     python scripts/bench_train.py --arms fastinst:imagenet --revert all --recipe ours ...  # the ablation's old model
     python scripts/bench_train.py --scale full [--iters 30]      # on a GPU machine
+    python scripts/bench_train.py --mapper-cost [--iters 6] --out DIR  # a step on crops vs the authors' mapper
 
 ``--scale tiny`` (learnability, CPU): the unmodified ``write_sample(images=80, size=1024x512, seed=0)``;
 the shipped trainer (Ray Train, tiny FastInst from scratch) on its train rows; at fixed checkpoints,
@@ -16,6 +17,11 @@ AP50 >= 0.5 and held-out AP50 >= 0.25.  Writes ``curve.json`` and ``curve.png`` 
 ``--scale full`` (GPU): FastInst R50-D3 at 360x720, batch 4, random weights, on crops of full-size
 sample scenes: seconds per iteration in fp32 and under bf16 autocast, and GPU utilisation sampled
 with nvidia-smi.  Target: bf16 not slower than fp32, <= 0.066 s/iter.
+
+``--mapper-cost``: what ``train.mapper: fastinst`` (FastInst's authors' mapper: whole images or crops
+resized back) costs a step against the default 384x192 crops, FastInst at its published width on the
+bundled MobileNetV2, batch 2, the two kinds of step interleaved (after one warm-up each) so that other
+load on the machine hits both alike; median seconds per step and mean padded pixels per batch.
 """
 
 from __future__ import annotations
@@ -91,6 +97,50 @@ def heldout_root(out: str, seed: int) -> str:
     if not os.path.isdir(root):
         write_sample(root, images=80, size=(1024, 512), seed=seed, val_fraction=1.0)
     return root
+
+
+def mapper_cost(args) -> dict:
+    import numpy as np
+    import torch
+
+    from instsynth.config import load_config
+    from instsynth.datasets.sample import write_sample
+    from instsynth.synth.originals import write_originals
+    from instsynth.train.data import build_catalog, collate, load_samples, stream_spec
+    from instsynth.train.models import build_model
+    from instsynth.train.trainer import train_step
+
+    out = os.path.abspath(args.out)
+    root, orig = os.path.join(out, "cityscapes"), os.path.join(out, "original")
+    if not os.path.isdir(root):
+        write_sample(root, images=80, size=(1024, 512), seed=0)
+    if not os.path.isdir(orig):
+        write_originals(root, orig, load_config(None), log=lambda *a: None)
+    cat = build_catalog([orig], seed=0)
+    base = ["train.crop=384x192", "train.short_edge=[288, 480]", "train.batch_size=2"]
+    mappers = ("crop", "fastinst")
+    specs = {m: stream_spec(load_config(None, base + [f"train.mapper={m}"]).train, 0, 0, 1) for m in mappers}
+    torch.manual_seed(0)
+    model = build_model("fastinst", tiny=False, backbone="mobilenet_v2", num_classes=len(cat.classes))
+    opt = torch.optim.AdamW(model.parameters(), 1e-4)
+    times, pixels = {m: [] for m in mappers}, {m: [] for m in mappers}
+    for k in range(args.iters + 1):
+        for m in mappers:
+            images, targets = collate(load_samples({"id": np.arange(2 * k, 2 * k + 2)}, cat, specs[m]), cat.class_ids)
+            t = time.perf_counter()
+            train_step(model, opt, [(images, targets)])
+            if k:  # the first of each is the warm-up
+                times[m].append(time.perf_counter() - t)
+                pixels[m].append(images.shape[-2] * images.shape[-1])
+    res = {"machine": machine(), "model": "FastInst, published width, MobileNetV2, batch 2", "steps": args.iters,
+           **{m: {"median_s_per_step": float(np.median(times[m])), "mean_batch_pixels": float(np.mean(pixels[m]))}
+              for m in mappers}}
+    res["time_ratio"] = res["fastinst"]["median_s_per_step"] / res["crop"]["median_s_per_step"]
+    res["pixel_ratio"] = res["fastinst"]["mean_batch_pixels"] / res["crop"]["mean_batch_pixels"]
+    print(f"{res['machine']}: a step on the authors' mapper takes {res['time_ratio']:.2f}x a 384x192 crop step "
+          f"({res['crop']['median_s_per_step']:.2f} -> {res['fastinst']['median_s_per_step']:.2f} s; "
+          f"{res['pixel_ratio']:.1f}x the pixels)")
+    return res
 
 
 def tiny(args) -> dict:
@@ -432,12 +482,15 @@ def main() -> None:
                     "windows pasted back into the frame (train/test extent check)")
     ap.add_argument("--revert", help="--arms, FastInst only (the ablation): restore these fixed deviations from "
                     "the authors' code, comma-separated (proposal, location, points, ppm, guided; all = the old model)")
+    ap.add_argument("--mapper-cost", action="store_true", help="time a step on crops vs the authors' mapper")
     ap.add_argument("--plot", nargs="+", help="redraw the arms figure (--out/curves.png) from curve-*.json files")
     args = ap.parse_args()
     reverts(args.revert)  # a bad name is refused before anything is written
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if args.plot:
+    if args.mapper_cost:
+        res = mapper_cost(args)
+    elif args.plot:
         reports = [json.load(open(f)) for f in args.plot]
         os.makedirs(args.out, exist_ok=True)
         plot_arms(reports, os.path.join(args.out, "curves.png"))
