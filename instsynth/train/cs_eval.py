@@ -208,6 +208,15 @@ def _nan0(v) -> float | None:
     return None if np.isnan(v) else v
 
 
+def coco_summary(e) -> dict:
+    """A ``COCOeval``'s summary: AP, AP50, AP75 and AP by object size (COCO's small < 32^2 px, medium,
+    large > 96^2 px, in ground-truth pixels; None where the data has no object of that size) - where a
+    model loses its AP: a query grid too coarse for small objects shows in ``AP_small`` first."""
+    s = [float(v) for v in e.stats[:6]]
+    return {"AP": max(s[0], 0.0), "AP50": max(s[1], 0.0), "AP75": max(s[2], 0.0),
+            **{f"AP_{k}": (v if v > -1 else None) for k, v in zip(("small", "medium", "large"), s[3:6])}}
+
+
 class CocoScorer:
     """COCO-style segm AP / AP50 by pycocotools over Cityscapes label maps, as a second opinion, fed one
     image at a time (ground truth and detections kept as RLEs; group regions are crowd).
@@ -263,7 +272,7 @@ class CocoScorer:
             e.evaluate()
             e.accumulate()
             e.summarize()
-        return {"AP": float(max(e.stats[0], 0.0)), "AP50": float(max(e.stats[1], 0.0))}
+        return coco_summary(e)
 
 
 _CAT_OF_LABEL = {LABEL_IDS[c]: i + 1 for i, c in enumerate(THING_CLASSES)}

@@ -25,7 +25,7 @@ from instsynth.datasets.cityscapes import (
     read_image,
 )
 from instsynth.io import storage
-from instsynth.train.cs_eval import CityscapesScorer, CocoScorer, compact, encode_mask, quiet
+from instsynth.train.cs_eval import CityscapesScorer, CocoScorer, coco_summary, compact, encode_mask, quiet
 from instsynth.train.models import build_model
 
 
@@ -194,7 +194,7 @@ def evaluate_coco_json(model, source: str, image_root: str | None, max_images: i
                 p, p50 = prec[:, :, k, 0, -1], prec[0, :, k, 0, -1]
                 ap["per_class"][c] = {"ap": float(p[p > -1].mean()) if (p > -1).any() else None,
                                       "ap50": float(p50[p50 > -1].mean()) if (p50 > -1).any() else None}
-            ap["AP"], ap["AP50"] = float(max(e.stats[0], 0.0)), float(max(e.stats[1], 0.0))
+            ap.update(coco_summary(e))
     return {"images": len(refs), "test_scale": scale, "coco": ap, "dataset": source,
             "scores": {"metric": "coco", **ap}}
 

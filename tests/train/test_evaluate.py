@@ -41,8 +41,14 @@ def test_oracle_scores_one_and_corruption_scores_less(small_root, tmp_path, monk
     res = evaluate_model(None, small_root, "val", predictor=oracle)
     assert res["cityscapes"]["AP"] == 1.0 and res["cityscapes"]["AP50"] == 1.0
     assert res["coco"]["AP"] == pytest.approx(1.0) and res["coco"]["AP50"] == pytest.approx(1.0)
+    assert all(res["coco"][f"AP_{k}"] in (None, pytest.approx(1.0)) for k in ("small", "medium", "large"))
     bad = evaluate_model(None, small_root, "val", predictor=lambda i, d: oracle(i, d, corrupt=True))
     assert bad["cityscapes"]["AP"] < 1.0 and bad["coco"]["AP"] < 1.0
+    # by size: predicting only the objects of 32^2 px and more costs exactly the small ones
+    big = evaluate_model(None, small_root, "val",
+                         predictor=lambda i, d: [p for p in oracle(i, d) if p["mask"].sum() >= 32 ** 2])
+    assert big["coco"]["AP_small"] == 0.0 and big["coco"]["AP_medium"] == pytest.approx(1.0)
+    assert big["coco"]["AP"] < 1.0
     assert os.listdir(tmp_path) == []  # nothing (matches.json, gtInstances.json) left in the working dir
 
 

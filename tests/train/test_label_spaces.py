@@ -114,3 +114,4 @@ def test_coco_oracle_scores_one(coco_root):
     res = evaluate_model(None, val, predictor=oracle, classes=COCO_CLASSES)
     assert res["scores"]["AP50"] > 0.99 and res["images"] == 2
     assert np.isclose(res["scores"]["per_class"]["car"]["ap50"], 1.0)
+    assert res["scores"]["AP_medium"] is None or np.isclose(res["scores"]["AP_medium"], 1.0, atol=0.01)
