@@ -329,19 +329,25 @@ def plot_arms(reports: list[dict], path: str) -> None:
             marker = "o" if r["arm"].endswith("imagenet") else "x"
             vals = [p[split]["AP50"] or 0 for p in r["curve"]]
             tag = f" revert {'+'.join(r['revert'])}" if r.get("revert") else ""
+            tag += f", {r['recipe']} recipe" if r.get("recipe") else ""
+            tag += ", authors' mapper" if "train.mapper=fastinst" in r.get("config", []) else ""
             ax.plot(steps, vals, marker + style,
-                    label=f"{run_label(r)}{tag} seed {r.get('seed', 0)} ({r['s_per_iter']:.2f} s/it)")
+                    label=f"{run_label(r)}{tag}, seed {r.get('seed', 0)} ({r['s_per_iter']:.2f} s/it)")
             for x, y in zip(steps, vals):
                 ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_title(f"AP50, {title}")
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("AP50")
-    axes[1].legend(fontsize=7)
+    handles, labels = axes[1].get_legend_handles_labels()
+    rows = -(-len(labels) // 2)  # the legend under the plots, two columns: it never hides a point
     fig.suptitle(f"FastInst and its references (Mask R-CNN, Mask2Former), MobileNetV2, 80-image sample "
                  f"({reports[0]['machine']})",
                  fontsize=9)
-    fig.tight_layout()
+    height = 4 + 0.15 * rows
+    fig.set_size_inches(11, height)
+    fig.tight_layout(rect=(0, (0.15 * rows + 0.1) / height, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.savefig(path, dpi=100)
 
 
