@@ -22,8 +22,9 @@ Augmentation (detectron2's Cityscapes recipe with the paper's crop): shortest-ed
 random length in ``short_edge``, random crop ``crop`` (padded when smaller), horizontal flip.  Rows
 stay fixed-size (image HxWx3 uint8, label map HxW uint16), so batches are plain tensors and the
 per-instance masks are made in ``collate``.  ``train.mapper: fastinst`` is FastInst's authors' mapper
-instead (``augment``): samples of varying size, a micro-batch padded to its largest with the mean colour.  Classes are the label space's evaluated classes (index i of
-``Catalog.classes`` is a model's class i); crowd regions are no targets.
+instead (``augment``): samples of varying size, a micro-batch padded to its largest with the mean colour.
+Classes are the label space's evaluated classes (index i of ``Catalog.classes`` is a model's class i);
+crowd regions are no targets.
 """
 
 from __future__ import annotations
