@@ -217,6 +217,17 @@ def coco_summary(e) -> dict:
             **{f"AP_{k}": (v if v > -1 else None) for k, v in zip(("small", "medium", "large"), s[3:6])}}
 
 
+def empty_summary(annotations: list[dict]) -> dict:
+    """What :func:`coco_summary` reads for a model that found nothing (``COCOeval`` cannot run on no
+    detections): every AP 0, a size None where the ground truth has no countable object of that size,
+    exactly as COCOeval leaves it - so every result carries the same keys whatever the model did.
+    ``annotations``: COCO ground truth (``area``, ``iscrowd``); crowd regions never count, as in COCOeval."""
+    areas = [float(a["area"]) for a in annotations if not a.get("iscrowd", 0)]
+    ranges = {"small": (0, 32 ** 2), "medium": (32 ** 2, 96 ** 2), "large": (96 ** 2, 1e10)}  # COCOeval's
+    return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0,
+            **{f"AP_{k}": (0.0 if any(lo <= a <= hi for a in areas) else None) for k, (lo, hi) in ranges.items()}}
+
+
 class CocoScorer:
     """COCO-style segm AP / AP50 by pycocotools over Cityscapes label maps, as a second opinion, fed one
     image at a time (ground truth and detections kept as RLEs; group regions are crowd).
@@ -267,7 +278,7 @@ class CocoScorer:
         with quiet(verbose, pycocotools.coco, pycocotools.cocoeval):
             gt.createIndex()
             if not self._dets:
-                return {"AP": 0.0, "AP50": 0.0}
+                return empty_summary(self._anns)
             e = COCOeval(gt, gt.loadRes(self._dets), "segm")
             e.evaluate()
             e.accumulate()

@@ -25,7 +25,15 @@ from instsynth.datasets.cityscapes import (
     read_image,
 )
 from instsynth.io import storage
-from instsynth.train.cs_eval import CityscapesScorer, CocoScorer, coco_summary, compact, encode_mask, quiet
+from instsynth.train.cs_eval import (
+    CityscapesScorer,
+    CocoScorer,
+    coco_summary,
+    compact,
+    empty_summary,
+    encode_mask,
+    quiet,
+)
 from instsynth.train.models import build_model
 
 
@@ -181,7 +189,8 @@ def evaluate_coco_json(model, source: str, image_root: str | None, max_images: i
     scale = f"short edge {short_edge} px" if short_edge else "native resolution"
     with quiet(verbose, pycocotools.coco, pycocotools.cocoeval):
         gt = COCO(source)
-        ap = {"AP": 0.0, "AP50": 0.0, "per_class": {c: {"ap": None, "ap50": None} for c in classes}}
+        ap = {**empty_summary(gt.loadAnns(gt.getAnnIds(imgIds=[int(r.image_id) for r in refs]))),
+              "per_class": {c: {"ap": None, "ap50": None} for c in classes}}
         if dets:
             e = COCOeval(gt, gt.loadRes(dets), "segm")
             e.params.imgIds = [int(r.image_id) for r in refs]

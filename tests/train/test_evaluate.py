@@ -49,6 +49,11 @@ def test_oracle_scores_one_and_corruption_scores_less(small_root, tmp_path, monk
                          predictor=lambda i, d: [p for p in oracle(i, d) if p["mask"].sum() >= 32 ** 2])
     assert big["coco"]["AP_small"] == 0.0 and big["coco"]["AP_medium"] == pytest.approx(1.0)
     assert big["coco"]["AP"] < 1.0
+    # a model that finds nothing: the same keys, 0 where the data has objects of that size (as COCOeval reads)
+    none = evaluate_model(None, small_root, "val", predictor=lambda i, d: [])
+    for k in ("coco", "agnostic"):
+        assert none[k].keys() == res[k].keys()
+        assert all(none[k][m] == (None if res[k][m] is None else 0.0) for m in res[k] if m.startswith("AP"))
     assert os.listdir(tmp_path) == []  # nothing (matches.json, gtInstances.json) left in the working dir
 
 

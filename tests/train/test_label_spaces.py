@@ -115,3 +115,6 @@ def test_coco_oracle_scores_one(coco_root):
     assert res["scores"]["AP50"] > 0.99 and res["images"] == 2
     assert np.isclose(res["scores"]["per_class"]["car"]["ap50"], 1.0)
     assert res["scores"]["AP_medium"] is None or np.isclose(res["scores"]["AP_medium"], 1.0, atol=0.01)
+    none = evaluate_model(None, val, predictor=lambda i, d: [], classes=COCO_CLASSES)["scores"]
+    assert none.keys() == res["scores"].keys()
+    assert all(none[m] == (None if res["scores"][m] is None else 0.0) for m in none if m.startswith("AP"))
