@@ -285,6 +285,35 @@ def mean_heldout(reports: list[dict]) -> dict:
             for e in acc.values()}
 
 
+def summary_table(reports: list[dict]) -> str:
+    """The protocol's results as one Markdown table, a row per setting (its seeds averaged) at its last,
+    fully annealed checkpoint: what the README's tables copy, so a number there is never typed by hand."""
+    groups: dict = {}
+    for r in sorted(reports, key=lambda r: r.get("seed", 0)):
+        groups.setdefault(setting(r), []).append(r)
+
+    def mean(vals):
+        vals = [v for v in vals if v is not None]
+        return f"{sum(vals) / len(vals):.3f}" if vals else "-"
+
+    rows = ["| run | arm | recipe | restored deviations | iterations | seeds | train AP50 | held-out AP50 (AP) "
+            "| held-out AP50: person / car / bicycle |", "|---|---|---|---|---|---|---|---|---|"]
+    for runs in groups.values():
+        last = [r["curve"][-1] for r in runs]
+        val = [p["val"] for p in last]
+        recipe = runs[0].get("recipe") or "-"
+        recipe += ", authors' mapper" if "train.mapper=fastinst" in runs[0].get("config", []) else ""
+        lr = [c.split("=", 1)[1] for c in runs[0].get("config", []) if c.startswith("train.lr=")]
+        recipe += f", LR {lr[-1]}" if lr else ""  # the last: a --set override comes after the default
+        classes = " / ".join(mean([(v.get("per_class_AP50") or {}).get(c) for v in val])
+                             for c in ("person", "car", "bicycle"))
+        rows.append(f"| {run_label(runs[0]).split(':')[0]} | {runs[0]['arm']} | {recipe} "
+                    f"| {', '.join(runs[0].get('revert') or []) or '-'} | {last[0]['step']} "
+                    f"| {', '.join(str(r.get('seed', 0)) for r in runs)} | {mean([p['train']['AP50'] for p in last])} "
+                    f"| **{mean([v['AP50'] for v in val])}** ({mean([v['AP'] for v in val])}) | {classes} |")
+    return "\n".join(rows) + "\n"
+
+
 def print_means(means: dict) -> None:
     for label, by_step in means.items():
         n = by_step["seeds"]
@@ -500,9 +529,11 @@ def main() -> None:
         reports = [json.load(open(f)) for f in args.plot]
         os.makedirs(args.out, exist_ok=True)
         plot_arms(reports, os.path.join(args.out, "curves.png"))
+        with open(os.path.join(args.out, "summary.md"), "w") as f:
+            f.write(summary_table(reports))
         res = {"arms": reports, "mean_heldout_AP50": mean_heldout(reports)}
         print_means(res["mean_heldout_AP50"])
-        print(f"wrote {os.path.join(args.out, 'curves.png')}")
+        print(f"wrote {os.path.join(args.out, 'curves.png')} and summary.md")
     elif args.arms:
         reports = []
         for arm, seed in ((a, int(sd)) for a in args.arms.split(",") for sd in args.seeds.split(",")):

@@ -58,6 +58,26 @@ def test_bench_train_means_group_runs_by_setting_not_by_arm():
                      "fi-lr2e-4: fastinst:imagenet": {1000: 0.3, "seeds": 1}}
 
 
+def test_bench_train_summary_table_is_one_row_per_setting_at_its_last_checkpoint():
+    """The table the README copies: seeds of one setting averaged at the final (annealed) step, the LR an
+    override set (the last train.lr), the restored deviations named."""
+    bench = load_script("bench_train")
+
+    def report(name, seed, ap50, revert=()):
+        point = {"train": {"AP50": 0.5}, "val": {"AP50": ap50, "AP": ap50 / 2, "per_class_AP50": {"person": ap50}}}
+        return {"arm": "fastinst:imagenet", "name": f"{name}-fastinst-imagenet-seed{seed}", "seed": seed,
+                "recipe": "official", "revert": list(revert),
+                "config": [f"train.seed={seed}", "train.lr=0.0005", "train.lr=1e-4", "train.iterations=1000",
+                           f"train.model.params={{revert: {list(revert)}}}"],
+                "curve": [{**point, "step": 500, "val": {**point["val"], "AP50": 0.9}}, {**point, "step": 1000}]}
+    rows = bench.summary_table([report("fi", 1, 0.1), report("fi", 0, 0.2),
+                                report("fix-ppm", 0, 0.3, ["proposal", "points"])]).splitlines()
+    assert len(rows) == 4
+    assert rows[2] == ("| fi | fastinst:imagenet | official, LR 1e-4 | - | 1000 | 0, 1 | 0.500 | **0.150** (0.075) "
+                       "| 0.150 / - / - |")
+    assert "| proposal, points | 1000 | 0 |" in rows[3] and "**0.300**" in rows[3]
+
+
 def test_bench_train_resumed_run_scores_only_curve_points_and_times_its_own_part(tmp_path):
     """A protocol run killed midway resumes from its last --checkpoint-every save: only the --every checkpoints
     (and the last) are curve points, and its speed counts only the iterations this launch trained."""
