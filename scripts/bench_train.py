@@ -530,7 +530,10 @@ def main() -> None:
         os.makedirs(args.out, exist_ok=True)
         plot_arms(reports, os.path.join(args.out, "curves.png"))
         with open(os.path.join(args.out, "summary.md"), "w") as f:
-            f.write(summary_table(reports))
+            f.write(f"# Every run, at its last checkpoint ({reports[0]['machine']})\n\n"
+                    "Train = the training images; held-out = the `--heldout-seed` sample (or the val split); "
+                    "AP50 and AP: Cityscapes' evaluator. Written by `scripts/bench_train.py --plot`.\n\n"
+                    + summary_table(reports))
         res = {"arms": reports, "mean_heldout_AP50": mean_heldout(reports)}
         print_means(res["mean_heldout_AP50"])
         print(f"wrote {os.path.join(args.out, 'curves.png')} and summary.md")
