@@ -266,30 +266,40 @@ def run_label(r: dict) -> str:
     return f"{run}: {r['arm']}" if run and run != "learnability" else r["arm"]
 
 
+def seed_of(r: dict) -> int:
+    """A run's training seed: its report's, else its config's last ``train.seed`` (a curve file alone)."""
+    seeds = [c.split("=", 1)[1] for c in r.get("config", []) if c.startswith("train.seed=")]
+    return int(r.get("seed", seeds[-1] if seeds else 0))
+
+
 def setting(r: dict) -> tuple:
-    """What a run trained, less its seed and where it wrote: runs of one setting differ only by seed."""
-    skip = ("train.seed=", "train.name=", "train.storage_path=", "train.dirs=")
-    return (r["arm"], *sorted(c for c in r.get("config", []) if not c.startswith(skip)))
+    """What a run trained, less its seed, where it wrote and how often it saved: runs of one setting differ
+    only by seed."""
+    skip = ("train.seed=", "train.name=", "train.storage_path=", "train.dirs=", "train.checkpoint_every=",
+            "train.keep_checkpoints=")
+    effective = dict(c.split("=", 1) for c in r.get("config", []) if not c.startswith(skip))  # the last value wins
+    return (r["arm"], *sorted(f"{k}={v}" for k, v in effective.items()))
 
 
 def mean_heldout(reports: list[dict]) -> dict:
     """{setting: {step: mean held-out AP50 over its seeds, "seeds": n}} (the fair protocol's figure); a
-    setting is labelled by its seed-0 run."""
+    setting is labelled by its seed-0 run. Only steps every seed scored count (one seed's extra, not annealed
+    midpoint is no mean over the seeds)."""
     acc: dict = {}
-    for r in sorted(reports, key=lambda r: r.get("seed", 0)):
+    for r in sorted(reports, key=seed_of):
         entry = acc.setdefault(setting(r), {"label": run_label(r), "seeds": 0, "steps": {}})
         entry["seeds"] += 1
         for p in r["curve"]:
             entry["steps"].setdefault(p["step"], []).append(p["val"]["AP50"] or 0.0)
-    return {e["label"]: {**{k: sum(v) / len(v) for k, v in sorted(e["steps"].items())}, "seeds": e["seeds"]}
-            for e in acc.values()}
+    return {e["label"]: {**{k: sum(v) / len(v) for k, v in sorted(e["steps"].items()) if len(v) == e["seeds"]},
+                         "seeds": e["seeds"]} for e in acc.values()}
 
 
 def summary_table(reports: list[dict]) -> str:
     """The protocol's results as one Markdown table, a row per setting (its seeds averaged) at its last,
     fully annealed checkpoint: what the README's tables copy, so a number there is never typed by hand."""
     groups: dict = {}
-    for r in sorted(reports, key=lambda r: r.get("seed", 0)):
+    for r in sorted(reports, key=seed_of):
         groups.setdefault(setting(r), []).append(r)
 
     def mean(vals):
@@ -297,7 +307,7 @@ def summary_table(reports: list[dict]) -> str:
         return f"{sum(vals) / len(vals):.3f}" if vals else "-"
 
     rows = ["| run | arm | recipe | restored deviations | iterations | seeds | train AP50 | held-out AP50 (AP) "
-            "| held-out AP50: person / car / bicycle |", "|---|---|---|---|---|---|---|---|---|"]
+            "| held-out AP50 by seed | held-out AP50: person / car / bicycle |", "|---|---|---|---|---|---|---|---|---|---|"]
     for runs in groups.values():
         last = [r["curve"][-1] for r in runs]
         val = [p["val"] for p in last]
@@ -309,8 +319,9 @@ def summary_table(reports: list[dict]) -> str:
                              for c in ("person", "car", "bicycle"))
         rows.append(f"| {run_label(runs[0]).split(':')[0]} | {runs[0]['arm']} | {recipe} "
                     f"| {', '.join(runs[0].get('revert') or []) or '-'} | {last[0]['step']} "
-                    f"| {', '.join(str(r.get('seed', 0)) for r in runs)} | {mean([p['train']['AP50'] for p in last])} "
-                    f"| **{mean([v['AP50'] for v in val])}** ({mean([v['AP'] for v in val])}) | {classes} |")
+                    f"| {', '.join(str(seed_of(r)) for r in runs)} | {mean([p['train']['AP50'] for p in last])} "
+                    f"| **{mean([v['AP50'] for v in val])}** ({mean([v['AP'] for v in val])}) "
+                    f"| {' / '.join(mean([v['AP50']]) for v in val)} | {classes} |")
     return "\n".join(rows) + "\n"
 
 
@@ -361,7 +372,7 @@ def plot_arms(reports: list[dict], path: str) -> None:
             tag += f", {r['recipe']} recipe" if r.get("recipe") else ""
             tag += ", authors' mapper" if "train.mapper=fastinst" in r.get("config", []) else ""
             ax.plot(steps, vals, marker + style,
-                    label=f"{run_label(r)}{tag}, seed {r.get('seed', 0)} ({r['s_per_iter']:.2f} s/it)")
+                    label=f"{run_label(r)}{tag}, seed {seed_of(r)} ({r['s_per_iter']:.2f} s/it)")
             for x, y in zip(steps, vals):
                 ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_title(f"AP50, {title}")

@@ -48,14 +48,18 @@ def test_bench_train_means_group_runs_by_setting_not_by_arm():
     averaged; another LR is another setting of the same arm."""
     bench = load_script("bench_train")
 
-    def report(name, seed, lr, ap50):
-        return {"arm": "fastinst:imagenet", "name": f"{name}-fastinst-imagenet-seed{seed}", "seed": seed,
-                "config": [f"train.seed={seed}", f"train.name={name}-x", f"train.lr={lr}", "train.iterations=1000"],
-                "curve": [{"step": 1000, "val": {"AP50": ap50}}]}
-    means = bench.mean_heldout([report("fi-lr5e-4", 0, 5e-4, 0.2), report("fi-lr5e-4", 1, 5e-4, 0.1),
-                                report("fi-lr2e-4", 0, 2e-4, 0.3)])
+    def report(name, seed, lr, ap50, extra=()):
+        return {"arm": "fastinst:imagenet", "name": f"{name}-fastinst-imagenet-seed{seed}",
+                "config": [f"train.seed={seed}", f"train.name={name}-x", f"train.lr={lr}", "train.iterations=1000",
+                           f"train.checkpoint_every={250 + 250 * seed}", *extra],
+                "curve": [*([{"step": 500, "val": {"AP50": 0.9}}] if not seed else []),
+                          {"step": 1000, "val": {"AP50": ap50}}]}
+    # seed 1 saved at another interval, set its LR twice and scored no midpoint: still the same setting, and
+    # seed 0's midpoint (one seed) is no mean over the two; the seed is read from the config
+    means = bench.mean_heldout([report("seed1-fi", 1, 5e-4, 0.1, ["train.lr=0.0005"]),
+                                report("fi-lr5e-4", 0, 5e-4, 0.2), report("fi-lr2e-4", 0, 2e-4, 0.3)])
     assert means == {"fi-lr5e-4: fastinst:imagenet": {1000: pytest.approx(0.15), "seeds": 2},
-                     "fi-lr2e-4: fastinst:imagenet": {1000: 0.3, "seeds": 1}}
+                     "fi-lr2e-4: fastinst:imagenet": {500: 0.9, 1000: 0.3, "seeds": 1}}
 
 
 def test_bench_train_summary_table_is_one_row_per_setting_at_its_last_checkpoint():
@@ -74,7 +78,7 @@ def test_bench_train_summary_table_is_one_row_per_setting_at_its_last_checkpoint
                                 report("fix-ppm", 0, 0.3, ["proposal", "points"])]).splitlines()
     assert len(rows) == 4
     assert rows[2] == ("| fi | fastinst:imagenet | official, LR 1e-4 | - | 1000 | 0, 1 | 0.500 | **0.150** (0.075) "
-                       "| 0.150 / - / - |")
+                       "| 0.200 / 0.100 | 0.150 / - / - |")
     assert "| proposal, points | 1000 | 0 |" in rows[3] and "**0.300**" in rows[3]
 
 
