@@ -363,7 +363,8 @@ def plot_arms(reports: list[dict], path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, split, title in ((axes[0], "train", "train split"), (axes[1], "val", "held-out (val)")):
-        for r in reports:
+        for i, r in enumerate(reports):  # tab20: a protocol has more runs than the default 10 colours
+            colour = plt.get_cmap("tab20")(i % 20)
             steps = [p["step"] for p in r["curve"]]
             style = {"fastinst": "-", "mask2former": ":"}.get(r["arm"].split(":")[0], "--")
             marker = "o" if r["arm"].endswith("imagenet") else "x"
@@ -371,7 +372,7 @@ def plot_arms(reports: list[dict], path: str) -> None:
             tag = f" revert {'+'.join(r['revert'])}" if r.get("revert") else ""
             tag += f", {r['recipe']} recipe" if r.get("recipe") else ""
             tag += ", authors' mapper" if "train.mapper=fastinst" in r.get("config", []) else ""
-            ax.plot(steps, vals, marker + style,
+            ax.plot(steps, vals, marker + style, color=colour,
                     label=f"{run_label(r)}{tag}, seed {seed_of(r)} ({r['s_per_iter']:.2f} s/it)")
             for x, y in zip(steps, vals):
                 ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
