@@ -189,11 +189,12 @@ def evaluate_coco_json(model, source: str, image_root: str | None, max_images: i
     scale = f"short edge {short_edge} px" if short_edge else "native resolution"
     with quiet(verbose, pycocotools.coco, pycocotools.cocoeval):
         gt = COCO(source)
-        ap = {**empty_summary(gt.loadAnns(gt.getAnnIds(imgIds=[int(r.image_id) for r in refs]))),
+        img_ids = [int(r.image_id) for r in refs]
+        ap = {**empty_summary(gt.loadAnns(gt.getAnnIds(imgIds=img_ids))),
               "per_class": {c: {"ap": None, "ap50": None} for c in classes}}
         if dets:
             e = COCOeval(gt, gt.loadRes(dets), "segm")
-            e.params.imgIds = [int(r.image_id) for r in refs]
+            e.params.imgIds = img_ids
             e.evaluate()
             e.accumulate()
             e.summarize()
