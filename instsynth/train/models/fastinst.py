@@ -17,9 +17,10 @@ Each part follows the paper and the design of the authors' code (``junjiehe96/Fa
   cross-attention to the *updated* pixels, self-attention and FFN; after every layer a per-layer head
   (LayerNorm, 3-layer class MLP, 3-layer mask-embedding MLP, linear mask-feature projection of the
   updated pixel features) predicts classes and masks - masks follow the pixel path;
-* ground-truth mask-guided learning (Sec. 3.4): in training, each layer is re-run from its own input
+* ground-truth mask-guided learning (Sec. 3.4): in training, each layer is re-run on its own *output*
   with the GT mask as the attention mask of every query matched *in the last layer's matching*, and
-  that matching supervises the guided outputs;
+  that matching supervises the guided outputs (and, here, the last layer's own outputs: the authors'
+  criterion matches that layer a second time on a fresh draw of uniform points);
 * losses (Sec. 3.5): Hungarian matching with 2*class + 5*BCE + 5*dice on ``num_points`` uniform points
   plus a location penalty when a query's source pixel lies outside the GT mask; mask losses on
   ``num_points`` importance-sampled points (oversample 3, 75% most uncertain, Mask2Former/FastInst),
@@ -282,6 +283,8 @@ class FastInst(nn.Module):
         self.aux_head = nn.Sequential(nn.Conv2d(d, d, 3, padding=1), nn.ReLU(inplace=True),
                                       nn.Conv2d(d, cfg.num_classes + 1, 1))
         side = int(round(math.sqrt(cfg.num_queries)))
+        # the authors' ``meta_pos_embed`` is ``torch.empty`` and never initialised (whatever memory held);
+        # a small normal draw makes the start reproducible under the seed
         self.pos_embed = nn.Parameter(torch.randn(1, d, side, side) * 0.02)
         self.aux_queries = nn.Embedding(cfg.num_aux_queries, d)
         self.aux_pos = nn.Embedding(cfg.num_aux_queries, d)
