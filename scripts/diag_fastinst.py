@@ -2,6 +2,7 @@
 
     python scripts/diag_fastinst.py oracle [--strides 4,8,16]
     python scripts/diag_fastinst.py classes            # per class: size, E4 coverage, stride-8 ceiling
+    python scripts/diag_fastinst.py rules [--crops 200]   # proposal targets vs the location rules, training crops
     python scripts/diag_fastinst.py train [--iterations 600] [--every 300] [--params '{"num_queries": 100}'] [--bb 1.0]
 
 ``oracle``: the ceiling a mask predicted on a stride-S grid can reach here.  Each ground-truth mask at
@@ -121,6 +122,54 @@ def classes(out: str, seed: int = 1) -> dict:
             for c in sorted(area)}
 
 
+def rules(orig: str, crops: int = 200) -> dict:
+    """Do a query's location rule and its proposal target agree, on training crops as the trainer draws them
+    (384x192 from short edge 288-480, flips; E4 = stride 16)?  The proposal loss marks every cell holding a
+    pixel of a GT (``proposal_cells``, the authors' rule); the location cost then lets a query from such a
+    cell match that GT only if its location is inside: the authors' ``linspace`` point, which drifts up to
+    half a cell from the cell's centre toward the border, or the old nearest-grid rule (the cell's centre).
+    Per class: GTs, the share of their proposal cells whose location is inside by each rule, and the share of
+    GTs with no proposal cell inside by each rule (a query the proposal head is taught to fire for that GT
+    can then never be matched to it)."""
+    import numpy as np
+    import torch
+
+    from instsynth.config import load_config
+    from instsynth.datasets import cityscapes_space
+    from instsynth.train.data import build_catalog, collate, load_samples, stream_spec
+    from instsynth.train.models import fastinst as fi
+
+    cat = build_catalog([orig], seed=0)
+    spec = stream_spec(load_config(None, ["train.crop=384x192", "train.short_edge=[288, 480]"]).train, 0, 0, 1)
+    names = cityscapes_space().evaluated
+    acc: dict[str, dict[str, list]] = {}
+    for start in range(0, crops, 8):
+        images, targets = collate(load_samples({"id": np.arange(start, min(start + 8, crops))}, cat, spec), cat.class_ids)
+        grid = (images.shape[-2] // 16, images.shape[-1] // 16)
+        for t in targets:
+            if not len(t["labels"]):
+                continue
+            cells = fi.proposal_cells(t["masks"], grid).flatten(1)  # (T, HW)
+            every = torch.arange(grid[0] * grid[1])
+            authors = fi.query_inside(t["masks"], every, grid).T  # (T, HW)
+            centre = fi._nearest_cells(t["masks"], grid).flatten(1)
+            for k, lab in enumerate(t["labels"].tolist()):
+                c = cells[k]
+                for key in (names[lab], "all"):
+                    a = acc.setdefault(key, {"cells": [], "authors": [], "centre": [], "gt_authors": [], "gt_centre": []})
+                    a["cells"].append(int(c.sum()))
+                    a["authors"].append(int((authors[k] & c).sum()))
+                    a["centre"].append(int((centre[k] & c).sum()))
+                    a["gt_authors"].append(bool((authors[k] & c).any()))
+                    a["gt_centre"].append(bool((centre[k] & c).any()))
+    return {k: {"gts": len(a["cells"]), "proposal_cells": int(np.sum(a["cells"])),
+                "cells_inside_authors": round(float(np.sum(a["authors"]) / max(np.sum(a["cells"]), 1)), 3),
+                "cells_inside_centre": round(float(np.sum(a["centre"]) / max(np.sum(a["cells"]), 1)), 3),
+                "gts_unmatchable_authors": round(1 - float(np.mean(a["gt_authors"])), 3),
+                "gts_unmatchable_centre": round(1 - float(np.mean(a["gt_centre"])), 3)}
+            for k, a in sorted(acc.items(), key=lambda kv: -len(kv[1]["cells"]))}
+
+
 def mask_quality(model, root: str, images: int = 10) -> dict:
     """Mean best IoU of each GT instance (>= 100 px) over all predictions, and the share above 0.5."""
     import numpy as np
@@ -203,7 +252,8 @@ def train(args, root: str, orig: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["oracle", "train", "classes"])
+    ap.add_argument("mode", choices=["oracle", "train", "classes", "rules"])
+    ap.add_argument("--crops", type=int, default=200)
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "instsynth-diag-fastinst"))
     ap.add_argument("--strides", default="4,8,16")
     ap.add_argument("--iterations", type=int, default=600)
@@ -216,7 +266,9 @@ def main() -> None:
         print(json.dumps(classes(args.out), indent=1))
         return
     root, orig = sample(args.out)
-    if args.mode == "oracle":
+    if args.mode == "rules":
+        print(json.dumps(rules(orig, args.crops), indent=1))
+    elif args.mode == "oracle":
         for s in args.strides.split(","):
             print(f"stride {s}: AP50 {oracle(root, int(s))}", flush=True)
     else:
