@@ -94,6 +94,27 @@ def test_location_cost_samples_the_full_resolution_mask_at_the_query():
     assert torch.allclose(fi.query_locations(torch.tensor([5]), (4, 4)), torch.tensor([[1 / 3, 1 / 3]]))
 
 
+def test_location_rule_cells_agrees_with_the_proposal_targets():
+    """``location_rule: cells``: a query is inside a GT exactly when its cell holds a pixel of it (the
+    proposal targets' rule), where the authors' point of that cell can miss a small GT; an unknown rule fails
+    in one line naming the key and the valid ones."""
+    import pytest
+
+    from instsynth.errors import ConfigError
+
+    m = torch.zeros(1, 64, 64, dtype=torch.bool)
+    m[0, 20:24, 20:24] = True  # in cell 5 (pixels 16-31), over its point (x = y = 1/3 of the side)
+    m[0, 40:42, 60:62] = True  # in cell 11, whose point sits on the right border (x = 1): not over it
+    idx = torch.arange(16)
+    cells = _model(location_rule="cells").location_cost(idx, m, (4, 4))[:, 0] == 0
+    assert cells.nonzero().flatten().tolist() == fi.proposal_cells(m, (4, 4))[0].flatten().nonzero().flatten().tolist()
+    assert cells.nonzero().flatten().tolist() == [5, 11]
+    authors = _model().location_cost(idx, m, (4, 4))[:, 0] == 0
+    assert authors.nonzero().flatten().tolist() == [5]  # cell 11's point misses the GT it holds
+    with pytest.raises(ConfigError, match=r"^train.model.params.location_rule: unknown 'centre'; valid: authors, cells$"):
+        FastInstConfig(location_rule="centre")
+
+
 def test_small_inputs_with_fewer_cells_than_queries():
     """20 queries on an input whose E4 grid has 8 cells: training and inference run (it crashed in the
     attention mask before)."""
