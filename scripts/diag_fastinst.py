@@ -129,8 +129,9 @@ def rules(orig: str, crops: int = 200) -> dict:
     cell match that GT only if its location is inside: the authors' ``linspace`` point, which drifts up to
     half a cell from the cell's centre toward the border, or the old nearest-grid rule (the cell's centre).
     Per class: GTs, the share of their proposal cells whose location is inside by each rule, and the share of
-    GTs with no proposal cell inside by each rule (a query the proposal head is taught to fire for that GT
-    can then never be matched to it)."""
+    GTs with no proposal cell inside by each rule (``gts_unmatchable_*``: every query the proposal head is
+    taught to fire for that GT carries the location penalty for it, so it goes to any query whose location
+    is inside, and only by mask and class cost when there is none)."""
     import numpy as np
     import torch
 
