@@ -4,6 +4,7 @@
     python scripts/bench_train.py --arms fastinst:imagenet,maskrcnn:imagenet,fastinst:scratch,maskrcnn:scratch \\
         --iterations 1000 --every 500 --out DIR               # the four curves of FastInst vs the reference
     python scripts/bench_train.py --plot DIR/curve-*.json --out DIR   # one figure from arms run separately
+    python scripts/bench_train.py --plot docs/bench_train_*_published_*.json --out DIR  # the protocol, from docs/
     python scripts/bench_train.py --arms fastinst:imagenet --revert all --recipe ours ...  # the ablation's old model
     python scripts/bench_train.py --scale full [--iters 30]      # on a GPU machine
     python scripts/bench_train.py --mapper-cost [--iters 6] --out DIR  # a step on crops vs the authors' mapper
@@ -295,6 +296,21 @@ def mean_heldout(reports: list[dict]) -> dict:
                          "seeds": e["seeds"]} for e in acc.values()}
 
 
+def plot_reports(paths: list[str]) -> list[dict]:
+    """The runs behind --plot: a curve-*.json is one run; a --json result (what docs/ keeps of every protocol
+    run) holds its runs under "arms", so the committed results alone redraw the figure and the table."""
+    reports = []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        runs = data["arms"] if isinstance(data, dict) and "arms" in data else [data]
+        for r in runs:
+            if not isinstance(r, dict) or "curve" not in r:
+                raise SystemExit(f"{path}: not a curve-*.json or a bench_train --json result (no 'curve')")
+        reports += runs
+    return reports
+
+
 def summary_table(reports: list[dict]) -> str:
     """The protocol's results as one Markdown table, a row per setting (its seeds averaged) at its last,
     fully annealed checkpoint: what the README's tables copy, so a number there is never typed by hand."""
@@ -308,7 +324,7 @@ def summary_table(reports: list[dict]) -> str:
 
     rows = ["| run | arm | recipe | restored deviations | iterations | seeds | train AP50 | held-out AP50 (AP) "
             "| held-out AP50 by seed | held-out AP50: person / car / bicycle |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for runs in groups.values():
+    for runs in sorted(groups.values(), key=lambda runs: run_label(runs[0])):  # the same order from any files
         last = [r["curve"][-1] for r in runs]
         val = [p["val"] for p in last]
         recipe = runs[0].get("recipe") or "-"
@@ -530,7 +546,7 @@ def main() -> None:
     ap.add_argument("--revert", help="--arms, FastInst only (the ablation): restore these fixed deviations from "
                     "the authors' code, comma-separated (proposal, location, points, ppm, guided; all = the old model)")
     ap.add_argument("--mapper-cost", action="store_true", help="time a step on crops vs the authors' mapper")
-    ap.add_argument("--plot", nargs="+", help="redraw the arms figure (--out/curves.png) from curve-*.json files")
+    ap.add_argument("--plot", nargs="+", help="redraw the arms figure (--out/curves.png) and summary.md from curve-*.json files or --json results")
     args = ap.parse_args()
     reverts(args.revert)  # a bad name is refused before anything is written
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -538,7 +554,7 @@ def main() -> None:
     if args.mapper_cost:
         res = mapper_cost(args)
     elif args.plot:
-        reports = [json.load(open(f)) for f in args.plot]
+        reports = plot_reports(args.plot)
         os.makedirs(args.out, exist_ok=True)
         plot_arms(reports, os.path.join(args.out, "curves.png"))
         with open(os.path.join(args.out, "summary.md"), "w") as f:

@@ -82,6 +82,21 @@ def test_bench_train_summary_table_is_one_row_per_setting_at_its_last_checkpoint
     assert "| proposal, points | 1000 | 0 |" in rows[3] and "**0.300**" in rows[3]
 
 
+def test_bench_train_plot_reads_curve_files_and_json_results_and_refuses_anything_else(tmp_path):
+    """docs/ keeps each protocol run as its --json result; --plot must redraw the table from those alone."""
+    import json
+
+    bench = load_script("bench_train")
+    run = {"arm": "fastinst:imagenet", "name": "fi-fastinst-imagenet-seed0", "curve": [{"step": 1000}]}
+    (tmp_path / "curve.json").write_text(json.dumps(run))
+    (tmp_path / "result.json").write_text(json.dumps({"arms": [{**run, "seed": 1}], "mean_heldout_AP50": {}}))
+    (tmp_path / "other.json").write_text(json.dumps({"rows": 3}))
+    assert [r.get("seed") for r in bench.plot_reports([str(tmp_path / "curve.json"),
+                                                       str(tmp_path / "result.json")])] == [None, 1]
+    with pytest.raises(SystemExit, match="other.json: not a curve"):
+        bench.plot_reports([str(tmp_path / "other.json")])
+
+
 def test_bench_train_resumed_run_scores_only_curve_points_and_times_its_own_part(tmp_path):
     """A protocol run killed midway resumes from its last --checkpoint-every save: only the --every checkpoints
     (and the last) are curve points, and its speed counts only the iterations this launch trained."""
