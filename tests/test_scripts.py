@@ -107,3 +107,22 @@ def test_bench_train_resumed_run_scores_only_curve_points_and_times_its_own_part
     assert bench.launch_start(str(starts), 0) == 0  # a first launch (no file yet)
     starts.write_text('{"start_step": 0}\n{"start_step": 750}\n')  # killed at 750's save, then launched again
     assert bench.launch_start(str(starts), 1) == 750 and bench.launch_start(str(starts), 2) == 0
+
+
+def test_diag_fastinst_rules_counts_every_gt_once_and_gives_each_a_proposal_cell(sample_root, tmp_path):
+    """The README's rules figures (docs/diag_fastinst_rules.json) on the test sample: every GT of a crop owns at
+    least one proposal cell (the authors' pooled rule), the per-class rows add up to "all", and the shares
+    are shares."""
+    from instsynth.config import load_config
+    from instsynth.synth.originals import write_originals
+
+    diag = load_script("diag_fastinst")
+    orig = str(tmp_path / "original")
+    write_originals(sample_root, orig, load_config(None), log=lambda *a: None)
+    res = diag.rules(orig, crops=8)
+    everything = res.pop("all")
+    assert everything["gts"] > 0 and everything["gts"] == sum(r["gts"] for r in res.values())
+    assert everything["proposal_cells"] >= everything["gts"]
+    for row in (everything, *res.values()):
+        for key in ("cells_inside_authors", "cells_inside_centre", "gts_unmatchable_authors", "gts_unmatchable_centre"):
+            assert 0 <= row[key] <= 1, (key, row)
