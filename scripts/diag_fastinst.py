@@ -3,6 +3,7 @@
     python scripts/diag_fastinst.py oracle [--strides 4,8,16]
     python scripts/diag_fastinst.py classes            # per class: size, E4 coverage, stride-8 ceiling
     python scripts/diag_fastinst.py rules [--crops 200]   # proposal targets vs the location rules, training crops
+    python scripts/diag_fastinst.py recall --ckpt DIR [--ckpt DIR ...]   # per class: found, classified, ranked
     python scripts/diag_fastinst.py train [--iterations 600] [--every 300] [--params '{"num_queries": 100}'] [--bb 1.0]
 
 ``oracle``: the ceiling a mask predicted on a stride-S grid can reach here.  Each ground-truth mask at
@@ -91,14 +92,11 @@ def classes(out: str, seed: int = 1) -> dict:
 
     from instsynth.datasets import cityscapes_space
     from instsynth.datasets.cityscapes import discover, read_ids
-    from instsynth.datasets.sample import write_sample
     from instsynth.io import storage
     from instsynth.train.data import targets_from_ids
     from instsynth.train.models import fastinst as fi
 
-    root = os.path.join(out, f"heldout-seed{seed}")
-    if not os.path.isdir(root):
-        write_sample(root, images=80, size=(1024, 512), seed=seed, val_fraction=1.0)
+    root = heldout(out, seed)
     names = cityscapes_space().evaluated  # the model's class indices (train.data.class_ids)
     area: dict[int, list] = {}
     cover: dict[int, list] = {}
@@ -169,6 +167,73 @@ def rules(orig: str, crops: int = 200) -> dict:
                 "gts_unmatchable_authors": round(1 - float(np.mean(a["gt_authors"])), 3),
                 "gts_unmatchable_centre": round(1 - float(np.mean(a["gt_centre"])), 3)}
             for k, a in sorted(acc.items(), key=lambda kv: -len(kv[1]["cells"]))}
+
+
+def heldout(out: str, seed: int = 1) -> str:
+    """The protocol's held-out images (80 of sample ``seed``, all val), written once into ``out``."""
+    from instsynth.datasets.sample import write_sample
+
+    root = os.path.join(out, f"heldout-seed{seed}")
+    if not os.path.isdir(root):
+        write_sample(root, images=80, size=(1024, 512), seed=seed, val_fraction=1.0)
+    return root
+
+
+def recall(ckpts: list[str], root: str) -> dict:
+    """Where a class's AP50 is lost, per checkpoint, on the val images of ``root`` (the protocol's held-out
+    images: ``heldout``) at the checkpoint's test scale. Per class: ``found`` (share of GTs some prediction of any class covers at IoU > 0.5: the mask head
+    and the queries reached it), ``found_as_class`` (... a prediction of the right class: classification too),
+    ``false_above_hit`` (median over found GTs of how many of the image's predictions of that class cover no
+    GT of it at IoU > 0.5 yet score above the GT's best hit: what AP50 ranks before it) and
+    ``false_per_image`` (such false predictions scoring above the class's median hit). A class with
+    ``found`` high and ``found_as_class`` low loses to classification; with both high, to ranking."""
+    import numpy as np
+
+    from instsynth.datasets import cityscapes_space
+    from instsynth.datasets.cityscapes import discover, read_ids, read_image
+    from instsynth.io import storage
+    from instsynth.train.data import targets_from_ids
+    from instsynth.train.evaluate import load_checkpoint, predict_image
+
+    names = cityscapes_space().evaluated
+    res = {}
+    for ckpt in ckpts:
+        model, step = load_checkpoint(ckpt)
+        model.eval()
+        short = json.loads(storage.read_bytes(storage.join(ckpt, "model.json"))).get("recipe", {}).get("eval_short_edge")
+        acc: dict[int, dict[str, list]] = {}
+        for rec in discover(root, "val"):
+            img, ids = read_image(storage.join(root, rec.image)), read_ids(storage.join(root, rec.labels))
+            preds = predict_image(model, img, short_edge=short)
+            masks, labels = targets_from_ids(ids)
+            pm = np.stack([p["mask"] for p in preds]).reshape(len(preds), -1) if preds else np.zeros((0, ids.size), bool)
+            gm = masks.reshape(len(masks), -1)
+            inter = pm.astype(np.float32) @ gm.T.astype(np.float32)  # (P, G)
+            iou = inter / np.maximum(pm.sum(1)[:, None] + gm.sum(1)[None] - inter, 1)
+            plab = np.array([p["label"] for p in preds], int)
+            score = np.array([p["score"] for p in preds])
+            for c in set(labels.tolist()) | set(plab.tolist()):
+                a = acc.setdefault(c, {"found": [], "as_class": [], "above": [], "hit_scores": [], "false_scores": []})
+                mine, own = np.flatnonzero(plab == c), np.flatnonzero(labels == c)
+                false = [i for i in mine if not len(own) or not (iou[i, own] > 0.5).any()]
+                a["false_scores"] += [float(score[i]) for i in false]
+                for g in own:
+                    a["found"].append(bool((iou[:, g] > 0.5).any()))
+                    hits = [i for i in mine if iou[i, g] > 0.5]
+                    a["as_class"].append(bool(hits))
+                    if hits:
+                        best = max(float(score[i]) for i in hits)
+                        a["hit_scores"].append(best)
+                        a["above"].append(sum(float(score[i]) > best for i in false))
+        images = len(list(discover(root, "val")))
+        res[f"{ckpt} (step {step})"] = {
+            names[c]: {"gts": len(a["found"]), "found": round(float(np.mean(a["found"])), 3) if a["found"] else None,
+                       "found_as_class": round(float(np.mean(a["as_class"])), 3) if a["as_class"] else None,
+                       "false_above_hit": float(np.median(a["above"])) if a["above"] else None,
+                       "false_per_image": round(sum(s > np.median(a["hit_scores"]) for s in a["false_scores"]) / images, 2)
+                       if a["hit_scores"] else None}
+            for c, a in sorted(acc.items())}
+    return res
 
 
 def mask_quality(model, root: str, images: int = 10) -> dict:
@@ -253,7 +318,8 @@ def train(args, root: str, orig: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["oracle", "train", "classes", "rules"])
+    ap.add_argument("mode", choices=["oracle", "train", "classes", "rules", "recall"])
+    ap.add_argument("--ckpt", action="append", default=[], help="recall: a checkpoint dir (repeatable)")
     ap.add_argument("--crops", type=int, default=200)
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "instsynth-diag-fastinst"))
     ap.add_argument("--strides", default="4,8,16")
@@ -265,6 +331,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.mode == "classes":
         print(json.dumps(classes(args.out), indent=1))
+        return
+    if args.mode == "recall":
+        if not args.ckpt:
+            ap.error("recall needs --ckpt DIR (a trainer checkpoint; repeatable)")
+        print(json.dumps(recall(args.ckpt, heldout(args.out)), indent=1))
         return
     root, orig = sample(args.out)
     if args.mode == "rules":

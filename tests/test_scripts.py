@@ -126,3 +126,46 @@ def test_diag_fastinst_rules_counts_every_gt_once_and_gives_each_a_proposal_cell
     for row in (everything, *res.values()):
         for key in ("cells_inside_authors", "cells_inside_centre", "gts_unmatchable_authors", "gts_unmatchable_centre"):
             assert 0 <= row[key] <= 1, (key, row)
+
+
+def test_diag_fastinst_recall_tells_a_missed_mask_from_a_wrong_class(sample_root, tmp_path, monkeypatch):
+    """``recall`` on an oracle that predicts every GT mask: all found; with every label shifted by one, all still
+    found but none as their class; no false prediction ever outranks a hit."""
+    import json
+
+    from instsynth.datasets.cityscapes import read_ids
+    from instsynth.train import evaluate
+    from instsynth.train.data import targets_from_ids
+
+    diag = load_script("diag_fastinst")
+    ckpt = tmp_path / "ck"
+    ckpt.mkdir()
+    (ckpt / "model.json").write_text(json.dumps({"recipe": {"eval_short_edge": None}}))
+    shift = {"by": 0}
+    truth = {}
+
+    def oracle(model, image, short_edge=None):
+        masks, labels = targets_from_ids(truth["ids"])
+        return [{"mask": m, "label": (int(c) + shift["by"]) % 8, "score": 1.0 - 0.01 * k}
+                for k, (m, c) in enumerate(zip(masks, labels))]
+
+    real_read_ids = read_ids
+
+    def reading(path):
+        truth["ids"] = real_read_ids(path)
+        return truth["ids"]
+
+    monkeypatch.setattr(evaluate, "load_checkpoint", lambda path: (object.__new__(_Eval), 7))
+    monkeypatch.setattr(evaluate, "predict_image", oracle)
+    monkeypatch.setattr("instsynth.datasets.cityscapes.read_ids", reading)
+    right = next(iter(diag.recall([str(ckpt)], sample_root).values()))
+    assert right and all(r["found"] == 1 and r["found_as_class"] == 1 and r["false_above_hit"] == 0
+                         and r["false_per_image"] == 0 for r in right.values() if r["gts"])
+    shift["by"] = 1
+    wrong = next(iter(diag.recall([str(ckpt)], sample_root).values()))
+    assert all(r["found"] == 1 and r["found_as_class"] == 0 for r in wrong.values() if r["gts"])
+
+
+class _Eval:
+    def eval(self):
+        return self
