@@ -408,6 +408,53 @@ def plot_arms(reports: list[dict], path: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+def plot_settings(reports: list[dict], path: str, targets: dict[int, float] | None = None) -> None:
+    """One bar per setting (its seeds averaged, at its last checkpoint: the rows of summary.md), held-out
+    AP50, each seed a dot, FastInst and Mask2Former apart by colour, the targets per schedule length as
+    lines: the protocol at a glance, where the curves figure is a cloud of points at 1,000 iterations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict = {}
+    for r in sorted(reports, key=seed_of):
+        groups.setdefault(setting(r), []).append(r)
+    rows = sorted(groups.values(), key=lambda runs: (runs[0]["curve"][-1]["step"],
+                                                     -_mean([x["curve"][-1]["val"]["AP50"] for x in runs])))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.32 * len(rows)))
+    colours = {"fastinst": "tab:blue", "mask2former": "tab:orange"}
+    for y, runs in enumerate(rows):
+        vals = [x["curve"][-1]["val"]["AP50"] or 0.0 for x in runs]
+        step = runs[0]["curve"][-1]["step"]
+        ax.barh(y, _mean(vals), color=colours.get(runs[0]["arm"].split(":")[0], "tab:gray"),
+                alpha=0.5 if step < 2000 else 0.9)
+        ax.plot(vals, [y] * len(vals), "k.", ms=4)
+        ax.annotate(f"{_mean(vals):.3f}", (_mean(vals), y), xytext=(4, -3), textcoords="offset points", fontsize=7)
+    ax.set_yticks(range(len(rows)), [f"{run_label(runs[0]).split(':')[0]} ({runs[0]['curve'][-1]['step']} it, "
+                                     f"{len(runs)} seed{'s' if len(runs) > 1 else ''})" for runs in rows], fontsize=7)
+    ax.invert_yaxis()
+    for step, value in (targets or {}).items():
+        ax.axvline(value, ls="--", lw=1, color="k" if step >= 2000 else "gray")
+        ax.annotate(f"target at {step}", (value, len(rows) - 0.5), rotation=90, fontsize=7, va="bottom",
+                    xytext=(2, 0), textcoords="offset points")
+    ax.set_xlabel("held-out AP50 at the last, fully annealed checkpoint (bar: mean of seeds, dots: each seed)")
+    ax.set_title(f"Every protocol setting (blue FastInst, orange Mask2Former; pale 1,000 iterations, dark "
+                 f"2,000) - {reports[0]['machine']}", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _mean(vals: list) -> float:
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+#: issue 30's targets for FastInst's held-out AP50, by schedule length (drawn on the settings figure)
+PROTOCOL_TARGETS = {1000: 0.17, 2000: 0.30}
+
+
 # -- full-size step time on a GPU ----------------------------------------------------------------
 
 class GpuSampler:
@@ -557,6 +604,7 @@ def main() -> None:
         reports = plot_reports(args.plot)
         os.makedirs(args.out, exist_ok=True)
         plot_arms(reports, os.path.join(args.out, "curves.png"))
+        plot_settings(reports, os.path.join(args.out, "settings.png"), PROTOCOL_TARGETS)
         with open(os.path.join(args.out, "summary.md"), "w") as f:
             f.write(f"# Every run, at its last checkpoint ({reports[0]['machine']})\n\n"
                     "Train = the training images; held-out = the `--heldout-seed` sample (or the val split); "
@@ -564,7 +612,7 @@ def main() -> None:
                     + summary_table(reports))
         res = {"arms": reports, "mean_heldout_AP50": mean_heldout(reports)}
         print_means(res["mean_heldout_AP50"])
-        print(f"wrote {os.path.join(args.out, 'curves.png')} and summary.md")
+        print(f"wrote {os.path.join(args.out, 'curves.png')}, settings.png and summary.md")
     elif args.arms:
         reports = []
         for arm, seed in ((a, int(sd)) for a in args.arms.split(",") for sd in args.seeds.split(",")):
