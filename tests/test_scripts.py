@@ -96,7 +96,7 @@ def test_bench_train_plot_reads_curve_files_and_json_results_and_refuses_anythin
     with pytest.raises(SystemExit, match="other.json: not a curve"):
         bench.plot_reports([str(tmp_path / "other.json")])
     point = {"step": 1000, "val": {"AP50": 0.1}}
-    runs = [{**run, "seed": k, "curve": [point], "config": [f"train.seed={k}"]} for k in (0, 1)]
+    runs = [{**run, "seed": k, "curve": [point], "config": [f"train.seed={k}"], "machine": "vm"} for k in (0, 1)]
     bench.plot_settings(runs, str(tmp_path / "settings.png"), bench.PROTOCOL_TARGETS)  # two seeds, one bar
     assert (tmp_path / "settings.png").stat().st_size > 0
 
