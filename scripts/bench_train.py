@@ -311,12 +311,18 @@ def plot_reports(paths: list[str]) -> list[dict]:
     return reports
 
 
-def summary_table(reports: list[dict]) -> str:
-    """The protocol's results as one Markdown table, a row per setting (its seeds averaged) at its last,
-    fully annealed checkpoint: what the README's tables copy, so a number there is never typed by hand."""
+def by_setting(reports: list[dict]) -> dict:
+    """{setting: its runs, seed order}: a row of summary.md, a bar of settings.png."""
     groups: dict = {}
     for r in sorted(reports, key=seed_of):
         groups.setdefault(setting(r), []).append(r)
+    return groups
+
+
+def summary_table(reports: list[dict]) -> str:
+    """The protocol's results as one Markdown table, a row per setting (its seeds averaged) at its last,
+    fully annealed checkpoint: what the README's tables copy, so a number there is never typed by hand."""
+    groups = by_setting(reports)
 
     def mean(vals):
         vals = [v for v in vals if v is not None]
@@ -417,10 +423,7 @@ def plot_settings(reports: list[dict], path: str, targets: dict[int, float] | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict = {}
-    for r in sorted(reports, key=seed_of):
-        groups.setdefault(setting(r), []).append(r)
-    rows = sorted(groups.values(), key=lambda runs: (runs[0]["curve"][-1]["step"],
+    rows = sorted(by_setting(reports).values(), key=lambda runs: (runs[0]["curve"][-1]["step"],
                                                      -_mean([x["curve"][-1]["val"]["AP50"] for x in runs])))
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.32 * len(rows)))
     colours = {"fastinst": "tab:blue", "mask2former": "tab:orange"}
