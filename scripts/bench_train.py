@@ -325,8 +325,8 @@ def summary_table(reports: list[dict]) -> str:
     groups = by_setting(reports)
 
     def mean(vals):
-        vals = [v for v in vals if v is not None]
-        return f"{sum(vals) / len(vals):.3f}" if vals else "-"
+        m = _mean(vals)
+        return "-" if m is None else f"{m:.3f}"
 
     rows = ["| run | arm | recipe | restored deviations | iterations | seeds | train AP50 | held-out AP50 (AP) "
             "| held-out AP50 by seed | held-out AP50: person / car / bicycle |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -424,7 +424,7 @@ def plot_settings(reports: list[dict], path: str, targets: dict[int, float] | No
     import matplotlib.pyplot as plt
 
     rows = sorted(by_setting(reports).values(), key=lambda runs: (runs[0]["curve"][-1]["step"],
-                                                     -_mean([x["curve"][-1]["val"]["AP50"] for x in runs])))
+                                                     -(_mean([x["curve"][-1]["val"]["AP50"] for x in runs]) or 0.0)))
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.32 * len(rows)))
     colours = {"fastinst": "tab:blue", "mask2former": "tab:orange"}
     for y, runs in enumerate(rows):
@@ -449,9 +449,10 @@ def plot_settings(reports: list[dict], path: str, targets: dict[int, float] | No
     fig.savefig(path, dpi=100)
 
 
-def _mean(vals: list) -> float:
+def _mean(vals: list) -> float | None:
+    """The mean of the values present (a run not scored on a split has None there); None if none are."""
     vals = [v for v in vals if v is not None]
-    return sum(vals) / len(vals) if vals else 0.0
+    return sum(vals) / len(vals) if vals else None
 
 
 #: issue 30's targets for FastInst's held-out AP50, by schedule length (drawn on the settings figure)

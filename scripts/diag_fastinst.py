@@ -53,8 +53,6 @@ def sample(out: str) -> tuple[str, str]:
 def oracle(root: str, stride: int, splits=("train", "val"), max_images: int | None = 20, per_class: bool = False) -> dict:
     import cv2
     import numpy as np
-    import torch
-    import torch.nn.functional as F
 
     from instsynth.train.data import targets_from_ids
     from instsynth.train.evaluate import evaluate_model
@@ -67,9 +65,7 @@ def oracle(root: str, stride: int, splits=("train", "val"), max_images: int | No
         masks, labels = targets_from_ids(small)
         out = []
         for m, lab in zip(masks, labels):
-            g = F.adaptive_avg_pool2d(torch.from_numpy(m).float()[None, None], (max(1, th // stride), max(1, tw // stride)))
-            up = F.interpolate(g, size=(th, tw), mode="bilinear", align_corners=False)[0, 0].numpy() > 0.5
-            full = cv2.resize(up.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+            full = cv2.resize(on_stride(m, stride).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
             if full.any():
                 out.append({"mask": full, "label": int(lab), "score": 1.0})
         return out
@@ -78,6 +74,34 @@ def oracle(root: str, stride: int, splits=("train", "val"), max_images: int | No
         r = evaluate_model(None, root, split, max_images=max_images, predictor=predict)["cityscapes"]
         return {k: v["ap50"] for k, v in r["per_class"].items()} if per_class else round(r["AP50"], 3)
     return {split: score(split) for split in splits}
+
+
+def on_stride(mask, stride: int):
+    """The best a mask head at ``stride`` can draw of ``mask`` (H, W bool, at the test scale): the mask
+    average-pooled onto the head's grid, upsampled bilinearly and thresholded at 0.5, as FastInst's masks are."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = mask.shape
+    g = F.adaptive_avg_pool2d(torch.from_numpy(mask).float()[None, None], (max(1, h // stride), max(1, w // stride)))
+    return F.interpolate(g, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy() > 0.5
+
+
+def reachable(masks, short_edge: int | None, stride: int = 8):
+    """Per GT mask (N, H, W, native size): can a stride-``stride`` mask head, at the test scale
+    ``short_edge``, cover it at IoU > 0.5 at all (``on_stride``, scored back at the native size)?"""
+    import cv2
+    import numpy as np
+
+    n, h, w = masks.shape
+    s = (short_edge or min(h, w)) / min(h, w)
+    th, tw = round(h * s), round(w * s)
+    out = np.zeros(n, bool)
+    for i, m in enumerate(masks):
+        small = cv2.resize(m.astype(np.uint8), (tw, th), interpolation=cv2.INTER_NEAREST).astype(bool)
+        best = cv2.resize(on_stride(small, stride).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+        out[i] = (best & m).sum() > 0.5 * max((best | m).sum(), 1)
+    return out
 
 
 def classes(out: str, seed: int = 1) -> dict:
@@ -186,7 +210,13 @@ def recall(ckpts: list[str], root: str) -> dict:
     ``false_above_hit`` (median over found GTs of how many of the image's predictions of that class cover no
     GT of it at IoU > 0.5 yet score above the GT's best hit: what AP50 ranks before it) and
     ``false_per_image`` (such false predictions scoring above the class's median hit). A class with
-    ``found`` high and ``found_as_class`` low loses to classification; with both high, to ranking."""
+    ``found`` high and ``found_as_class`` low loses to classification; with both high, to ranking.
+    ``above_median_hit`` says what AP50 counts as false positives ahead of the median hit, per image, by kind:
+    ``duplicate`` (covers a GT of its class at IoU > 0.5 that a higher-scored prediction already covers),
+    ``loose`` (its best IoU with a GT of its class is in (0.1, 0.5]: a real instance, a badly fitted mask),
+    ``other_class`` (covers a GT of another class at IoU > 0.5) and ``background`` (none of these);
+    ``loose_on_unreachable``: the loose ones whose instance no stride-8 mask can cover at IoU > 0.5 (``reachable``:
+    lost to the mask head's grid, not to its fit)."""
     import numpy as np
 
     from instsynth.datasets import cityscapes_space
@@ -212,11 +242,14 @@ def recall(ckpts: list[str], root: str) -> dict:
             iou = inter / np.maximum(pm.sum(1)[:, None] + gm.sum(1)[None] - inter, 1)
             plab = np.array([p["label"] for p in preds], int)
             score = np.array([p["score"] for p in preds])
+            reach = reachable(masks, short)
             for c in set(labels.tolist()) | set(plab.tolist()):
-                a = acc.setdefault(c, {"found": [], "as_class": [], "above": [], "hit_scores": [], "false_scores": []})
+                a = acc.setdefault(c, {"found": [], "as_class": [], "above": [], "hit_scores": [], "false_scores": [],
+                                       "kinds": []})
                 mine, own = np.flatnonzero(plab == c), np.flatnonzero(labels == c)
                 false = [i for i in mine if not len(own) or not (iou[i, own] > 0.5).any()]
                 a["false_scores"] += [float(score[i]) for i in false]
+                a["kinds"] += false_kinds(mine, own, np.flatnonzero(labels != c), iou, score, reach)
                 for g in own:
                     a["found"].append(bool((iou[:, g] > 0.5).any()))
                     hits = [i for i in mine if iou[i, g] > 0.5]
@@ -226,14 +259,55 @@ def recall(ckpts: list[str], root: str) -> dict:
                         a["hit_scores"].append(best)
                         a["above"].append(sum(float(score[i]) > best for i in false))
         images = len(list(discover(root, "val")))
-        res[f"{ckpt} (step {step})"] = {
-            names[c]: {"gts": len(a["found"]), "found": round(float(np.mean(a["found"])), 3) if a["found"] else None,
-                       "found_as_class": round(float(np.mean(a["as_class"])), 3) if a["as_class"] else None,
-                       "false_above_hit": float(np.median(a["above"])) if a["above"] else None,
-                       "false_per_image": round(sum(s > np.median(a["hit_scores"]) for s in a["false_scores"]) / images, 2)
-                       if a["hit_scores"] else None}
-            for c, a in sorted(acc.items())}
+        res[f"{ckpt} (step {step})"] = {names[c]: recall_row(a, images) for c, a in sorted(acc.items())}
     return res
+
+
+def recall_row(a: dict, images: int) -> dict:
+    """One class's ``recall`` entry from its accumulated GT flags, hit scores and false positives."""
+    import numpy as np
+
+    row = {"gts": len(a["found"]), "found": round(float(np.mean(a["found"])), 3) if a["found"] else None,
+           "found_as_class": round(float(np.mean(a["as_class"])), 3) if a["as_class"] else None,
+           "false_above_hit": float(np.median(a["above"])) if a["above"] else None,
+           "false_per_image": None, "above_median_hit": None}
+    if a["hit_scores"]:
+        med = np.median(a["hit_scores"])
+        ahead = [(kind, reach) for kind, s, reach in a["kinds"] if s > med]
+
+        def per_image(n):  # numpy's rounding (6/80 -> 0.08), as the counts were rounded when first recorded
+            return float(np.round(n / images, 2))
+        row["false_per_image"] = per_image(sum(s > med for s in a["false_scores"]))
+        row["above_median_hit"] = {k: per_image(sum(kind == k for kind, _ in ahead))
+                                   for k in ("duplicate", "loose", "other_class", "background")}
+        row["above_median_hit"]["loose_on_unreachable"] = per_image(sum(kind == "loose" and not r for kind, r in ahead))
+    return row
+
+
+def false_kinds(mine, own, other, iou, score, reach=None) -> list[tuple[str, float, bool]]:
+    """(kind, score) of each prediction in ``mine`` (indices of one class's predictions; ``own``/``other``: the
+    GTs of that class / of the others, columns of ``iou``) that AP50 counts as a false positive, matched
+    greedily as the evaluator does: by score, a prediction takes the best free GT of its class at IoU > 0.5;
+    one whose GTs are all taken is a ``duplicate``; one with none ``loose``, ``other_class`` or ``background``
+    (``recall``). The flag: the GT it overlaps most is ``reach``-able (a stride-8 head can cover it at IoU > 0.5;
+    all are, without ``reach``)."""
+    taken, out = set(), []
+    for i in sorted(mine, key=lambda i: -score[i]):
+        free = [g for g in own if iou[i, g] > 0.5 and g not in taken]
+        if free:
+            taken.add(max(free, key=lambda g: iou[i, g]))
+            continue
+        if any(iou[i, g] > 0.5 for g in own):
+            kind = "duplicate"
+        elif any(iou[i, g] > 0.1 for g in own):
+            kind = "loose"
+        elif any(iou[i, g] > 0.5 for g in other):
+            kind = "other_class"
+        else:
+            kind = "background"
+        near = max(own, key=lambda g: iou[i, g]) if len(own) else None
+        out.append((kind, float(score[i]), bool(reach is None or near is None or reach[near])))
+    return out
 
 
 def mask_quality(model, root: str, images: int = 10) -> dict:

@@ -7,7 +7,7 @@
 # (every 250 iterations), so re-running resumes; OUTDIR/curves.png and OUTDIR/summary.md (one Markdown
 # table: a row per setting, its seeds averaged, at its last checkpoint) are redrawn
 # from every finished run at the end. CHOSEN_LR (default 1e-4): the FastInst LR the sweep chose, for the
-# 2-seed and 2,000-iteration runs. Runs:
+# 2-seed and 2,000-iteration runs. DRY_RUN=1 prints each run's bench_train.py arguments and runs nothing. Runs:
 #   m2f-1000            the reference: transformers' Mask2Former, its published recipe
 #   fi-lr1e-4 fi-lr2e-4 fi-lr5e-4   the LR sweep: FastInst on its authors' recipe (no clip, step schedule)
 #   fi-ours             FastInst on our old recipe (LR 5e-4, backbone x1, clip 0.01, 100-it warmup, poly)
@@ -26,6 +26,9 @@
 #                       the proposal targets disagree on 70% of the cells marked for persons)
 #   seed1-fi seed1-m2f  the second seed at 1,000 iterations (chosen FastInst recipe, the reference)
 #   seed1-fix-ppm       the second seed of fix-ppm (is its lead over every fix together more than seed noise?)
+#   ppm-plus-proposal ppm-plus-location ppm-plus-points ppm-plus-guided   fix-ppm (the old model with the PPM
+#                       fixed, our old recipe: persons 0.17) with one more fix: which one, added, costs persons
+#                       their AP50 (no fix left out of the chosen recipe restores them: 0.038-0.070)
 #   fi-2000 m2f-2000 seed1-fi-2000 seed1-m2f-2000   2,000 iterations, 2 seeds
 set -uo pipefail
 out=${1:?usage: train_protocol.sh OUTDIR [RUN...]}; shift
@@ -33,13 +36,14 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
 lr=${CHOSEN_LR:-1e-4}
 all=(m2f-1000 fi-lr1e-4 fi-lr5e-4 fi-lr2e-4 fi-ours fi-mapper old fix-proposal fix-location fix-points fix-ppm fix-guided
-     fix-recipe fi-without-location fi-without-guided fi-without-proposal fi-without-points fi-location-cells seed1-fi seed1-m2f fi-2000 m2f-2000 seed1-fi-2000 seed1-m2f-2000 seed1-fix-ppm)
+     fix-recipe fi-without-location fi-without-guided fi-without-proposal fi-without-points fi-location-cells seed1-fi seed1-m2f fi-2000 m2f-2000 seed1-fi-2000 seed1-m2f-2000 seed1-fix-ppm
+     ppm-plus-proposal ppm-plus-location ppm-plus-points ppm-plus-guided)
 runs=("$@"); [ ${#runs[@]} -eq 0 ] && runs=("${all[@]}")
 for run in "${runs[@]}"; do  # refuse an unknown run before anything starts
   [[ " ${all[*]} " == *" $run "* ]] || { echo "unknown run '$run'; valid: ${all[*]}" >&2; exit 2; }
 done
-but() {  # the revert list with one fix left out
-  local keep=$1 r=() n; for n in proposal location points ppm guided; do [ "$n" != "$keep" ] && r+=("$n"); done
+but() {  # the revert list with the named fixes left out (kept)
+  local r=() n; for n in proposal location points ppm guided; do [[ " $* " != *" $n "* ]] && r+=("$n"); done
   (IFS=,; echo "${r[*]}")
 }
 for run in "${runs[@]}"; do
@@ -54,6 +58,7 @@ for run in "${runs[@]}"; do
     old) a=(--arms fastinst:imagenet --recipe ours --iterations 1000 --seeds 0 --revert all) ;;
     fix-recipe) a+=(--revert all) ;;
     seed1-fix-ppm) a=(--arms fastinst:imagenet --recipe ours --iterations 1000 --seeds 1 --revert "$(but ppm)") ;;
+    ppm-plus-*) a=(--arms fastinst:imagenet --recipe ours --iterations 1000 --seeds 0 --revert "$(but ppm "${run#ppm-plus-}")") ;;
     fix-*) a=(--arms fastinst:imagenet --recipe ours --iterations 1000 --seeds 0 --revert "$(but "${run#fix-}")") ;;
     seed1-fi) a=(--arms fastinst:imagenet --recipe official --iterations 1000 --seeds 1 --set "train.lr=$lr") ;;
     seed1-m2f) a=(--arms mask2former:imagenet --recipe official --iterations 1000 --seeds 1) ;;
@@ -65,10 +70,13 @@ for run in "${runs[@]}"; do
   [ -f "$out/$run/result.json" ] && { echo "== $run: done, skipped"; continue; }
   n=$(printf '%s\n' "${a[@]}" | grep -A1 -- --iterations | tail -1)
   echo "== $run $(date +%T): ${a[*]}"
+  [ -n "${DRY_RUN:-}" ] && continue  # DRY_RUN=1: say what would run, run nothing
   "$py" "$here/scripts/bench_train.py" "${a[@]}" --width published --heldout-seed 1 --every "$n" --checkpoint-every 250 \
     --name "$run" --out "$out/$run" --json "$out/$run/result.json" > "$out/$run.log" 2>&1 \
     || { echo "   FAILED (see $out/$run.log)"; continue; }
   grep "mean held-out AP50" "$out/$run.log"
 done
 curves=("$out"/*/curve-*.json)
-[ -e "${curves[0]}" ] && "$py" "$here/scripts/bench_train.py" --plot "${curves[@]}" --out "$out" | tail -1
+if [ -z "${DRY_RUN:-}" ] && [ -e "${curves[0]}" ]; then
+  "$py" "$here/scripts/bench_train.py" --plot "${curves[@]}" --out "$out" | tail -1
+fi

@@ -145,13 +145,13 @@ def test_diag_fastinst_recall_tells_a_missed_mask_from_a_wrong_class(sample_root
     ckpt = tmp_path / "ck"
     ckpt.mkdir()
     (ckpt / "model.json").write_text(json.dumps({"recipe": {"eval_short_edge": None}}))
-    shift = {"by": 0}
+    shift = {"by": 0, "copies": 1}
     truth = {}
 
     def oracle(model, image, short_edge=None):
         masks, labels = targets_from_ids(truth["ids"])
-        return [{"mask": m, "label": (int(c) + shift["by"]) % 8, "score": 1.0 - 0.01 * k}
-                for k, (m, c) in enumerate(zip(masks, labels))]
+        return [{"mask": m, "label": (int(c) + shift["by"]) % 8, "score": 1.0 - 0.01 * k - 0.001 * j}
+                for k, (m, c) in enumerate(zip(masks, labels)) for j in range(shift["copies"])]
 
     real_read_ids = read_ids
 
@@ -164,7 +164,14 @@ def test_diag_fastinst_recall_tells_a_missed_mask_from_a_wrong_class(sample_root
     monkeypatch.setattr("instsynth.datasets.cityscapes.read_ids", reading)
     right = next(iter(diag.recall([str(ckpt)], sample_root).values()))
     assert right and all(r["found"] == 1 and r["found_as_class"] == 1 and r["false_above_hit"] == 0
-                         and r["false_per_image"] == 0 for r in right.values() if r["gts"])
+                         and r["false_per_image"] == 0 and not any(r["above_median_hit"].values())
+                         for r in right.values() if r["gts"])
+    shift["copies"] = 2  # each mask twice, the copy just below its original: AP50's duplicates, nothing else
+    twice = next(iter(diag.recall([str(ckpt)], sample_root).values()))
+    kinds = [r["above_median_hit"] for r in twice.values() if r["gts"]]
+    assert sum(k["duplicate"] for k in kinds) > 0 and not any(k[n] for k in kinds for n in ("loose", "other_class", "background"))
+    assert all(r["found_as_class"] == 1 and r["false_per_image"] == 0 for r in twice.values() if r["gts"])
+    shift["copies"] = 1
     shift["by"] = 1
     wrong = next(iter(diag.recall([str(ckpt)], sample_root).values()))
     assert all(r["found"] == 1 and r["found_as_class"] == 0 for r in wrong.values() if r["gts"])
@@ -173,3 +180,68 @@ def test_diag_fastinst_recall_tells_a_missed_mask_from_a_wrong_class(sample_root
 class _Eval:
     def eval(self):
         return self
+
+
+def test_diag_fastinst_false_kinds_match_greedily_by_score():
+    """Five predictions of one class against two GTs of it (0, 1) and one of another (2): the best-scored
+    takes GT 0, the next covering only GT 0 is a duplicate, then a loose fit on GT 1, a mask on the other
+    class's GT, one on nothing; a lower-scored one that finds GT 1 free is a hit, not a false positive."""
+    import numpy as np
+
+    diag = load_script("diag_fastinst")
+    iou = np.array([[0.9, 0, 0], [0.7, 0, 0], [0, 0.3, 0], [0, 0, 0.8], [0, 0, 0.05], [0, 0.6, 0]])
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    kinds = diag.false_kinds(np.arange(6), np.array([0, 1]), np.array([2]), iou, score)
+    assert kinds == [("duplicate", 0.8, True), ("loose", 0.7, True), ("other_class", 0.6, True), ("background", 0.5, True)]
+    unreachable_1 = diag.false_kinds(np.arange(6), np.array([0, 1]), np.array([2]), iou, score, np.array([True, False]))
+    assert [r for _, _, r in unreachable_1] == [True, False, True, True]  # the loose fit is on GT 1
+
+
+def test_diag_fastinst_reachable_says_which_instances_a_stride_8_mask_can_cover():
+    """A 64x64 square survives a stride-8 mask head; a 3x3 speck pools to under half a cell and cannot;
+    at test scale 2x the native size the same speck becomes 6x6 and still cannot (under one 8x8 cell)."""
+    import numpy as np
+
+    diag = load_script("diag_fastinst")
+    masks = np.zeros((2, 128, 256), bool)
+    masks[0, 32:96, 64:128] = True
+    masks[1, 10:13, 10:13] = True
+    assert diag.reachable(masks, None).tolist() == [True, False]
+    assert diag.reachable(masks, 256).tolist() == [True, False]
+
+
+def test_train_protocol_runs_name_their_fixes_and_refuse_an_unknown_run(tmp_path):
+    """``DRY_RUN=1`` lists every run once with its arguments and writes nothing: fix-X restores every fixed
+    deviation but X, fi-without-X only X, ppm-plus-X all but the PPM and X; each revert list and override is one
+    bench_train.py and the config accept. An unknown run is refused in one line, before anything is written."""
+    from instsynth.config import load_config
+    from instsynth.train.models.fastinst import REVERTS
+
+    bench = load_script("bench_train")
+    out = tmp_path / "proto"
+    r = subprocess.run(["bash", "scripts/train_protocol.sh", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "DRY_RUN": "1"}, timeout=60)
+    assert r.returncode == 0 and not out.exists(), r.stderr
+    runs = {}
+    for line in r.stdout.splitlines():
+        name, args = line.split(" ", 2)[1], line.split(": ", 1)[1].split()
+        assert name not in runs
+        runs[name] = args
+    assert {"m2f-1000", "fi-mapper", "seed1-fi-2000", "seed1-m2f-2000", "ppm-plus-guided"} <= set(runs)
+
+    def reverted(args):
+        return set(bench.reverts(args[args.index("--revert") + 1])) if "--revert" in args else set()
+
+    for name, args in runs.items():
+        load_config(None, [a for k, a in zip(args, args[1:]) if k == "--set"])  # every override is a config key
+        fix = name.split("-")[-1]
+        if name.startswith("fix-") and fix in REVERTS:
+            assert reverted(args) == set(REVERTS) - {fix}, name
+        elif name.startswith("fi-without-"):
+            assert reverted(args) == {fix}, name
+        elif name.startswith("ppm-plus-"):
+            assert reverted(args) == set(REVERTS) - {"ppm", fix}, name
+    assert reverted(runs["old"]) == set(REVERTS) and not reverted(runs["fi-lr1e-4"])
+    bad = subprocess.run(["bash", "scripts/train_protocol.sh", str(out), "fix-ppm", "nope"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown run 'nope'" in bad.stderr and not out.exists()
