@@ -100,29 +100,40 @@ def heldout_root(out: str, seed: int) -> str:
     return root
 
 
-def mapper_cost(args) -> dict:
-    import numpy as np
-    import torch
-
+def protocol_sample(out: str) -> tuple[str, str]:
+    """The training sample (``write_sample(images=80, size=1024x512, seed=0)``) and its originals, written
+    once into ``out`` (``cityscapes/``, ``original/``): what every arm, the mapper timing and
+    ``diag_fastinst.py`` train on."""
     from instsynth.config import load_config
     from instsynth.datasets.sample import write_sample
     from instsynth.synth.originals import write_originals
-    from instsynth.train.data import build_catalog, collate, load_samples, stream_spec
-    from instsynth.train.models import build_model
-    from instsynth.train.trainer import train_step
 
-    out = os.path.abspath(args.out)
+    out = os.path.abspath(out)
     root, orig = os.path.join(out, "cityscapes"), os.path.join(out, "original")
     if not os.path.isdir(root):
         write_sample(root, images=80, size=(1024, 512), seed=0)
     if not os.path.isdir(orig):
         write_originals(root, orig, load_config(None), log=lambda *a: None)
+    return root, orig
+
+
+def mapper_cost(args, tiny: bool = False) -> dict:
+    """``--mapper-cost`` (module docstring); ``tiny``: the tiny FastInst (the smoke test's)."""
+    import numpy as np
+    import torch
+
+    from instsynth.config import load_config
+    from instsynth.train.data import build_catalog, collate, load_samples, stream_spec
+    from instsynth.train.models import build_model
+    from instsynth.train.trainer import train_step
+
+    _, orig = protocol_sample(args.out)
     cat = build_catalog([orig], seed=0)
     base = ["train.crop=384x192", "train.short_edge=[288, 480]", "train.batch_size=2"]
     mappers = ("crop", "fastinst")
     specs = {m: stream_spec(load_config(None, base + [f"train.mapper={m}"]).train, 0, 0, 1) for m in mappers}
     torch.manual_seed(0)
-    model = build_model("fastinst", tiny=False, backbone="mobilenet_v2", num_classes=len(cat.classes))
+    model = build_model("fastinst", tiny=tiny, backbone="mobilenet_v2", num_classes=len(cat.classes))
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
     times, pixels = {m: [] for m in mappers}, {m: [] for m in mappers}
     for k in range(args.iters + 1):
@@ -133,7 +144,8 @@ def mapper_cost(args) -> dict:
             if k:  # the first of each is the warm-up
                 times[m].append(time.perf_counter() - t)
                 pixels[m].append(images.shape[-2] * images.shape[-1])
-    res = {"machine": machine(), "model": "FastInst, published width, MobileNetV2, batch 2", "steps": args.iters,
+    res = {"machine": machine(), "model": f"FastInst, {'tiny' if tiny else 'published width'}, MobileNetV2, batch 2",
+           "steps": args.iters,
            **{m: {"median_s_per_step": float(np.median(times[m])), "mean_batch_pixels": float(np.mean(pixels[m]))}
               for m in mappers}}
     res["time_ratio"] = res["fastinst"]["median_s_per_step"] / res["crop"]["median_s_per_step"]
@@ -146,19 +158,12 @@ def mapper_cost(args) -> dict:
 
 def tiny(args) -> dict:
     from instsynth.config import load_config
-    from instsynth.datasets.sample import write_sample
     from instsynth.ray_runtime import QUIET_HOOK
-    from instsynth.synth.originals import write_originals
     from instsynth.train.evaluate import evaluate_checkpoint
     from instsynth.train.trainer import run_training
 
     out = os.path.abspath(args.out)
-    root = os.path.join(out, "cityscapes")
-    if not os.path.isdir(root):
-        write_sample(root, images=80, size=(1024, 512), seed=0)
-    orig = os.path.join(out, "original")
-    if not os.path.isdir(orig):
-        write_originals(root, orig, load_config(None), log=lambda *a: None)
+    root, orig = protocol_sample(out)
     model, init = (args.arm or "fastinst:scratch").split(":")
     arm = [f"train.model.name={model}", "train.model.tiny=true"]
     if args.arm:  # the four-curve comparison: one backbone for all, ImageNet weights or none

@@ -32,22 +32,24 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_train: the protocol's samples
+
+from bench_train import heldout_root, protocol_sample  # noqa: E402
 
 TEST_SHORT_EDGE = 384
 
 
-def sample(out: str) -> tuple[str, str]:
-    """The 80-image sample and its originals (written once into ``out``)."""
-    from instsynth.config import load_config
-    from instsynth.datasets.sample import write_sample
-    from instsynth.synth.originals import write_originals
+def ground_truth(root: str, split: str, images: bool = True, limit: int | None = None):
+    """(RGB image or None, index map, things) of each image of a split, read through the dataset seam
+    (``instsynth.datasets``), so that the diagnostic knows no folder layout and does no class arithmetic."""
+    import itertools
 
-    root, orig = os.path.join(out, "cityscapes"), os.path.join(out, "original")
-    if not os.path.isdir(root):
-        write_sample(root, images=80, size=(1024, 512), seed=0)
-    if not os.path.isdir(orig):
-        write_originals(root, orig, load_config(None), log=lambda *a: None)
-    return root, orig
+    from instsynth.datasets import open_dataset, resolve, things_of
+
+    ds = open_dataset(resolve(root))
+    for ref in itertools.islice(ds.discover(split), limit):
+        img, labels = ds.load(ref) if images else (None, ds.load_labels(ref))
+        yield img, labels.index, things_of(labels.regions)
 
 
 def oracle(root: str, stride: int, splits=("train", "val"), max_images: int | None = 20, per_class: bool = False) -> dict:
@@ -115,21 +117,18 @@ def classes(out: str, seed: int = 1) -> dict:
     import torch
 
     from instsynth.datasets import cityscapes_space
-    from instsynth.datasets.cityscapes import discover, read_ids
-    from instsynth.io import storage
-    from instsynth.train.data import targets_from_ids
+    from instsynth.train.data import targets
     from instsynth.train.models import fastinst as fi
 
-    root = heldout(out, seed)
+    root = heldout_root(out, seed)
     names = cityscapes_space().evaluated  # the model's class indices (train.data.class_ids)
     area: dict[int, list] = {}
     cover: dict[int, list] = {}
-    for rec in discover(root, "val"):
-        ids = read_ids(storage.join(root, rec.labels))
-        h, w = ids.shape
+    for _, index, things in ground_truth(root, "val", images=False):
+        h, w = index.shape
         sc = TEST_SHORT_EDGE / min(h, w)
         th, tw = round(h * sc), round(w * sc)
-        masks, labels = targets_from_ids(cv2.resize(ids, (tw, th), interpolation=cv2.INTER_NEAREST))
+        masks, labels = targets(cv2.resize(index, (tw, th), interpolation=cv2.INTER_NEAREST), things)
         if not len(labels):
             continue
         m = torch.from_numpy(np.stack(masks))
@@ -193,19 +192,9 @@ def rules(orig: str, crops: int = 200) -> dict:
             for k, a in sorted(acc.items(), key=lambda kv: -len(kv[1]["cells"]))}
 
 
-def heldout(out: str, seed: int = 1) -> str:
-    """The protocol's held-out images (80 of sample ``seed``, all val), written once into ``out``."""
-    from instsynth.datasets.sample import write_sample
-
-    root = os.path.join(out, f"heldout-seed{seed}")
-    if not os.path.isdir(root):
-        write_sample(root, images=80, size=(1024, 512), seed=seed, val_fraction=1.0)
-    return root
-
-
 def recall(ckpts: list[str], root: str) -> dict:
     """Where a class's AP50 is lost, per checkpoint, on the val images of ``root`` (the protocol's held-out
-    images: ``heldout``) at the checkpoint's test scale. Per class: ``found`` (share of GTs some prediction of any class covers at IoU > 0.5: the mask head
+    images: ``heldout_root``) at the checkpoint's test scale. Per class: ``found`` (share of GTs some prediction of any class covers at IoU > 0.5: the mask head
     and the queries reached it), ``found_as_class`` (... a prediction of the right class: classification too),
     ``false_above_hit`` (median over found GTs of how many of the image's predictions of that class cover no
     GT of it at IoU > 0.5 yet score above the GT's best hit: what AP50 ranks before it) and
@@ -220,9 +209,8 @@ def recall(ckpts: list[str], root: str) -> dict:
     import numpy as np
 
     from instsynth.datasets import cityscapes_space
-    from instsynth.datasets.cityscapes import discover, read_ids, read_image
     from instsynth.io import storage
-    from instsynth.train.data import targets_from_ids
+    from instsynth.train.data import targets
     from instsynth.train.evaluate import load_checkpoint, predict_image
 
     names = cityscapes_space().evaluated
@@ -232,11 +220,12 @@ def recall(ckpts: list[str], root: str) -> dict:
         model.eval()
         short = json.loads(storage.read_bytes(storage.join(ckpt, "model.json"))).get("recipe", {}).get("eval_short_edge")
         acc: dict[int, dict[str, list]] = {}
-        for rec in discover(root, "val"):
-            img, ids = read_image(storage.join(root, rec.image)), read_ids(storage.join(root, rec.labels))
+        images = 0
+        for img, index, things in ground_truth(root, "val"):
+            images += 1
             preds = predict_image(model, img, short_edge=short)
-            masks, labels = targets_from_ids(ids)
-            pm = np.stack([p["mask"] for p in preds]).reshape(len(preds), -1) if preds else np.zeros((0, ids.size), bool)
+            masks, labels = targets(index, things)
+            pm = np.stack([p["mask"] for p in preds]).reshape(len(preds), -1) if preds else np.zeros((0, index.size), bool)
             gm = masks.reshape(len(masks), -1)
             inter = pm.astype(np.float32) @ gm.T.astype(np.float32)  # (P, G)
             iou = inter / np.maximum(pm.sum(1)[:, None] + gm.sum(1)[None] - inter, 1)
@@ -258,7 +247,6 @@ def recall(ckpts: list[str], root: str) -> dict:
                         best = max(float(score[i]) for i in hits)
                         a["hit_scores"].append(best)
                         a["above"].append(sum(float(score[i]) > best for i in false))
-        images = len(list(discover(root, "val")))
         res[f"{ckpt} (step {step})"] = {names[c]: recall_row(a, images) for c, a in sorted(acc.items())}
     return res
 
@@ -314,16 +302,13 @@ def mask_quality(model, root: str, images: int = 10) -> dict:
     """Mean best IoU of each GT instance (>= 100 px) over all predictions, and the share above 0.5."""
     import numpy as np
 
-    from instsynth.datasets.cityscapes import discover, read_ids, read_image
-    from instsynth.io import storage
-    from instsynth.train.data import targets_from_ids
+    from instsynth.train.data import targets
     from instsynth.train.evaluate import predict_image
 
     best = []
-    for rec in list(discover(root, "train"))[:images]:
-        img, ids = read_image(storage.join(root, rec.image)), read_ids(storage.join(root, rec.labels))
+    for img, index, things in ground_truth(root, "train", limit=images):
         preds = predict_image(model, img, short_edge=TEST_SHORT_EDGE)
-        for m in targets_from_ids(ids)[0]:
+        for m in targets(index, things)[0]:
             if m.sum() >= 100:
                 best.append(max((float((p["mask"] & m).sum() / (p["mask"] | m).sum()) for p in preds), default=0.0))
     return {"mean_best_iou": round(float(np.mean(best)), 3), "iou_gt_0.5": round(float(np.mean(np.array(best) > 0.5)), 3),
@@ -409,9 +394,9 @@ def main() -> None:
     if args.mode == "recall":
         if not args.ckpt:
             ap.error("recall needs --ckpt DIR (a trainer checkpoint; repeatable)")
-        print(json.dumps(recall(args.ckpt, heldout(args.out)), indent=1))
+        print(json.dumps(recall(args.ckpt, heldout_root(args.out, 1)), indent=1))
         return
-    root, orig = sample(args.out)
+    root, orig = protocol_sample(args.out)
     if args.mode == "rules":
         print(json.dumps(rules(orig, args.crops), indent=1))
     elif args.mode == "oracle":

@@ -113,6 +113,27 @@ def test_bench_train_resumed_run_scores_only_curve_points_and_times_its_own_part
     assert bench.launch_start(str(starts), 1) == 750 and bench.launch_start(str(starts), 2) == 0
 
 
+def test_bench_train_mapper_cost_times_both_mappers_on_the_same_model(tmp_path):
+    """``--mapper-cost`` on a small sample and the tiny model: both kinds of step timed, and the authors'
+    mapper's batches (whole images at the training scale, or crops resized back to it) hold more pixels than
+    a 384x192 crop's."""
+    import argparse
+    import json
+
+    from instsynth.config import load_config
+    from instsynth.datasets.sample import write_sample
+    from instsynth.synth.originals import write_originals
+
+    bench = load_script("bench_train")
+    out = tmp_path / "out"
+    write_sample(str(out / "cityscapes"), images=6, size=(512, 256), seed=0)  # written: protocol_sample keeps it
+    write_originals(str(out / "cityscapes"), str(out / "original"), load_config(None), log=lambda *a: None)
+    res = bench.mapper_cost(argparse.Namespace(out=str(out), iters=1), tiny=True)
+    assert res["crop"]["median_s_per_step"] > 0 and res["fastinst"]["median_s_per_step"] > 0
+    assert res["crop"]["mean_batch_pixels"] == 384 * 192 and res["pixel_ratio"] > 1
+    json.dumps(res)
+
+
 def test_diag_fastinst_rules_counts_every_gt_once_and_gives_each_a_proposal_cell(sample_root, tmp_path):
     """The README's rules figures (docs/diag_fastinst_rules.json) on the test sample: every GT of a crop owns at
     least one proposal cell (the authors' pooled rule), the per-class rows add up to "all", and the shares
@@ -137,9 +158,8 @@ def test_diag_fastinst_recall_tells_a_missed_mask_from_a_wrong_class(sample_root
     found but none as their class; no false prediction ever outranks a hit."""
     import json
 
-    from instsynth.datasets.cityscapes import read_ids
     from instsynth.train import evaluate
-    from instsynth.train.data import targets_from_ids
+    from instsynth.train.data import targets
 
     diag = load_script("diag_fastinst")
     ckpt = tmp_path / "ck"
@@ -149,19 +169,20 @@ def test_diag_fastinst_recall_tells_a_missed_mask_from_a_wrong_class(sample_root
     truth = {}
 
     def oracle(model, image, short_edge=None):
-        masks, labels = targets_from_ids(truth["ids"])
+        masks, labels = truth["targets"]
         return [{"mask": m, "label": (int(c) + shift["by"]) % 8, "score": 1.0 - 0.01 * k - 0.001 * j}
                 for k, (m, c) in enumerate(zip(masks, labels)) for j in range(shift["copies"])]
 
-    real_read_ids = read_ids
+    real_ground_truth = diag.ground_truth
 
-    def reading(path):
-        truth["ids"] = real_read_ids(path)
-        return truth["ids"]
+    def reading(*args, **kwargs):  # the image's GT, as the seam read it, for the oracle
+        for img, index, things in real_ground_truth(*args, **kwargs):
+            truth["targets"] = targets(index, things)
+            yield img, index, things
 
     monkeypatch.setattr(evaluate, "load_checkpoint", lambda path: (object.__new__(_Eval), 7))
     monkeypatch.setattr(evaluate, "predict_image", oracle)
-    monkeypatch.setattr("instsynth.datasets.cityscapes.read_ids", reading)
+    monkeypatch.setattr(diag, "ground_truth", reading)
     right = next(iter(diag.recall([str(ckpt)], sample_root).values()))
     assert right and all(r["found"] == 1 and r["found_as_class"] == 1 and r["false_above_hit"] == 0
                          and r["false_per_image"] == 0 and not any(r["above_median_hit"].values())

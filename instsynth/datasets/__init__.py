@@ -27,6 +27,7 @@ from instsynth.datasets.base import (
     decode_index,
     encode_index,
     encode_png,
+    things_of,
 )
 from instsynth.datasets.cityscapes import _SPACE, CityscapesDataset
 from instsynth.datasets.coco import CocoDataset, CocoLabelFile, default_image_root
@@ -34,7 +35,7 @@ from instsynth.datasets.mapillary import MapillaryDataset
 from instsynth.io import storage
 
 __all__ = ["ClassInfo", "DataError", "Dataset", "DatasetSpec", "ImageRef", "Labels", "LabelSpace", "compact",
-           "decode_image", "decode_index", "encode_index", "encode_png", "FORMATS", "detect", "resolve",
+           "decode_image", "decode_index", "encode_index", "encode_png", "things_of", "FORMATS", "detect", "resolve",
            "open_dataset", "move", "check_reachable", "cityscapes_space"]
 
 FORMATS: dict[str, type[Dataset]] = {"cityscapes": CityscapesDataset, "coco": CocoDataset,

@@ -151,6 +151,12 @@ class Labels:
         return 0
 
 
+def things_of(regions: list[dict]) -> list[list[int]]:
+    """The instance regions of a table as ``[index, class_id, crowd]``: all that training targets need of it,
+    small enough to travel in a commit marker (crowd regions stay, marked, so that targets can skip them)."""
+    return [[r["index"], r["class_id"], int(r["crowd"])] for r in regions if r["thing"]]
+
+
 def region(index: int, source_id: int, info: ClassInfo | None, class_id: int, crowd: bool) -> dict:
     return {"index": int(index), "source_id": int(source_id), "class_id": int(class_id),
             "class_name": info.name if info else f"class-{class_id}", "thing": bool(info.thing) if info else False,

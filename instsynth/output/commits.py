@@ -14,6 +14,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from instsynth.datasets import things_of
 from instsynth.io import storage
 from instsynth.output.layout import (
     CLAIMS,
@@ -83,7 +84,7 @@ def row_locations(data: bytes, rows: list[dict]) -> list[list[int]] | None:
 def row_things(rows: list[dict]) -> list[list[list[int]]]:
     """Per row, its instance regions as ``[index, class_id, crowd]``: what a trainer needs beside the two
     PNGs, carried in the marker so that training reads no region table from the parts."""
-    return [[[r["index"], r["class_id"], int(r["crowd"])] for r in row["regions"] if r["thing"]] for row in rows]
+    return [things_of(row["regions"]) for row in rows]
 
 
 #: Marker format: 2 carries ``stats`` (below), so nothing downstream re-reads a unit's files; 3 marks

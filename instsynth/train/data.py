@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from instsynth.config import ConfigError, TrainConfig, grad_accum, parse_size
-from instsynth.datasets import DataError, LabelSpace, cityscapes_space, decode_image, decode_index
+from instsynth.datasets import DataError, LabelSpace, cityscapes_space, decode_image, decode_index, things_of
 from instsynth.datasets.cityscapes import regions_from_ids
 from instsynth.io import storage
 from instsynth.io.parquet import read_parquet
@@ -182,7 +182,7 @@ def read_rows(addrs: list[tuple]) -> list[dict]:
             else:
                 regions = t.column("regions")[i].as_py()
                 row.update(labels=t.column("labels")[i].as_py(),
-                           things=[[r["index"], r["class_id"], int(r["crowd"])] for r in regions if r["thing"]])
+                           things=things_of(regions))
             out[k] = row
     return out
 
@@ -194,7 +194,7 @@ def row_map(row: dict) -> tuple[np.ndarray, list]:
     if row.get("things") is not None:
         return index, row["things"]
     labels = regions_from_ids(index)
-    return labels.index, [[r["index"], r["class_id"], int(r["crowd"])] for r in labels.regions if r["thing"]]
+    return labels.index, things_of(labels.regions)
 
 
 def crop_rng(seed: int, epoch: int, work_id: str) -> np.random.Generator:
@@ -275,7 +275,7 @@ def targets(index: np.ndarray, things: list, ids_to_class: dict[int, int] | None
 def targets_from_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``targets`` of a Cityscapes instanceIds map (its eight evaluated classes)."""
     labels = regions_from_ids(ids)
-    return targets(labels.index, [[r["index"], r["class_id"], int(r["crowd"])] for r in labels.regions if r["thing"]])
+    return targets(labels.index, things_of(labels.regions))
 
 
 def collate(batch: dict[str, np.ndarray], ids_to_class: dict[int, int] | None = None):
