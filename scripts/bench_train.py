@@ -416,7 +416,7 @@ def plot_arms(reports: list[dict], path: str) -> None:
     fig.set_size_inches(11, height)
     fig.tight_layout(rect=(0, (0.15 * rows + 0.1) / height, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # the two-column legend may be wider than the axes
 
 
 def plot_settings(reports: list[dict], path: str, targets: dict[int, float] | None = None) -> None:
@@ -438,7 +438,9 @@ def plot_settings(reports: list[dict], path: str, targets: dict[int, float] | No
         ax.barh(y, _mean(vals), color=colours.get(runs[0]["arm"].split(":")[0], "tab:gray"),
                 alpha=0.5 if step < 2000 else 0.9)
         ax.plot(vals, [y] * len(vals), "k.", ms=4)
-        ax.annotate(f"{_mean(vals):.3f}", (_mean(vals), y), xytext=(4, -3), textcoords="offset points", fontsize=7)
+        # the label right of the bar and of every seed's dot, so that no dot sits on a digit
+        ax.annotate(f"{_mean(vals):.3f}", (max(_mean(vals), *vals), y), xytext=(4, -3), textcoords="offset points",
+                    fontsize=7)
     ax.set_yticks(range(len(rows)), [f"{run_label(runs[0]).split(':')[0]} ({runs[0]['curve'][-1]['step']} it, "
                                      f"{len(runs)} seed{'s' if len(runs) > 1 else ''})" for runs in rows], fontsize=7)
     ax.invert_yaxis()
