@@ -12,7 +12,7 @@
 #   fi-lr1e-4 fi-lr2e-4 fi-lr5e-4   the LR sweep: FastInst on its authors' recipe (no clip, step schedule)
 #   fi-ours             FastInst on our old recipe (LR 5e-4, backbone x1, clip 0.01, 100-it warmup, poly)
 #   fi-mapper           the chosen recipe with the authors' data mapper (train.mapper: fastinst: 4.9x the
-#                       pixels and 3.7x the time of a crop step, bench_train.py --mapper-cost: ~9 s/iteration here)
+#                       pixels and 3.7x the time of a crop step, bench_train.py --mapper-cost: 3.9 s/iteration here)
 #   old                 the old model: every fixed deviation restored (revert all), our old recipe
 #   fix-proposal fix-location fix-points fix-ppm fix-guided fix-recipe   the old model with one fix alone
 #   fi-without-location fi-without-guided   the chosen recipe with one of the fixes the issue lets us keep or
