@@ -456,6 +456,65 @@ def plot_settings(reports: list[dict], path: str, targets: dict[int, float] | No
     fig.savefig(path, dpi=100)
 
 
+def schedule_curves(reports: list[dict]) -> dict:
+    """{label: {length: {"train": [AP50 by seed], "val": [...]}}} for every setting run at more than one
+    schedule length: the protocol's learning curves. Each length is its own fully annealed run, so a curve
+    joins the last checkpoints of runs that differ only by ``train.iterations`` (and seed); a setting run at
+    one length alone (the LR sweep, the ablation) is a bar of the settings figure, not a curve."""
+    families: dict = {}
+    for runs in by_setting(reports).values():
+        key = tuple(k for k in setting(runs[0]) if not k.startswith("train.iterations="))
+        fam = families.setdefault(key, {"label": None, "lengths": {}})
+        last = [r["curve"][-1] for r in runs]
+        if not fam["lengths"] or last[0]["step"] < min(fam["lengths"]):  # named by its shortest run
+            r = runs[0]
+            fam["label"] = (f"{r['arm']}, {r.get('recipe') or 'default'} recipe, "
+                            + ("authors' mapper" if "train.mapper=fastinst" in r.get("config", []) else "crops")
+                            + (f", revert {'+'.join(r['revert'])}" if r.get("revert") else "")
+                            + f" ({run_label(r).split(':')[0]})")
+        fam["lengths"][last[0]["step"]] = {split: [p[split]["AP50"] or 0.0 for p in last]
+                                           for split in ("train", "val")}
+    return {f["label"]: dict(sorted(f["lengths"].items())) for f in families.values() if len(f["lengths"]) > 1}
+
+
+def plot_schedules(reports: list[dict], path: str, targets: dict[int, float] | None = None) -> None:
+    """Train and held-out AP50 against schedule length (the mean of seeds joined by a line, each seed a dot,
+    the targets as crosses): the curves of ``schedule_curves``; with none (no setting at two lengths) every
+    run's own curve (``plot_arms``)."""
+    curves = schedule_curves(reports)
+    if not curves:
+        plot_arms(reports, path)
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, split, title in ((axes[0], "train", "train split"), (axes[1], "val", "held-out")):
+        for i, (label, lengths) in enumerate(curves.items()):
+            colour = plt.get_cmap("tab10")(i % 10)
+            xs = list(lengths)
+            means = [_mean(v[split]) for v in lengths.values()]
+            seeds = max(len(v[split]) for v in lengths.values())
+            ax.plot(xs, means, "-", color=colour, label=f"{label}, up to {seeds} seed{'s' if seeds > 1 else ''}")
+            for x, v, m in zip(xs, lengths.values(), means):
+                ax.plot([x] * len(v[split]), v[split], ".", color=colour, ms=5)
+                ax.annotate(f"{m:.3f}", (x, m), textcoords="offset points", xytext=(5, -3), fontsize=7,
+                            color=colour)
+        if split == "val" and targets:
+            ax.plot(list(targets), list(targets.values()), "kx", ms=8, label="FastInst target")
+        ax.set_title(f"AP50, {title} (fully annealed, a run per length)")
+        ax.set_xlabel("schedule length (iterations)")
+        ax.set_xticks(sorted({x for lengths in curves.values() for x in lengths}))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("AP50 (line: mean of seeds, dots: each seed)")
+    axes[1].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"Learning curves of the settings run at several lengths - {reports[0]['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def _mean(vals: list) -> float | None:
     """The mean of the values present (a run not scored on a split has None there); None if none are."""
     vals = [v for v in vals if v is not None]
@@ -604,7 +663,8 @@ def main() -> None:
     ap.add_argument("--revert", help="--arms, FastInst only (the ablation): restore these fixed deviations from "
                     "the authors' code, comma-separated (proposal, location, points, ppm, guided; all = the old model)")
     ap.add_argument("--mapper-cost", action="store_true", help="time a step on crops vs the authors' mapper")
-    ap.add_argument("--plot", nargs="+", help="redraw the arms figure (--out/curves.png) and summary.md from curve-*.json files or --json results")
+    ap.add_argument("--plot", nargs="+", help="redraw the learning curves (--out/curves.png), the settings "
+                    "figure (settings.png) and summary.md from curve-*.json files or --json results")
     args = ap.parse_args()
     reverts(args.revert)  # a bad name is refused before anything is written
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -614,7 +674,7 @@ def main() -> None:
     elif args.plot:
         reports = plot_reports(args.plot)
         os.makedirs(args.out, exist_ok=True)
-        plot_arms(reports, os.path.join(args.out, "curves.png"))
+        plot_schedules(reports, os.path.join(args.out, "curves.png"), PROTOCOL_TARGETS)
         plot_settings(reports, os.path.join(args.out, "settings.png"), PROTOCOL_TARGETS)
         with open(os.path.join(args.out, "summary.md"), "w") as f:
             f.write(f"# Every run, at its last checkpoint ({reports[0]['machine']})\n\n"

@@ -4,8 +4,9 @@
 # ImageNet MobileNetV2, scored on 80 held-out images of sample seed 1:
 #   bash scripts/train_protocol.sh OUTDIR [RUN...]     (default: every run, in this order)
 # A run whose OUTDIR/<run>/result.json exists is skipped and one killed midway resumes from its last save
-# (every 250 iterations), so re-running resumes; OUTDIR/curves.png and OUTDIR/summary.md (one Markdown
-# table: a row per setting, its seeds averaged, at its last checkpoint) are redrawn
+# (every 250 iterations), so re-running resumes; OUTDIR/curves.png (AP50 against schedule length),
+# OUTDIR/settings.png (a bar per setting) and OUTDIR/summary.md (one Markdown table: a row per setting, its
+# seeds averaged, at its last checkpoint) are redrawn
 # from every finished run at the end. CHOSEN_LR (default 1e-4): the FastInst LR the sweep chose, for the
 # 2-seed and 2,000-iteration runs. DRY_RUN=1 prints each run's bench_train.py arguments and runs nothing. Runs:
 #   m2f-1000            the reference: transformers' Mask2Former, its published recipe

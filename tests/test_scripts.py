@@ -101,6 +101,32 @@ def test_bench_train_plot_reads_curve_files_and_json_results_and_refuses_anythin
     assert (tmp_path / "settings.png").stat().st_size > 0
 
 
+def test_bench_train_schedule_curves_join_runs_that_differ_only_by_length_and_seed(tmp_path):
+    """The protocol runs each schedule length as its own annealed run: a learning curve joins their last
+    checkpoints; a setting run at one length only (the ablation) is no curve, and with no curve at all the
+    figure falls back to every run's own."""
+    bench = load_script("bench_train")
+
+    def run(name, steps, seed, val, extra=()):
+        return {"arm": "fastinst:imagenet", "name": f"{name}-fastinst-imagenet-seed{seed}", "recipe": "official",
+                "machine": "vm", "s_per_iter": 1.0, "config": [f"train.iterations={steps}", f"train.seed={seed}", *extra],
+                "curve": [{"step": steps // 2, "train": {"AP50": 0.9}, "val": {"AP50": 0.9}},  # not annealed
+                          {"step": steps, "train": {"AP50": val + 0.1}, "val": {"AP50": val}}]}
+
+    runs = [run("fi", 1000, 0, 0.1), run("fi", 1000, 1, 0.2), run("fi-2000", 2000, 0, 0.3),
+            run("fi-2000", 2000, 1, 0.5), run("fi-mapper", 1000, 0, 0.4, ["train.mapper=fastinst"])]
+    curves = bench.schedule_curves(runs)
+    assert list(curves) == ["fastinst:imagenet, official recipe, crops (fi)"]
+    assert curves["fastinst:imagenet, official recipe, crops (fi)"] == {
+        1000: {"train": [pytest.approx(0.2), pytest.approx(0.3)], "val": [0.1, 0.2]},
+        2000: {"train": [pytest.approx(0.4), pytest.approx(0.6)], "val": [0.3, 0.5]}}
+    bench.plot_schedules(runs, str(tmp_path / "curves.png"), bench.PROTOCOL_TARGETS)
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert bench.schedule_curves(runs[-1:]) == {}
+    bench.plot_schedules(runs[-1:], str(tmp_path / "one.png"))  # no curve: each run's own
+    assert (tmp_path / "one.png").stat().st_size > 0
+
+
 def test_bench_train_resumed_run_scores_only_curve_points_and_times_its_own_part(tmp_path):
     """A protocol run killed midway resumes from its last --checkpoint-every save: only the --every checkpoints
     (and the last) are curve points, and its speed counts only the iterations this launch trained."""
