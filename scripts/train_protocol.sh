@@ -32,7 +32,7 @@
 #                       their AP50 (no fix left out of the chosen recipe restores them: 0.038-0.070)
 #   fi-2000 m2f-2000 seed1-fi-2000 seed1-m2f-2000   2,000 iterations, 2 seeds
 #   seed1-fi-mapper fi-mapper-2000 seed1-fi-mapper-2000   the authors' mapper (the fastinst configs' default
-#                       since fi-mapper: 0.249 vs 0.104 on crops): its second seed and 2,000 iterations
+#                       since fi-mapper: 0.246 vs 0.107 on crops, 2 seeds): its second seed and 2,000 iterations
 set -uo pipefail
 out=${1:?usage: train_protocol.sh OUTDIR [RUN...]}; shift
 here=$(cd "$(dirname "$0")/.." && pwd)
