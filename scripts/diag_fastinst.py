@@ -1,4 +1,4 @@
-"""Why does FastInst learn slowly on the sample?  The measurements behind the README's answer.
+"""Why does FastInst learn slowly on the sample?  The measurements behind docs/fastinst.md's answer.
 
     python scripts/diag_fastinst.py oracle [--strides 4,8,16]
     python scripts/diag_fastinst.py classes            # per class: size, E4 coverage, stride-8 ceiling

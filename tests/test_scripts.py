@@ -161,7 +161,7 @@ def test_bench_train_mapper_cost_times_both_mappers_on_the_same_model(tmp_path):
 
 
 def test_diag_fastinst_rules_counts_every_gt_once_and_gives_each_a_proposal_cell(sample_root, tmp_path):
-    """The README's rules figures (docs/diag_fastinst_rules.json) on the test sample: every GT of a crop owns at
+    """docs/fastinst.md's rules figures (docs/diag_fastinst_rules.json) on the test sample: every GT of a crop owns at
     least one proposal cell (the authors' pooled rule), the per-class rows add up to "all", and the shares
     are shares."""
     from instsynth.config import load_config
