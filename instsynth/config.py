@@ -177,6 +177,10 @@ class TrainConfig:
     #: the samples the whole image at a random ``short_edge``, half a ``crop`` window resized back to one;
     #: sizes vary, so a micro-batch is padded to its largest sample, rounded up to a multiple of 32)
     mapper: str = "crop"
+    #: the long-side cap of the training-scale resize (detectron2's ``ResizeShortestEdge(max_size)``: a
+    #: sample whose long side would pass it is scaled to it instead; FastInst's COCO config: 853,
+    #: Mask2Former's Cityscapes config: 4096, which 2:1 frames at short edge 2048 never pass); None: no cap
+    max_size: int | None = None
     eval_short_edge: int | None = 1024
     batch_size: int = 4
     worker_batch: int | None = None
@@ -474,6 +478,8 @@ def validate(cfg: Config) -> None:
     if len(t.short_edge) != 2 or not 0 < t.short_edge[0] <= t.short_edge[1]:
         raise ConfigError(f"train.short_edge: expected [min, max] with 0 < min <= max, got {t.short_edge}")
     parse_size(t.crop, "train.crop")
+    if t.max_size is not None and t.max_size <= 0:
+        raise ConfigError(f"train.max_size: expected a positive long-side cap in pixels or null, got {t.max_size}")
     if t.mapper not in ("crop", "fastinst"):
         raise ConfigError(f"train.mapper must be 'crop' or 'fastinst', got {t.mapper!r}")
     if t.synthetic_ratio is not None and t.synthetic_ratio < 0:

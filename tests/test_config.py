@@ -31,6 +31,9 @@ def test_type_errors_name_the_key():
         load_config(None, ["dataset.format=voc"])
     with pytest.raises(ConfigError, match="train.mapper must be 'crop' or 'fastinst', got 'detectron2'"):
         load_config(None, ["train.mapper=detectron2"])
+    with pytest.raises(ConfigError, match="train.max_size: expected a positive long-side cap in pixels or null, got 0"):
+        load_config(None, ["train.max_size=0"])
+    assert load_config(None, ["train.max_size=853"]).train.max_size == 853
 
 
 def test_run_budgets_must_be_positive():

@@ -202,19 +202,21 @@ def crop_rng(seed: int, epoch: int, work_id: str) -> np.random.Generator:
 
 
 def augment(row: dict, short_edge: tuple[int, int], crop: tuple[int, int], flip: bool,
-            rng: np.random.Generator | None = None, mapper: str = "crop") -> dict:
+            rng: np.random.Generator | None = None, mapper: str = "crop", max_size: int | None = None) -> dict:
     """Decode, resize the shortest edge to a random length, random crop (w, h), random flip.
 
     ``mapper="fastinst"`` is FastInst's authors' ``FastInstInstanceDatasetMapper``: a fair coin picks
     the whole image at a random ``short_edge`` (their training scale) or, as ``crop`` does, a window
     of the image at a random ``short_edge``, which is then resized to a random ``short_edge`` again
     (their crop, then the training-scale resize); their crop never pads, so a window is clipped to the
-    image.  The sizes vary; ``load_samples`` pads a micro-batch."""
+    image.  The sizes vary; ``load_samples`` pads a micro-batch.  ``max_size`` caps the long side of the
+    training-scale resize (every resize but the authors' crop branch's first, which detectron2 leaves uncapped)."""
     rng = rng if rng is not None else np.random.default_rng()
     img = decode_image(row["image"], row["work_id"])
     ids, things = row_map(row)
     whole = mapper == "fastinst" and rng.random() < 0.5
-    img, ids = rescale(img, ids, int(rng.integers(short_edge[0], short_edge[1] + 1)))
+    img, ids = rescale(img, ids, int(rng.integers(short_edge[0], short_edge[1] + 1)),
+                       None if mapper == "fastinst" and not whole else max_size)
     if not whole:
         nh, nw = ids.shape
         cw, ch = crop
@@ -222,7 +224,7 @@ def augment(row: dict, short_edge: tuple[int, int], crop: tuple[int, int], flip:
         x = int(rng.integers(0, max(nw - cw, 0) + 1))
         pi, pd = img[y:y + ch, x:x + cw], ids[y:y + ch, x:x + cw]
         if mapper == "fastinst":
-            img, ids = rescale(pi, pd, int(rng.integers(short_edge[0], short_edge[1] + 1)))
+            img, ids = rescale(pi, pd, int(rng.integers(short_edge[0], short_edge[1] + 1)), max_size)
         else:
             img, ids = np.zeros((ch, cw, 3), np.uint8), np.zeros((ch, cw), np.uint16)
             img[:pi.shape[0], :pi.shape[1]] = pi
@@ -232,12 +234,15 @@ def augment(row: dict, short_edge: tuple[int, int], crop: tuple[int, int], flip:
     return {"image": np.ascontiguousarray(img), "ids": np.ascontiguousarray(ids), "things": things}
 
 
-def rescale(img: np.ndarray, ids: np.ndarray, short: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image (area or linear) and label map (nearest) resized so the short side is ``short``."""
+def rescale(img: np.ndarray, ids: np.ndarray, short: int, max_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Image (area or linear) and label map (nearest) resized so the short side is ``short``, or the long
+    side ``max_size`` when that is the smaller scale (detectron2's ``ResizeShortestEdge``)."""
     import cv2
 
     h, w = ids.shape
     s = short / min(h, w)
+    if max_size and max(h, w) * s > max_size:
+        s = max_size / max(h, w)
     nh, nw = max(1, round(h * s)), max(1, round(w * s))
     img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
     return img, cv2.resize(ids, (nw, nh), interpolation=cv2.INTER_NEAREST)
@@ -312,7 +317,7 @@ def stream_spec(cfg: TrainConfig, start_step: int, rank: int, world: int) -> dic
     return {"stream": {"start_step": start_step, "batch_size": cfg.batch_size, "worker_batch": wb,
                        "accum": accum, "rank": rank, "world": world},
             "short_edge": tuple(cfg.short_edge), "crop": parse_size(cfg.crop, "train.crop"), "flip": cfg.flip,
-            "mapper": cfg.mapper}
+            "mapper": cfg.mapper, "max_size": cfg.max_size}
 
 
 def load_samples(batch: dict, catalog: Catalog, spec: dict) -> dict:
@@ -324,7 +329,7 @@ def load_samples(batch: dict, catalog: Catalog, spec: dict) -> dict:
     images, ids, wids, things = [], [], [], []
     for row, a, e in zip(read_rows(addr), addr, epochs):
         out = augment(row, spec["short_edge"], spec["crop"], spec["flip"], crop_rng(catalog.seed, int(e), a[2]),
-                      spec["mapper"])
+                      spec["mapper"], spec.get("max_size"))
         images.append(out["image"])
         ids.append(out["ids"])
         things.append(out["things"])

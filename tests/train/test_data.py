@@ -146,6 +146,33 @@ def test_the_fastinst_mapper_is_its_authors(sample_root, tmp_path):
     assert all(np.isfinite(v) for v in losses.values())
 
 
+def test_max_size_caps_the_long_side_of_the_training_scale(sample_root, tmp_path):
+    """``train.max_size`` (detectron2's ``ResizeShortestEdge(max_size)``): a resize whose long side would
+    pass the cap is scaled to the cap instead, in both mappers; the key reaches the sample stream from the config."""
+    from instsynth.datasets import decode_image
+    from instsynth.train.data import read_rows, rescale, stream_spec
+
+    img = np.zeros((100, 300, 3), np.uint8)
+    assert rescale(img, np.zeros((100, 300), np.uint16), 90)[1].shape == (90, 270)
+    assert rescale(img, np.zeros((100, 300), np.uint16), 90, 200)[1].shape == (67, 200)  # 200 / 300 wins
+    assert rescale(img, np.zeros((100, 300), np.uint16), 50, 200)[1].shape == (50, 150)  # under the cap
+    orig = str(tmp_path / "orig")
+    write_originals(sample_root, orig, load_config(DEBUG), log=lambda *a: None)
+    cat = build_catalog([orig], seed=0)
+    row = read_rows([cat.orig[0]])[0]
+    h0, w0 = decode_image(row["image"], row["work_id"]).shape[:2]
+    assert w0 == 2 * h0  # the sample's 2:1 frames: at short edge 160 the long side is 320
+    sizes = [augment(row, (160, 160), (64, 64), False, crop_rng(0, e, "w"), mapper="fastinst", max_size=200)["ids"].shape
+             for e in range(12)]
+    assert set(sizes) == {(100, 200), (160, 160)}  # whole frames capped; windows resized back under the cap
+    crop = augment(row, (160, 160), (400, 100), False, crop_rng(0, 0, "w"), max_size=200)
+    assert crop["ids"].shape == (100, 400) and not crop["ids"][:, 200:].any()  # capped to 100x200, then padded
+    spec = stream_spec(load_config(DEBUG, ["train.max_size=200", "train.mapper=fastinst",
+                                           "train.short_edge=[160, 160]", "train.crop=64x64"]).train, 0, 0, 1)
+    batch = load_samples({"id": np.arange(4)}, cat, spec)
+    assert spec["max_size"] == 200 and max(batch["ids"].shape[1:]) <= 224  # 200, padded to a multiple of 32
+
+
 def test_a_sample_reads_only_its_rows_bytes_and_old_parts_still_train(s3_server, sample_root):
     """On the local S3 server: a training sample costs two ranged GETs of exactly its PNGs (offsets from
     the commit marker); a part written before markers held offsets (zstd PNG columns, old marker) is

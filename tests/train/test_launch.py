@@ -123,6 +123,8 @@ def test_shipped_debug_experiment_on_s3_and_fingerprinted_runs(ray_local, s3_ses
     assert ratio["augmented"] != report["runs"]["augmented"] and ratio["baseline"] == report["runs"]["baseline"]
     longer = names(load_config(path, ["train.iterations=3"]))  # a changed config: new names for both arms
     assert longer["baseline"] != report["runs"]["baseline"] and longer["augmented"] != report["runs"]["augmented"]
+    capped = names(load_config(path, ["train.max_size=4096"]))  # a key added later: new names once it is set
+    assert capped["baseline"] != report["runs"]["baseline"] and capped["augmented"] != report["runs"]["augmented"]
 
 
 @pytest.mark.parametrize("cmd,config,key", [
