@@ -171,6 +171,7 @@ def test_max_size_caps_the_long_side_of_the_training_scale(sample_root, tmp_path
                                            "train.short_edge=[160, 160]", "train.crop=64x64"]).train, 0, 0, 1)
     batch = load_samples({"id": np.arange(4)}, cat, spec)
     assert spec["max_size"] == 200 and max(batch["ids"].shape[1:]) <= 224  # 200, padded to a multiple of 32
+    assert batch["ids"].shape[1:] == (160, 224)  # the batch holds a capped whole frame (uncapped: 160x320)
 
 
 def test_a_sample_reads_only_its_rows_bytes_and_old_parts_still_train(s3_server, sample_root):
