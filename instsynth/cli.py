@@ -220,7 +220,7 @@ def cmd_evaluate(args) -> int:
     name = "coco" if root.lower().endswith(".json") else args.split
     out = args.out or storage.join(ckpt, f"eval_{name}.json")
     res = evaluate_checkpoint(ckpt, root, args.split, args.max_images, out, args.short_edge, image_root,
-                              verbose=bool(args.verbose))
+                              verbose=bool(args.verbose), max_size=args.max_size)
     print(format_table({f"step {res['step']}": res}))
     print(json.dumps({c: v for c, v in scores(res)["per_class"].items()}))
     print(f"wrote {out}")
@@ -334,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--max-images", type=int, default=None)
             p.add_argument("--short-edge", type=int, default=-1,
                            help="test scale: short side in px (default: the checkpoint's eval_short_edge; 0 = native)")
+            p.add_argument("--max-size", type=int, default=-1,
+                           help="test scale: long-side cap in px (default: the checkpoint's eval_max_size; 0 = none)")
             p.add_argument("--out", help="JSON to write (default: CHECKPOINT/eval_<split>.json)")
             p.add_argument("--verbose", action="store_true", help="also print the evaluators' own dumps")
         _add_common(p, name)

@@ -181,7 +181,10 @@ class TrainConfig:
     #: sample whose long side would pass it is scaled to it instead; FastInst's COCO config: 853,
     #: Mask2Former's Cityscapes config: 4096, which 2:1 frames at short edge 2048 never pass); None: no cap
     max_size: int | None = None
+    #: the test scale: short side in pixels (None: native), and its long-side cap (the authors'
+    #: ``MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``, 853 on COCO; None: no cap, which 2:1 frames never need)
     eval_short_edge: int | None = 1024
+    eval_max_size: int | None = None
     batch_size: int = 4
     worker_batch: int | None = None
     lr: float = 1e-4
@@ -480,6 +483,9 @@ def validate(cfg: Config) -> None:
     parse_size(t.crop, "train.crop")
     if t.max_size is not None and t.max_size <= 0:
         raise ConfigError(f"train.max_size: expected a positive long-side cap in pixels or null, got {t.max_size}")
+    if t.eval_max_size is not None and t.eval_max_size <= 0:
+        raise ConfigError("train.eval_max_size: expected a positive long-side cap in pixels or null, "
+                          f"got {t.eval_max_size}")
     if t.mapper not in ("crop", "fastinst"):
         raise ConfigError(f"train.mapper must be 'crop' or 'fastinst', got {t.mapper!r}")
     if t.synthetic_ratio is not None and t.synthetic_ratio < 0:

@@ -34,6 +34,8 @@ def test_type_errors_name_the_key():
     with pytest.raises(ConfigError, match="train.max_size: expected a positive long-side cap in pixels or null, got 0"):
         load_config(None, ["train.max_size=0"])
     assert load_config(None, ["train.max_size=853"]).train.max_size == 853
+    with pytest.raises(ConfigError, match="train.eval_max_size: expected a positive long-side cap in pixels or null, got -1"):
+        load_config(None, ["train.eval_max_size=-1"])
 
 
 def test_run_budgets_must_be_positive():

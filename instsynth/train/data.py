@@ -234,15 +234,23 @@ def augment(row: dict, short_edge: tuple[int, int], crop: tuple[int, int], flip:
     return {"image": np.ascontiguousarray(img), "ids": np.ascontiguousarray(ids), "things": things}
 
 
+def resize_scale(h: int, w: int, short: int | None, max_size: int | None = None) -> float:
+    """The factor that brings an ``h`` x ``w`` image's short side to ``short`` (None: 1, the native size), or
+    its long side to ``max_size`` when that is the smaller scale: detectron2's ``ResizeShortestEdge``, one
+    rule for the training scale and the test scale, as the authors' mappers use it."""
+    s = short / min(h, w) if short else 1.0
+    if max_size and max(h, w) * s > max_size:
+        s = max_size / max(h, w)
+    return s
+
+
 def rescale(img: np.ndarray, ids: np.ndarray, short: int, max_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Image (area or linear) and label map (nearest) resized so the short side is ``short``, or the long
-    side ``max_size`` when that is the smaller scale (detectron2's ``ResizeShortestEdge``)."""
+    side ``max_size`` when that is the smaller scale (``resize_scale``)."""
     import cv2
 
     h, w = ids.shape
-    s = short / min(h, w)
-    if max_size and max(h, w) * s > max_size:
-        s = max_size / max(h, w)
+    s = resize_scale(h, w, short, max_size)
     nh, nw = max(1, round(h * s)), max(1, round(w * s))
     img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
     return img, cv2.resize(ids, (nw, nh), interpolation=cv2.INTER_NEAREST)

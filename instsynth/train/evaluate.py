@@ -34,29 +34,38 @@ from instsynth.train.cs_eval import (
     encode_mask,
     quiet,
 )
+from instsynth.train.data import resize_scale
 from instsynth.train.models import build_model
 
 
-def at_test_scale(image: np.ndarray, short_edge: int | None) -> np.ndarray:
-    """``image`` rescaled so its short side is ``short_edge`` (unchanged when None or already so)."""
+def at_test_scale(image: np.ndarray, short_edge: int | None, max_size: int | None = None) -> np.ndarray:
+    """``image`` rescaled so its short side is ``short_edge`` (None: native), its long side capped at
+    ``max_size`` (the authors' ``MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``); unchanged when already so."""
     import cv2
 
     h, w = image.shape[:2]
-    if not short_edge or short_edge == min(h, w):
+    s = resize_scale(h, w, short_edge, max_size)
+    if (round(h * s), round(w * s)) == (h, w):
         return image
-    s = short_edge / min(h, w)
     return cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))),
                       interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
 
 
-def predict_image(model, image: np.ndarray, score_threshold: float = 0.0, short_edge: int | None = None) -> list[dict]:
-    """Predictions for one image; with ``short_edge`` the model sees the image rescaled so its short
-    side has that length (the test scale), and masks come back at the native size for scoring."""
+def scale_label(short_edge: int | None, max_size: int | None = None) -> str:
+    """The test scale in words, as results and summaries name it."""
+    base = f"short edge {short_edge} px" if short_edge else "native resolution"
+    return base + (f", long side <= {max_size} px" if max_size else "")
+
+
+def predict_image(model, image: np.ndarray, score_threshold: float = 0.0, short_edge: int | None = None,
+                  max_size: int | None = None) -> list[dict]:
+    """Predictions for one image; with ``short_edge`` (and ``max_size``) the model sees the image at the
+    test scale (``at_test_scale``), and masks come back at the native size for scoring."""
     import cv2
     import torch
 
     h, w = image.shape[:2]
-    x = at_test_scale(image, short_edge)
+    x = at_test_scale(image, short_edge, max_size)
     t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]
     dev = next(model.parameters()).device
     out = model(t.to(dev))[0]
@@ -86,7 +95,8 @@ def window_boxes(h: int, w: int, wh: int, ww: int) -> list[tuple[int, int, int, 
     return [(y, x, min(h, y + wh), min(w, x + ww)) for y in starts(h, wh) for x in starts(w, ww)]
 
 
-def predict_windows(model, image: np.ndarray, window: tuple[int, int], short_edge: int | None = None) -> list[dict]:
+def predict_windows(model, image: np.ndarray, window: tuple[int, int], short_edge: int | None = None,
+                    max_size: int | None = None) -> list[dict]:
     """Predictions made on training-sized windows (``window``: width, height at the test scale) and pasted
     back into the frame: the model sees inputs of the extent it was trained on (issue 30's train/test extent
     check against whole-image scoring, ``predict_image``).  Every window's instances are kept with their
@@ -94,7 +104,7 @@ def predict_windows(model, image: np.ndarray, window: tuple[int, int], short_edg
     import cv2
 
     h, w = image.shape[:2]
-    x = at_test_scale(image, short_edge)
+    x = at_test_scale(image, short_edge, max_size)
     preds = []
     for y0, x0, y1, x1 in window_boxes(x.shape[0], x.shape[1], window[1], window[0]):
         for p in predict_image(model, x[y0:y1, x0:x1]):
@@ -114,21 +124,26 @@ def is_coco(data_root: str) -> bool:
 def evaluate_model(model, data_root: str, split: str = "val", max_images: int | None = None,
                    predictor=None, short_edge: int | None = None, image_root: str | None = None,
                    classes: list[str] | None = None, verbose: bool = False,
-                   windows: tuple[int, int] | None = None) -> dict:
+                   windows: tuple[int, int] | None = None, max_size: int | None = None) -> dict:
     """AP/AP50 of ``model`` (or of ``predictor(image, labels) -> preds``, e.g. an oracle) on a split of a
     Cityscapes root, or on a COCO instances JSON (``image_root``: its images; ``classes``: the model's
     classes by index, default Cityscapes' eight).
 
-    ``short_edge``: the test scale (short side in pixels; None = native).  ``windows`` (width, height):
+    ``short_edge``: the test scale (short side in pixels; None = native), ``max_size`` its long-side cap
+    (None: none).  ``windows`` (width, height):
     predict on windows of that size at the test scale, pasted back (``predict_windows``).  The result names
     both.
     """
     data_root = storage.absolute(data_root)
     if windows and predictor is None:
         def predictor(img, _labels):
-            return predict_windows(model, img, windows, short_edge)
+            return predict_windows(model, img, windows, short_edge, max_size)
+    if predictor is None:
+        def predictor(img, _labels):
+            return predict_image(model, img, short_edge=short_edge, max_size=max_size)
+    scale = scale_label(short_edge, max_size)
     if is_coco(data_root):
-        return evaluate_coco_json(model, data_root, image_root, max_images, predictor, short_edge, classes, verbose)
+        return evaluate_coco_json(model, data_root, image_root, max_images, predictor, scale, classes, verbose)
     recs = list(discover(data_root, split))[: max_images or None]
     if not recs:
         raise DataError(f"{data_root}: no images in split {split!r}")
@@ -144,13 +159,12 @@ def evaluate_model(model, data_root: str, split: str = "val", max_images: int | 
                 local = os.path.join(tmp, f"{k:06d}{INSTANCE_IDS_SUFFIX}")
                 storage.write_bytes(local, storage.read_bytes(path))
                 path = local
-            preds = compact(predictor(img, ids) if predictor else predict_image(model, img, short_edge=short_edge))
+            preds = compact(predictor(img, ids))
             cs.add(path, preds)
             coco.add(ids, preds)
             agnostic.add(ids, preds)
         cs = cs.score()
     coco, agnostic = coco.score(verbose), agnostic.score(verbose)
-    scale = f"short edge {short_edge} px" if short_edge else "native resolution"
     if windows:
         scale += f", {windows[0]}x{windows[1]} windows pasted back"
     scores = {"metric": "cityscapes", "AP": cs["AP"], "AP50": cs["AP50"], "per_class": cs["per_class"]}
@@ -159,9 +173,10 @@ def evaluate_model(model, data_root: str, split: str = "val", max_images: int | 
 
 
 def evaluate_coco_json(model, source: str, image_root: str | None, max_images: int | None, predictor,
-                       short_edge: int | None, classes: list[str] | None, verbose: bool = False) -> dict:
-    """Mask AP/AP50 of the model's predictions on a COCO-format dataset, scored by pycocotools against
-    that JSON (its crowd regions ignored, its category ids): the images are read through the dataset seam."""
+                       scale: str, classes: list[str] | None, verbose: bool = False) -> dict:
+    """Mask AP/AP50 of ``predictor(image, labels)`` on a COCO-format dataset, scored by pycocotools against
+    that JSON (its crowd regions ignored, its category ids): the images are read through the dataset seam.
+    ``scale``: the test scale in words, for the result."""
     import pycocotools.coco
     import pycocotools.cocoeval
     from pycocotools.coco import COCO
@@ -180,13 +195,11 @@ def evaluate_coco_json(model, source: str, image_root: str | None, max_images: i
     dets = []
     for ref in refs:
         img, labels = ds.load(ref)
-        preds = predictor(img, labels) if predictor else predict_image(model, img, short_edge=short_edge)
-        for p in preds:
+        for p in predictor(img, labels):
             if int(p["label"]) not in cat_of:
                 continue
             dets.append({"image_id": int(ref.image_id), "category_id": cat_of[int(p["label"])],
                          "segmentation": encode_mask(p["mask"]), "score": float(p["score"])})
-    scale = f"short edge {short_edge} px" if short_edge else "native resolution"
     with quiet(verbose, pycocotools.coco, pycocotools.cocoeval):
         gt = COCO(source)
         img_ids = [int(r.image_id) for r in refs]
@@ -263,16 +276,20 @@ def load_checkpoint(path: str):
 def evaluate_checkpoint(ckpt: str, data_root: str, split: str = "val", max_images: int | None = None,
                         out_json: str | None = None, short_edge: int | None = -1,
                         image_root: str | None = None, verbose: bool = False,
-                        windows: tuple[int, int] | None = None) -> dict:
-    """``short_edge=-1``: the test scale the checkpoint was trained for (its recipe), else as given.
+                        windows: tuple[int, int] | None = None, max_size: int | None = -1) -> dict:
+    """``short_edge=-1`` / ``max_size=-1``: the test scale the checkpoint was trained for (its recipe's
+    ``eval_short_edge`` / ``eval_max_size``), else as given (0: native / no cap).
     ``data_root``: a Cityscapes root or a COCO JSON (``image_root``: its images); the model's classes
     come from its checkpoint (the label space it was trained on)."""
     model, step = load_checkpoint(ckpt)
     spec = json.loads(storage.read_bytes(storage.join(ckpt, "model.json")))
     if short_edge == -1:
         short_edge = spec.get("recipe", {}).get("eval_short_edge")
+    if max_size == -1:
+        max_size = spec.get("recipe", {}).get("eval_max_size")
     res = evaluate_model(model, data_root, split, max_images, short_edge=short_edge, image_root=image_root,
-                         classes=spec["kwargs"].get("classes"), verbose=verbose, windows=windows)
+                         classes=spec["kwargs"].get("classes"), verbose=verbose, windows=windows,
+                         max_size=max_size)
     res["checkpoint"], res["step"] = ckpt, step
     if out_json:
         storage.write_bytes(out_json, json.dumps(res, indent=1).encode())

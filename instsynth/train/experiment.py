@@ -31,7 +31,8 @@ def run_name(cfg: Config, arm: str, catalog, k: int = 0) -> str:
     for key in ("dirs", "name", "storage_path", "verbose", "max_failures", "ingest", "ingest_cpus", "placement"):
         t.pop(key, None)
     defaults = to_dict(Config())["train"]
-    for key in ("eval_image_root", "schedule", "lr_steps", "lr_gamma", "mapper", "max_size"):  # keys added later: at their
+    for key in ("eval_image_root", "schedule", "lr_steps", "lr_gamma", "mapper", "max_size",
+                "eval_max_size"):  # keys added later: at their
         if t.get(key) == defaults.get(key):  # defaults, names made before them stay valid
             t.pop(key, None)
     if not catalog.synth:  # hashed at its default, so names made before this rule stay valid
@@ -80,6 +81,7 @@ def run_experiment(cfg: Config, log=print) -> dict:
             result = run_training(c, log, catalog)
             row[arm] = evaluate_checkpoint(final_checkpoint(result, t.iterations), t.eval_root, t.eval_split,
                                            t.eval_max_images, short_edge=t.eval_short_edge,
+                                           max_size=t.eval_max_size,
                                            image_root=t.eval_image_root, verbose=t.verbose)
         per_seed.append(row)
 

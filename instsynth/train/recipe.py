@@ -82,5 +82,5 @@ def recipe(cfg: TrainConfig, world: int, device_type: str, bn: str) -> dict:
             "iterations": cfg.iterations, "batch_size": cfg.batch_size, "workers": world, "worker_batch": wb,
             "grad_accum": accum, "grad_clip": cfg.grad_clip, "amp": str(dt).replace("torch.", "") if dt else "fp32",
             "batchnorm": bn, "short_edge": list(cfg.short_edge), "crop": cfg.crop, "flip": cfg.flip, "mapper": cfg.mapper,
-            "max_size": cfg.max_size,
-            "eval_short_edge": cfg.eval_short_edge, "synthetic_ratio": cfg.synthetic_ratio, "seed": cfg.seed}
+            "max_size": cfg.max_size, "eval_short_edge": cfg.eval_short_edge, "eval_max_size": cfg.eval_max_size,
+            "synthetic_ratio": cfg.synthetic_ratio, "seed": cfg.seed}

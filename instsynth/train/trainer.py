@@ -25,7 +25,7 @@ from instsynth.io import storage
 from instsynth.ray_runtime import init_ray
 from instsynth.train import ingest as ray_ingest
 from instsynth.train.data import SampleLoader, build_catalog
-from instsynth.train.evaluate import evaluate_model
+from instsynth.train.evaluate import evaluate_model, scale_label
 from instsynth.train.ingest import worker_batches
 from instsynth.train.launch import check_gpus, check_inputs, resolve_paths
 from instsynth.train.models import build_model, family
@@ -222,7 +222,8 @@ def train_loop_per_worker(config: dict) -> None:
             evaluate = cfg.eval_root and (step % cfg.eval_every == 0 or step == cfg.iterations)
             if evaluate and rank == 0:
                 res = evaluate_model(raw, cfg.eval_root, cfg.eval_split, cfg.eval_max_images,
-                                     short_edge=cfg.eval_short_edge, image_root=cfg.eval_image_root,
+                                     short_edge=cfg.eval_short_edge, max_size=cfg.eval_max_size,
+                                     image_root=cfg.eval_image_root,
                                      classes=catalog.classes, verbose=cfg.verbose)
                 last_ap = {"AP": res["scores"]["AP"] or 0.0, "AP50": res["scores"]["AP50"] or 0.0}
                 board.scalars({"val/AP": last_ap["AP"], "val/AP50": last_ap["AP50"]}, step)
@@ -341,10 +342,11 @@ def training_summary(cfg: Config, result, launch: str | None = None) -> str:
     best = storage.join(run_dir, "best")
     try:
         meta = json.loads(storage.read_bytes(storage.join(best, "model.json")))
-        scale = meta.get("recipe", {}).get("eval_short_edge")
+        recipe = meta.get("recipe", {})
+        scale = scale_label(recipe.get("eval_short_edge"), recipe.get("eval_max_size"))
         ap50 = meta.get("metrics", {}).get("best_AP50")
         lines.append(f"best checkpoint: {best} (step {meta['step']}, val AP50 {100 * ap50:.1f} at test scale "
-                     f"{'short edge ' + str(scale) + ' px' if scale else 'native resolution'}); "
+                     f"{scale}); "
                      f"evaluate it: instsynth evaluate --checkpoint {best} --data-root {t.eval_root}")
     except (storage.StorageError, ValueError, KeyError, TypeError):
         last = checkpoint_uri(result.checkpoint) or "-"

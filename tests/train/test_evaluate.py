@@ -125,6 +125,52 @@ def test_windows_tile_the_frame_and_predictions_are_pasted_back():
     assert len(predict_windows(Corner(60), img, (384, 192))) == WINDOW_KEEP  # 240 predicted, 100 kept
 
 
+def test_test_scale_caps_the_long_side():
+    """``eval_max_size`` (the authors' ``MAX_SIZE_TEST``): the test-scale resize stops where the long side
+    would pass the cap, with or without a short edge; masks come back at the native size for scoring."""
+    from instsynth.train.evaluate import at_test_scale, predict_image
+
+    img = np.zeros((100, 400, 3), np.uint8)
+    assert at_test_scale(img, 200).shape[:2] == (200, 800)
+    assert at_test_scale(img, 200, 600).shape[:2] == (150, 600)
+    assert at_test_scale(img, None, 200).shape[:2] == (50, 200)  # native, capped
+    assert at_test_scale(img, 100, 400) is img  # already at the test scale: no copy
+
+    class Whole(torch.nn.Module):
+        """One instance covering whatever it sees; records the input's size."""
+        def __init__(self):
+            super().__init__()
+            self.p, self.seen = torch.nn.Parameter(torch.zeros(1)), []
+
+        def forward(self, x):
+            self.seen.append(tuple(x.shape[-2:]))
+            return [{"masks": torch.ones(1, *x.shape[-2:], dtype=torch.bool), "labels": torch.zeros(1, dtype=torch.long),
+                     "scores": torch.ones(1)}]
+
+    model = Whole()
+    preds = predict_image(model, img, short_edge=200, max_size=600)
+    assert model.seen == [(150, 600)] and preds[0]["mask"].shape == (100, 400) and preds[0]["mask"].all()
+
+
+def test_checkpoint_is_scored_at_its_recipes_test_scale(small_root, tmp_path, monkeypatch):
+    """``evaluate_checkpoint`` (and ``instsynth evaluate``) takes the short edge and the long-side cap the
+    checkpoint was trained for; ``--max-size 0`` lifts the cap."""
+    from instsynth.train import evaluate
+
+    ckpt = str(tmp_path / "ck")
+    model = build_model("fastinst", tiny=True)
+    spec = {"name": "fastinst", "kwargs": {"tiny": True}, "recipe": {"eval_short_edge": 128, "eval_max_size": 200}}
+    save_checkpoint(ckpt, model, torch.optim.AdamW(model.parameters()), 1, spec, {})
+    seen, real = [], evaluate.at_test_scale
+    monkeypatch.setattr(evaluate, "at_test_scale", lambda *a: seen.append(real(*a).shape[:2]) or real(*a))
+    res = evaluate.evaluate_checkpoint(ckpt, small_root, max_images=2)
+    assert seen == [(100, 200)] * 2 and res["test_scale"] == "short edge 128 px, long side <= 200 px"
+    seen.clear()
+    assert main(["evaluate", "--checkpoint", ckpt, "--data-root", small_root, "--max-images", "1",
+                 "--max-size", "0"]) == 0
+    assert seen == [(128, 256)] and json.load(open(os.path.join(ckpt, "eval_val.json")))["test_scale"] == "short edge 128 px"
+
+
 def test_masks_served_from_memory_score_as_the_official_png_files(small_root, monkeypatch):
     """The scorer hands the official evaluator its predicted masks from memory (RLEs); scoring the same
     predictions written as PNG files and read back by the evaluator (the official route) gives the same

@@ -125,6 +125,8 @@ def test_shipped_debug_experiment_on_s3_and_fingerprinted_runs(ray_local, s3_ses
     assert longer["baseline"] != report["runs"]["baseline"] and longer["augmented"] != report["runs"]["augmented"]
     capped = names(load_config(path, ["train.max_size=4096"]))  # a key added later: new names once it is set
     assert capped["baseline"] != report["runs"]["baseline"] and capped["augmented"] != report["runs"]["augmented"]
+    tested = names(load_config(path, ["train.eval_max_size=853"]))  # so is the test-scale cap: scores differ
+    assert tested["baseline"] not in (report["runs"]["baseline"], capped["baseline"])
 
 
 @pytest.mark.parametrize("cmd,config,key", [
